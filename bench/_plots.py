@@ -40,15 +40,15 @@ def _scaling(f: Mapping[str, Any], ax: Any) -> None:
 
 
 def _client(f: Mapping[str, Any], ax: Any) -> None:
-    sides = ["local, 0 workers", "local, 2 workers", "local, 0 workers, hf encoder", "remote, samples",
-             "remote, dataset"]
+    from bench.bench_client import SIDES as sides
+
     trainer = [f[s]["trainer_cpu_ms_per_batch"] for s in sides]
     others = [f[s]["other_processes_cpu_ms_per_batch"] for s in sides]
     labels = [s.replace(", ", "\n") for s in sides]
     ax.bar(labels, trainer, label="trainer process", color="#c44")
-    ax.bar(labels, others, bottom=trainer, label="workers / server", color="#bbb")
+    ax.bar(labels, others, bottom=trainer, label="workers / server / receiver", color="#bbb")
     ax.set(ylabel="CPU ms per batch", title=f"CPU per batch of {f['batch_size']} chats")
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=7)
     ax.legend()
 
 

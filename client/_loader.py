@@ -12,29 +12,28 @@ from __future__ import annotations
 
 import collections
 import itertools
-import logging
+import os
 import threading
-import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import grpc
 
-from feedline.proto import FeedlineError, InvalidOptions, ResumeStateError, ServiceUnavailable
-from feedline.proto._framing import FrameAssembler, decode_frames
+from feedline.proto import InvalidOptions, ResumeStateError
 from feedline.proto._codec import decode_batch
 from feedline.proto._plan import DatasetPlan
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._collate import RemoteCollate
-from ._replicas import RETRYABLE, RetryPolicy, map_rpc_error
-from ._requests import FRAME_STREAM, collate_call, collate_request
+from ._receiver import Receiver
+from ._replicas import RetryPolicy
+from ._sources import dataset_blobs, sample_blobs
 from ._tensors import to_torch
 
 __all__ = ["DatasetPlan", "RemoteLoader"]
 
-_LOGGER = logging.getLogger("feedline.client")
 _STATE_VERSION = 1
 _DONE = object()
 
@@ -46,6 +45,11 @@ class RemoteLoader:
     ``RemoteLoader(endpoints, "qwen2.5", dataset="train.jsonl", batch_size=8, rank=r, world_size=w)`` names a
     dataset under the servers' data roots. ``state_dict()`` is a few integers plus the plan;
     ``load_state_dict()`` makes the next ``iter()`` continue where the saved run stopped.
+
+    With ``offload`` (the default on POSIX without a credentials object) a receiver process does the gRPC
+    calls, failover and frame assembly, and hands finished batches over in shared memory: the trainer
+    process only maps them, so its CPU stays with training. ``offload=False`` does that work on a thread of
+    the trainer process instead. ``close()`` stops the receiver.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class RemoteLoader:
         prefetch: int = 4,
         max_prefetch_bytes: int = 1 << 30,
         pin_memory: bool = False,
+        offload: bool | None = None,
         fingerprint: str | None = None,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
@@ -77,6 +82,13 @@ class RemoteLoader:
             raise InvalidOptions("must be >= 1", field="prefetch")
         self._remote = RemoteCollate(endpoints, processor, fingerprint=fingerprint, retry=retry,
                                      pin_memory=pin_memory, credentials=credentials, metadata=metadata, **options)
+        can_offload = os.name == "posix" and credentials is None
+        if offload and not can_offload:
+            raise InvalidOptions("offload=True needs a POSIX system and no grpc credentials object (it cannot "
+                                 "cross into the receiver process)", field="offload")
+        self.offload = can_offload if offload is None else offload
+        self._receiver_process: Receiver | None = None
+        self._closer: Any = lambda: None
         self._samples = samples
         self.dataset = dataset
         self.dataset_fingerprint = dataset_fingerprint
@@ -133,98 +145,48 @@ class RemoteLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._remote.pin()
         start, self._delivered = self._start, self._start
-        batches = self._dataset_batches(start) if self.dataset is not None else self._sample_batches(start)
-        for batch in batches:
+        for batch in self._batches(start):
             self._delivered += 1
             yield batch
         self._start, self._delivered = 0, 0
         self.epoch += 1
 
-    # ----------------------------------------------------------------- samples mode
-    def _sample_batches(self, start: int) -> Iterator[dict[str, Any]]:
+    @property
+    def receiver_pid(self) -> int | None:
+        """Process id of the receiver process (for monitoring its CPU and memory), None until one runs."""
+        return self._receiver_process.pid if self._receiver_process is not None else None
+
+    def close(self) -> None:
+        """Stop the receiver process, if one was started (also done when the loader is garbage collected)."""
+        self._closer()
+
+    # ----------------------------------------------------------------- sources
+    def _batches(self, start: int) -> Iterator[dict[str, Any]]:
+        chunks = None if self.dataset is not None else self._chunks(start)
+        request = self._dataset_request(start) if self.dataset is not None else None
+        pin = self._remote.pin_memory
+        if self.offload:
+            spec = {"mode": "samples" if request is None else "dataset", "remote": self._remote,
+                    "request": request.SerializeToString() if request is not None else b"",
+                    "prefetch": self.prefetch, "max_bytes": self.max_prefetch_bytes}
+            return self._receiver().batches(spec, chunks, pin_memory=pin)
+        if request is not None:
+            blobs = _prefetched(dataset_blobs(self._remote, request), self.prefetch, self.max_prefetch_bytes)
+        else:
+            assert chunks is not None
+            blobs = (blob for _, blob in sample_blobs(self._remote, chunks, self.prefetch))
+        return (to_torch(decode_batch(blob), pin_memory=pin) for blob in blobs)
+
+    def _chunks(self, start: int) -> Iterator[tuple[int, list[Mapping[str, Any]]]]:
+        """``(batch index, rows)`` from the samples, from batch ``start`` on (resume skips the ones delivered)."""
         rows = iter(self._samples or ())
         size = self.plan.batch_size
         chunks = iter(lambda: list(itertools.islice(rows, size)), [])
-        chunks = itertools.islice(chunks, start, None)  # resume: skip the batches already delivered
-        pending: list[tuple[int, list[Mapping[str, Any]], Any]] = []
-        index = start
-        for chunk in chunks:
-            pending.append((index, chunk, self._submit(index, chunk, attempt=0)))
-            index += 1
-            if len(pending) >= self.prefetch:
-                yield self._collect(pending.pop(0))
-        while pending:
-            yield self._collect(pending.pop(0))
+        return enumerate(itertools.islice(chunks, start, None), start)
 
-    def _submit(self, index: int, chunk: list[Mapping[str, Any]], attempt: int) -> Any:
+    def _dataset_request(self, start: int) -> pb.StreamDatasetRequest:
         remote = self._remote
-        request = collate_request(remote.processor, remote.fingerprint, remote._options_msg, chunk, index)
-        target = remote._replicas.rotation()[0]
-        return collate_call(remote._replicas.channel(target), request, remote.retry.timeout, remote._replicas.metadata)
-
-    def _collect(self, item: tuple[int, list[Mapping[str, Any]], Any]) -> dict[str, Any]:
-        index, chunk, future = item
-        policy = self._remote.retry
-        for attempt in range(policy.attempts):
-            try:
-                response = future.result()
-                return to_torch(decode_frames(response.frames), pin_memory=self._remote.pin_memory)
-            except grpc.RpcError as err:
-                if err.code() not in RETRYABLE:
-                    raise map_rpc_error(err) from None
-                _LOGGER.warning("batch %d: %s; retrying on another replica", index, err.code().name)
-                time.sleep(policy.backoff(attempt))
-                future = self._submit(index, chunk, attempt + 1)
-        raise ServiceUnavailable(f"batch {index}: no replica answered after {policy.attempts} attempts")
-
-    # ----------------------------------------------------------------- dataset mode
-    def _dataset_batches(self, start: int) -> Iterator[dict[str, Any]]:
-        out = _PrefetchBuffer(self.prefetch, self.max_prefetch_bytes)
-        reader = threading.Thread(target=self._read_stream, args=(start, out), daemon=True)
-        reader.start()
-        try:
-            while True:
-                item = out.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield to_torch(decode_batch(item), pin_memory=self._remote.pin_memory)
-        finally:
-            out.close()
-            reader.join(timeout=5)
-
-    def _read_stream(self, start: int, out: _PrefetchBuffer) -> None:
-        """Background reader: assemble frames into batch blobs; on a broken stream resume on another replica."""
-        remote, policy = self._remote, self._remote.retry
-        next_index, failures = start, 0
-        while not out.closed:
-            target = remote._replicas.rotation()[0]
-            try:
-                for blob in self._stream_from(target, next_index):
-                    if not out.put(blob, blob.nbytes):
-                        return
-                    next_index, failures = next_index + 1, 0
-                out.put(_DONE)
-                return
-            except grpc.RpcError as err:
-                mapped = map_rpc_error(err)
-                if err.code() not in RETRYABLE or not isinstance(mapped, ServiceUnavailable):
-                    out.put(mapped)
-                    return
-                failures += 1
-                if failures >= policy.attempts:
-                    out.put(ServiceUnavailable(f"batch {next_index}: no replica answered"))
-                    return
-                _LOGGER.warning("stream broke at batch %d (%s); resuming on another replica", next_index, err.code().name)
-                time.sleep(policy.backoff(failures))
-            except FeedlineError as exc:
-                out.put(exc)
-                return
-
-    def _stream_from(self, target: str, start: int) -> Iterator[Any]:
-        remote = self._remote
-        request = pb.StreamDatasetRequest(
+        return pb.StreamDatasetRequest(
             dataset=pb.DatasetRef(path=self.dataset or "", fingerprint=self.dataset_fingerprint),
             processor=remote.processor,
             processor_fingerprint=remote.fingerprint,
@@ -238,16 +200,42 @@ class RemoteLoader:
             world_size=self.plan.world_size,
             start_batch_index=start,
         )
-        method = remote._replicas.channel(target).unary_stream(
-            FRAME_STREAM, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
-        )
-        call = method(request, timeout=None, metadata=list(remote._replicas.metadata) or None)
-        assembler = FrameAssembler()
-        for frame in call:
-            blob = assembler.add(frame)
-            if blob is not None:
-                yield blob
-                assembler = FrameAssembler()
+
+    def _receiver(self) -> Receiver:
+        if self._receiver_process is None:
+            self._receiver_process = Receiver()
+            self._closer = weakref.finalize(self, self._receiver_process.close)
+        return self._receiver_process
+
+
+def _prefetched(blobs: Iterator[tuple[int, Any]], prefetch: int, max_bytes: int) -> Iterator[Any]:
+    """Read ``blobs`` on a background thread into a buffer bounded in batches and bytes (backpressure)."""
+    out = _PrefetchBuffer(prefetch, max_bytes)
+
+    def read() -> None:
+        try:
+            for _, blob in blobs:
+                if not out.put(blob, blob.nbytes):
+                    return
+            out.put(_DONE)
+        except Exception as exc:  # noqa: BLE001 - handed to the trainer's thread, which raises it
+            out.put(exc)
+        finally:
+            blobs.close()
+
+    reader = threading.Thread(target=read, name="feedline-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        out.close()
+        reader.join(timeout=5)
 
 
 class _PrefetchBuffer:
@@ -282,6 +270,11 @@ class _PrefetchBuffer:
             self._bytes -= nbytes
             self._cond.notify_all()
             return item
+
+    @property
+    def receiver_pid(self) -> int | None:
+        """Process id of the receiver process (for monitoring its CPU and memory), None until one runs."""
+        return self._receiver_process.pid if self._receiver_process is not None else None
 
     def close(self) -> None:
         with self._cond:

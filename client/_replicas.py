@@ -101,9 +101,10 @@ class Replicas:
         return self.targets[start:] + self.targets[:start]
 
     def close(self) -> None:
-        for channel in self._channels.values():
+        """Close every channel (safe while another thread opens one: that one is simply kept)."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
             channel.close()
-        self._channels = {}
 
 
 def call_with_failover(replicas: Replicas, policy: RetryPolicy, fn: Any) -> Any:

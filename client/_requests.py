@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from feedline.proto import InvalidOptions
+from feedline.proto import InvalidOptions, InvalidSample
 from feedline.proto.v1 import feedline_pb2 as pb
 
 __all__ = ["FRAME_STREAM", "collate_call", "collate_request", "options_message", "processor_fingerprint"]
@@ -44,9 +44,16 @@ def collate_request(
         processor=processor,
         fingerprint=fingerprint,
         options=options,
-        samples=[json.dumps(s, ensure_ascii=False).encode() for s in samples],
+        samples=[_json(s, i) for i, s in enumerate(samples)],
         batch_index=batch_index,
     )
+
+
+def _json(sample: Mapping[str, Any], index: int) -> bytes:
+    try:
+        return json.dumps(sample, ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidSample(f"sample is not JSON-serialisable: {exc}", sample=index) from None
 
 
 def collate_call(channel: Any, request: pb.CollateRequest, timeout: float, metadata: Sequence[tuple[str, str]]) -> Any:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -123,11 +123,15 @@ def encode_frames(
 class FrameAssembler:
     """Feed frames of one batch in order; :meth:`add` returns the blob once the last frame is in.
 
-    ``max_batch_bytes`` bounds the buffer a peer can make this side allocate.
+    ``max_batch_bytes`` bounds the buffer a peer can make this side allocate. ``allocate(nbytes)``, if given,
+    supplies the writable, 64-byte aligned uint8 buffer each batch is copied into (a shared-memory slot, say);
+    by default every batch gets a fresh one.
     """
 
-    def __init__(self, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> None:
+    def __init__(self, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+                 allocate: Callable[[int], np.ndarray] | None = None) -> None:
         self.max_batch_bytes = max_batch_bytes
+        self._allocate = allocate or _aligned_buffer
         self._buffer: np.ndarray | None = None
         self._batch_id = self._count = self._total = self._received = self._next_seq = 0
 
@@ -179,9 +183,7 @@ class FrameAssembler:
             raise CodecError(f"batch {batch_id} starts at frame {seq}, not 0 (a frame was lost)")
         if count < 1 or total > self.max_batch_bytes or count > max(1, total):
             raise CodecError(f"batch of {total} bytes in {count} frames is refused (limit {self.max_batch_bytes})")
-        raw = np.empty(total + ALIGNMENT, dtype=np.uint8)
-        skip = (-raw.ctypes.data) % ALIGNMENT
-        self._buffer = raw[skip : skip + total]
+        self._buffer = self._allocate(total)
         self._batch_id, self._count, self._total = batch_id, count, total
         self._received = self._next_seq = 0
 
@@ -193,9 +195,17 @@ class FrameAssembler:
             )
 
 
-def join_frames(frames: Iterable[Buffer], *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> np.ndarray:
+def _aligned_buffer(nbytes: int) -> np.ndarray:
+    """A fresh writable uint8 buffer of ``nbytes`` starting at a multiple of ALIGNMENT."""
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    skip = (-raw.ctypes.data) % ALIGNMENT
+    return raw[skip : skip + nbytes]
+
+
+def join_frames(frames: Iterable[Buffer], *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+                allocate: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
     """Reassemble exactly one batch from its frames; raises CodecError if frames are missing or extra."""
-    assembler = FrameAssembler(max_batch_bytes=max_batch_bytes)
+    assembler = FrameAssembler(max_batch_bytes=max_batch_bytes, allocate=allocate)
     blob = None
     for frame in frames:
         if blob is not None:

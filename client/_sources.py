@@ -1,0 +1,132 @@
+"""Where batch blobs come from: the service's dataset stream, or unary Collate calls on sample chunks.
+
+Both generators yield ``(batch_index, blob)`` in index order, fail over to another replica on transport
+errors without losing or repeating a batch, and copy each batch exactly once, into the buffer ``allocate``
+gives (fresh aligned memory by default; a shared-memory slot in the receiver process). They run unchanged
+in the trainer process or in the receiver process.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+
+from feedline.proto import FingerprintMismatch, ServiceUnavailable
+from feedline.proto._framing import FrameAssembler, join_frames
+from feedline.proto.v1 import feedline_pb2 as pb
+
+from ._replicas import RETRYABLE, map_rpc_error
+from ._requests import FRAME_STREAM, collate_call, collate_request
+
+if TYPE_CHECKING:
+    from ._collate import RemoteCollate
+
+__all__ = ["Allocate", "dataset_blobs", "sample_blobs"]
+
+_LOGGER = logging.getLogger("feedline.client")
+
+Allocate = Callable[[int], np.ndarray]
+Chunk = tuple[int, Sequence[Mapping[str, Any]]]
+
+
+def dataset_blobs(
+    remote: RemoteCollate, request: pb.StreamDatasetRequest, *, allocate: Allocate | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream resumes on
+    another replica from the next undelivered index. ``stop`` ends the retries (the caller closed the run)."""
+    policy = remote.retry
+    next_index, failures = request.start_batch_index, 0
+    while True:
+        target = remote._replicas.rotation()[0]
+        try:
+            for blob in _stream(remote, target, request, next_index, allocate):
+                yield next_index, blob
+                next_index, failures = next_index + 1, 0
+            return
+        except grpc.RpcError as err:
+            mapped = map_rpc_error(err)
+            if stop is not None and stop.is_set():
+                return
+            if err.code() not in RETRYABLE or not isinstance(mapped, ServiceUnavailable):
+                raise mapped from None
+            failures += 1
+            if failures >= policy.attempts:
+                raise ServiceUnavailable(f"batch {next_index}: no replica answered") from None
+            _LOGGER.warning("stream broke at batch %d (%s); resuming on another replica", next_index, err.code().name)
+            time.sleep(policy.backoff(failures))
+
+
+def _stream(remote: RemoteCollate, target: str, template: pb.StreamDatasetRequest, start: int,
+            allocate: Allocate | None) -> Iterator[np.ndarray]:
+    request = pb.StreamDatasetRequest()
+    request.CopyFrom(template)
+    request.start_batch_index = start
+    method = remote._replicas.channel(target).unary_stream(
+        FRAME_STREAM, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
+    )
+    call = method(request, timeout=None, metadata=list(remote._replicas.metadata) or None)
+    try:
+        assembler = FrameAssembler(allocate=allocate)
+        for frame in call:
+            blob = assembler.add(frame)
+            if blob is not None:
+                yield blob
+                assembler = FrameAssembler(allocate=allocate)
+        assembler.check_complete()
+    finally:
+        call.cancel()  # a consumer that stops early must not leave the server streaming
+
+
+def sample_blobs(
+    remote: RemoteCollate, chunks: Iterable[Chunk], prefetch: int, *, allocate: Allocate | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """One unary Collate per chunk, ``prefetch`` in flight; each batch is retried on another replica under
+    the same index, so the answer is the same bytes whoever computes it. ``stop`` ends the retries."""
+    pending: collections.deque[tuple[int, Sequence[Mapping[str, Any]], Any]] = collections.deque()
+    try:
+        for index, rows in chunks:
+            pending.append((index, rows, _submit(remote, index, rows)))
+            if len(pending) >= prefetch:
+                yield _collect(remote, *pending.popleft(), allocate, stop)
+        while pending:
+            yield _collect(remote, *pending.popleft(), allocate, stop)
+    finally:
+        for _, _, future in pending:  # a consumer that stops early leaves no call running
+            future.cancel()
+
+
+def _submit(remote: RemoteCollate, index: int, rows: Sequence[Mapping[str, Any]]) -> Any:
+    request = collate_request(remote.processor, remote.fingerprint, remote._options_msg, rows, index)
+    target = remote._replicas.rotation()[0]
+    return collate_call(remote._replicas.channel(target), request, remote.retry.timeout, remote._replicas.metadata)
+
+
+def _collect(remote: RemoteCollate, index: int, rows: Sequence[Mapping[str, Any]], future: Any,
+             allocate: Allocate | None, stop: threading.Event | None) -> tuple[int, np.ndarray]:
+    policy = remote.retry
+    for attempt in range(policy.attempts):
+        try:
+            response = future.result()
+        except grpc.RpcError as err:
+            if stop is not None and stop.is_set():
+                raise ServiceUnavailable(f"batch {index}: the run was stopped") from None
+            if err.code() not in RETRYABLE:
+                raise map_rpc_error(err) from None
+            _LOGGER.warning("batch %d: %s; retrying on another replica", index, err.code().name)
+            time.sleep(policy.backoff(attempt))
+            future = _submit(remote, index, rows)
+            continue
+        if remote.fingerprint and response.fingerprint and response.fingerprint != remote.fingerprint:
+            raise FingerprintMismatch(f"replica answered with processor {response.fingerprint}, "
+                                      f"pinned {remote.fingerprint}")
+        return index, join_frames(response.frames, allocate=allocate)
+    raise ServiceUnavailable(f"batch {index}: no replica answered after {policy.attempts} attempts")
