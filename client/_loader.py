@@ -168,7 +168,7 @@ class RemoteLoader:
         if self.offload:
             spec = {"mode": "samples" if request is None else "dataset", "remote": self._remote,
                     "request": request.SerializeToString() if request is not None else b"",
-                    "prefetch": self.prefetch, "max_bytes": self.max_prefetch_bytes}
+                    "prefetch": self.prefetch, "max_bytes": self.max_prefetch_bytes, "start": start}
             return self._receiver().batches(spec, chunks, pin_memory=pin)
         if request is not None:
             blobs = _prefetched(dataset_blobs(self._remote, request), self.prefetch, self.max_prefetch_bytes)

@@ -8,18 +8,21 @@ The trainer's share per batch is one message in, a few array views, and one mess
 
 Messages, trainer -> receiver (control socket):
     ("run", run, spec, released)       start run ``run`` (cancels any other); slots freed since the last run
-    ("chunk", run, chunk)              samples mode: one more chunk ``(index, msgpack rows)``, or END
-    ("next", run, chunk, released)     the trainer took a batch (one more credit), maybe a chunk, freed slots
+    ("next", run, chunks, released, n) the trainer took ``n`` more batches (credits), freed these slots, and
+                                       (samples mode) sends more chunks ``(index, msgpack rows)``, then END
     ("cancel", run) / ("stop",)        the trainer stopped iterating / the loader is closing
 receiver -> trainer (data socket):
     ("slot", slot, size, live) + fd    a new shared-memory slot (see ``_slots.send_slot``)
     ("batch", run, index, slot, fields) | ("done", run) | ("error", run, error_dict)
-The receiver ends when the control socket closes, so it never outlives its trainer.
+The receiver ends when the control socket closes, so it never outlives its trainer. If it dies, the trainer
+starts another and continues the run from the next undelivered batch (samples mode sends the undelivered
+chunks again), so a lost receiver neither loses nor repeats a batch.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import queue
 import signal
@@ -45,9 +48,15 @@ __all__ = ["END", "Receiver", "serve"]
 END = "end"
 """Samples mode: the trainer has no more chunks."""
 
+_LOGGER = logging.getLogger("feedline.client")
 
-class Receiver:
-    """Trainer side: starts the receiver process and turns a run's messages into torch batches."""
+
+class _Died(Exception):
+    """The receiver process went away (killed, crashed): the run can continue on a new one."""
+
+
+class _Child:
+    """One receiver process, its two sockets, and the slots it has shared with this process."""
 
     def __init__(self) -> None:
         parent_ctrl, child_ctrl = socket.socketpair()
@@ -55,39 +64,139 @@ class Receiver:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         code = "import sys; from feedline.client._receiver import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
         with child_ctrl, child_data:
-            self._proc = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [sys.executable, "-c", code, str(child_ctrl.fileno()), str(child_data.fileno())],
                 pass_fds=(child_ctrl.fileno(), child_data.fileno()), env=env, stdin=subprocess.DEVNULL,
             )
         self._ctrl = Connection(parent_ctrl.detach())
         self._data = Connection(parent_data.detach())
-        self._slots = SlotMaps()
+        self.slots = SlotMaps()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self._ctrl.send(message)
+        except OSError:
+            raise _Died(f"exit code {self.proc.poll()}") from None
+
+    def recv(self) -> tuple[Any, ...]:
+        """The next message that is not a slot announcement (those are mapped on the way)."""
+        while True:
+            try:
+                message = self._data.recv()
+                if message[0] != "slot":
+                    return message
+                self.slots.add(self._data, *message[1:])
+            except (EOFError, OSError):
+                raise _Died(f"exit code {self.proc.poll()}") from None
+
+    def close(self) -> None:
+        """Ask the process to stop and wait for it (killed if it does not stop within 5 s)."""
+        try:
+            self._ctrl.send(("stop",))
+        except OSError:
+            pass
+        self._ctrl.close()
+        self._data.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Feed:
+    """Samples mode, trainer side: ``ahead`` chunks sent ahead of delivery, kept until delivered so that a new
+    receiver can be sent them again."""
+
+    def __init__(self, chunks: Iterator[tuple[int, Sequence[Mapping[str, Any]]]], ahead: int) -> None:
+        self._chunks: Iterator[Any] | None = chunks
+        self._ahead = ahead
+        self._unsent: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._undelivered: collections.deque[tuple[int, bytes]] = collections.deque()
+
+    def restart(self) -> list[tuple[int, bytes] | str]:
+        """What a new run must be sent first: every undelivered chunk again, then new ones up to ``ahead``."""
+        self._unsent.extendleft(reversed(self._undelivered))
+        self._undelivered.clear()
+        out = [self._take() for _ in range(self._ahead)]
+        return [c for c in out if c is not None] + ([END] if self._chunks is None else [])
+
+    def delivered(self) -> tuple[int, bytes] | str | None:
+        """The trainer took the oldest chunk's batch: the next chunk to send, END once, or None."""
+        self._undelivered.popleft()
+        had_chunks = self._chunks is not None
+        chunk = self._take()
+        return chunk if chunk is not None else (END if had_chunks and self._chunks is None else None)
+
+    def _take(self) -> tuple[int, bytes] | None:
+        if self._unsent:
+            chunk = self._unsent.popleft()
+        elif self._chunks is not None and (raw := next(self._chunks, None)) is not None:
+            chunk = _packed(raw)
+        else:
+            self._chunks = None
+            return None
+        self._undelivered.append(chunk)
+        return chunk
+
+
+class Receiver:
+    """Trainer side: runs batches through a receiver process, and a new one if it dies (nothing lost or repeated)."""
+
+    max_restarts = 3
+    """Receivers that may die one after another without delivering a batch before the run fails."""
+
+    def __init__(self) -> None:
+        self._child = _Child()
         self._runs = 0
 
     @property
     def pid(self) -> int:
-        return self._proc.pid
+        return self._child.proc.pid
 
     def batches(self, spec: Mapping[str, Any], chunks: Iterator[tuple[int, Sequence[Mapping[str, Any]]]] | None,
                 *, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
-        """The batches of one run, in order; ``chunks`` feeds samples mode, ``prefetch`` ahead of the trainer."""
+        """The batches of one run from ``spec["start"]`` on, in order; ``chunks`` feeds samples mode."""
+        # The receiver pulls chunk i + prefetch before it can deliver batch i + 1, and the trainer answers once
+        # per `every` batches: so many more chunks must be out for the pipeline never to wait on the trainer.
+        ahead = spec["prefetch"] + _every(spec["prefetch"]) - 1
+        feed = _Feed(chunks, ahead) if chunks is not None else None
+        spec, deaths = dict(spec), 0
+        while True:
+            try:
+                for index, batch in self._attempt(spec, feed, pin_memory):
+                    spec["start"], deaths = index + 1, 0
+                    yield batch
+                return
+            except _Died as died:
+                deaths += 1
+                if deaths > self.max_restarts:
+                    raise ServiceUnavailable(
+                        f"the feedline receiver process died {deaths} times without delivering a batch ({died}); "
+                        "RemoteLoader(offload=False) receives in the trainer process instead"
+                    ) from None
+                _LOGGER.warning("receiver process died (%s); continuing from batch %d on a new one", died,
+                                spec["start"])
+                self._child.close()
+                self._child = _Child()
+
+    def _attempt(self, spec: dict[str, Any], feed: _Feed | None,
+                 pin_memory: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+        child = self._child
         self._runs += 1
         run = self._runs
-        self._ctrl.send(("run", run, dict(spec), self._slots.take_released()))
-        if chunks is not None:
-            for _ in range(spec["prefetch"]):
-                chunk = _packed(next(chunks, END))
-                self._ctrl.send(("chunk", run, chunk))
-                if chunk == END:
-                    chunks = None
-                    break
+        child.send(("run", run, spec, child.slots.take_released()))
+        if feed is not None:
+            child.send(("next", run, feed.restart(), [], 0))
+        every = _every(spec["prefetch"])
+        taken, chunks = 0, []
         finished = False
         try:
             while True:
-                message = self._recv()
+                message = child.recv()
                 if message[1] != run:  # a batch of a run the trainer abandoned: its slot is free at once
                     if message[0] == "batch":
-                        self._slots.released.append(message[3])
+                        child.slots.released.append(message[3])
                     continue
                 if message[0] == "done":
                     finished = True
@@ -95,46 +204,35 @@ class Receiver:
                 if message[0] == "error":
                     finished = True
                     raise error_from_dict(message[2])
-                _, _, _, slot, fields = message
-                batch = self._slots.tensors(slot, fields, pin_memory=pin_memory)
-                chunk = None if chunks is None else _packed(next(chunks, END))
-                if chunk == END:
-                    chunks = None
-                self._ctrl.send(("next", run, chunk, self._slots.take_released()))
-                yield batch
+                _, _, index, slot, fields = message
+                batch = child.slots.tensors(slot, fields, pin_memory=pin_memory)
+                taken += 1
+                chunk = feed.delivered() if feed is not None else None
+                if chunk is not None:
+                    chunks.append(chunk)
+                if taken == every:  # credits, freed slots and new chunks go back in one message per `every`
+                    child.send(("next", run, chunks, child.slots.take_released(), taken))
+                    taken, chunks = 0, []
+                yield index, batch
+        except _Died:
+            finished = True
+            raise
         finally:
             if not finished:
-                self._send_quietly(("cancel", run))
-
-    def _recv(self) -> tuple[Any, ...]:
-        while True:
-            try:
-                message = self._data.recv()
-            except (EOFError, OSError):
-                raise ServiceUnavailable(
-                    f"the feedline receiver process exited (code {self._proc.poll()}); the loader's state_dict() "
-                    "still names the next undelivered batch"
-                ) from None
-            if message[0] != "slot":
-                return message
-            self._slots.add(self._data, *message[1:])
-
-    def _send_quietly(self, message: tuple[Any, ...]) -> None:
-        try:
-            self._ctrl.send(message)
-        except OSError:  # the receiver is gone already
-            pass
+                try:
+                    child.send(("cancel", run))
+                except _Died:
+                    pass
 
     def close(self) -> None:
-        """Stop the receiver process and wait for it (killed if it does not stop within 5 s)."""
-        self._send_quietly(("stop",))
-        self._ctrl.close()
-        self._data.close()
-        try:
-            self._proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        """Stop the receiver process."""
+        self._child.close()
+
+
+def _every(prefetch: int) -> int:
+    """How many batches the trainer takes per message back: half the prefetch, so the receiver always has
+    the other half to deliver meanwhile (one message per batch would wake it, and cost, twice as often)."""
+    return max(1, prefetch // 2)
 
 
 def _packed(chunk: tuple[int, Sequence[Mapping[str, Any]]] | str) -> tuple[int, bytes] | str:
@@ -182,13 +280,12 @@ class _Run:
         self._thread = threading.Thread(target=self._produce, name=f"feedline-run-{run}", daemon=True)
         self._thread.start()
 
-    def chunk(self, chunk: Any) -> None:
-        if chunk is not None:
+    def feed(self, chunks: list[Any], consumed: int) -> None:
+        """Chunks to collate (samples mode) and the number of batches the trainer took since the last call."""
+        for chunk in chunks:
             self._chunks.put(chunk)
-
-    def consumed(self) -> None:
         with self._room:
-            if self._sent:
+            for _ in range(min(consumed, len(self._sent))):
                 self._sent.popleft()
             self._room.notify_all()
 
@@ -216,6 +313,7 @@ class _Run:
         remote = self.spec["remote"]
         if self.spec["mode"] == "dataset":
             request = pb.StreamDatasetRequest.FromString(self.spec["request"])
+            request.start_batch_index = self.spec["start"]
             blobs = dataset_blobs(remote, request, allocate=self._pool.allocate, stop=self.stop)
         else:
             blobs = sample_blobs(remote, self._rows(), self.spec["prefetch"], allocate=self._pool.allocate,
@@ -260,18 +358,13 @@ def serve(ctrl_fd: int, data_fd: int) -> None:
                 if current is not None:
                     current.cancel()
                 current = _Run(message[1], message[2], pool, out)
-            elif current is not None and message[1] == current.run:
-                if kind == "chunk":
-                    current.chunk(message[2])
-                elif kind == "next":
-                    pool.release(message[3])
-                    current.chunk(message[2])
-                    current.consumed()
-                elif kind == "cancel":
-                    current.cancel()
-                    current = None
             elif kind == "next":
                 pool.release(message[3])
+                if current is not None and message[1] == current.run:
+                    current.feed(message[2], message[4])
+            elif kind == "cancel" and current is not None and message[1] == current.run:
+                current.cancel()
+                current = None
     finally:
         if current is not None:
             current.cancel()

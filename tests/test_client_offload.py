@@ -143,7 +143,7 @@ def test_slots_are_reused_while_a_kept_view_stays_intact(server: str) -> None:
             kept = batch["input_ids"][0, 1:]  # a view into the first slot, kept to the end
             copy = kept.clone()
     assert i == N_ROWS - 1 and kept is not None and torch.equal(kept, copy)
-    slots = loader._receiver_process._slots._maps  # 29 batches through a handful of slots
+    slots = loader._receiver_process._child.slots._maps  # 29 batches through a handful of slots
     assert len(slots) <= 2 + 4, sorted(slots)
     loader.close()
 
@@ -216,4 +216,30 @@ def test_a_row_that_cannot_travel_is_an_invalid_sample(server: str, offload: boo
     with pytest.raises(InvalidSample) as info:
         list(loader)
     assert info.value.sample == 3 and "serialis" in info.value.message
+    loader.close()
+
+
+@pytest.mark.parametrize("mode", ["samples", "dataset"])
+def test_a_killed_receiver_is_replaced_without_losing_or_repeating_a_batch(server: str, mode: str) -> None:
+    reference = [_bytes(b) for b in _loader(server, mode, batch_size=2, offload=False)]
+    loader = _loader(server, mode, batch_size=2, prefetch=3)
+    got, pids = [], []
+    for i, batch in enumerate(loader):
+        got.append(_bytes(batch))
+        if i in (3, 9):  # twice: batches in flight, chunks sent but not delivered, slots the trainer still maps
+            pids.append(loader.receiver_pid)
+            os.kill(pids[-1], signal.SIGKILL)
+    assert got == reference and len(got) == 15
+    assert len({*pids, loader.receiver_pid}) == 3
+    loader.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("prefetch", [1, 2, 3, 5, 8, 16])
+@pytest.mark.parametrize("mode", ["samples", "dataset"])
+def test_every_prefetch_depth_delivers_every_batch(server: str, mode: str, prefetch: int) -> None:
+    """Credits and chunks go back once per prefetch // 2 batches: no depth may stall the pipeline."""
+    reference = [_bytes(b) for b in _loader(server, mode, batch_size=3, offload=False)]
+    loader = _loader(server, mode, batch_size=3, prefetch=prefetch)
+    assert [_bytes(b) for b in loader] == reference and len(reference) == 10
     loader.close()
