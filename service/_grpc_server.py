@@ -111,9 +111,9 @@ def collate_threads_for(workers: int) -> int:
     on (``os.sched_getaffinity``, so a container's CPU set counts), at least one.
 
     Within a worker only the tokenizer's Rust encode runs beside the GIL-bound Python, so threads beyond its
-    cores do not add throughput; they add GIL hand-offs and context switches (on 2 cores, 8 collate threads
-    per worker were 10% slower than one with 2 workers, and slower than two with 1 worker). Streams keep
-    their batches queued meanwhile, so every core stays busy.
+    cores do not add throughput; they add GIL hand-offs and context switches (on 2 cores, 8 threads per
+    worker gave 11% fewer rows/s than 1 with 2 workers, and 37% fewer than 2 with 1 worker; see
+    bench/WIRE_NOTES.md section 2). Streams keep their next batches queued meanwhile.
     """
     return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
 
