@@ -235,8 +235,10 @@ def _uvicorn_server(config: Any) -> Any:
 
 
 def _grpc_kwargs(config: ServeConfig, security: Any) -> dict[str, Any]:
+    from ._grpc_server import collate_threads_for
+
     return {"keepalive_time_s": config.keepalive_time_s, "max_connection_age_s": config.max_connection_age_s,
-            "auth": security.auth, "tls": security.tls}
+            "collate_threads": collate_threads_for(config.workers), "auth": security.auth, "tls": security.tls}
 
 
 def _grpc_host(host: str) -> str:

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Union
 
 from feedline.proto import InvalidSample
@@ -60,9 +61,10 @@ class Message:
     tool_call_id: str | None = None
     name: str | None = None
 
-    @property
+    @cached_property
     def text(self) -> str:
-        """The text parts joined with a space (NeMo's normalisation of list content)."""
+        """The text parts joined with a space (NeMo's normalisation of list content); joined once, on first use
+        (the template messages and the turn-marker scan both read it)."""
         return " ".join(p.text for p in self.parts if p.type == "text")
 
     @property

@@ -155,13 +155,48 @@ class TiktokenEncoder:
         for content, rank in spec.special_tokens.items():
             nbytes[rank] = len(content.encode("utf-8"))
         self._nbytes = nbytes
+        self.separator = batch_separator(spec.special_tokens)
 
     def encode_with_offsets(self, text: str) -> Encoded:
         encoded = self.encode_core(text)
         return encoded if encoded is not None else self._fallback.encode_with_offsets(text)
 
     def encode_batch_with_offsets(self, texts: Sequence[str]) -> list[Encoded]:
-        return [self.encode_with_offsets(text) for text in texts]
+        """Every text the fast path takes, in one tiktoken call joined by ``separator``; the others one by one.
+
+        One call instead of one per text: the GIL is released once per batch rather than once per text (a
+        thread coming back from tiktoken must win the GIL again, which under load costs a hand-off each time),
+        and the per-text numpy work runs once. An added token splits text into parts that are pre-tokenized
+        independently, so the joined ids are each text's own ids with the separator's id between them;
+        ``split_joined`` checks that token by token and the texts go one by one if it does not hold.
+        """
+        out: list[Encoded | None] = [None] * len(texts)
+        direct = [i for i, text in enumerate(texts) if not self.hands_over(text)]
+        if self.separator is not None and len(direct) > 1:
+            parts = self.split_joined([texts[i] for i in direct])
+            for i, part in zip(direct, parts or ()):
+                out[i] = part
+        return [got if got is not None else self.encode_with_offsets(text) for got, text in zip(out, texts)]
+
+    def split_joined(self, texts: Sequence[str]) -> list[Encoded] | None:
+        """Encode ``texts`` joined by the separator and cut the result back into one (ids, starts) per text, or
+        None where the separator did not come back as one token at each join (the caller then goes text by text).
+        """
+        assert self.separator is not None
+        separator, separator_id = self.separator
+        encoded = self._encode_direct(separator.join(texts))
+        if encoded is None:
+            return None
+        ids, starts = encoded
+        firsts = np.cumsum([0] + [len(text) + len(separator) for text in texts])  # each text's first character
+        joins = firsts[1:-1] - len(separator)
+        at = np.searchsorted(starts, joins)
+        if at.size and (int(at[-1]) >= ids.size or not (np.array_equal(starts[at], joins)
+                                                           and np.all(ids[at] == separator_id))):
+            return None
+        bounds = [0, *(at + 1).tolist()]
+        ends = [*at.tolist(), ids.size]
+        return [(ids[lo:hi], starts[lo:hi] - first) for lo, hi, first in zip(bounds, ends, firsts.tolist())]
 
     def hands_over(self, text: str) -> bool:
         """Whether ``text`` goes to the tokenizer's own encoder by design: NFC normalisation would change it
@@ -178,8 +213,10 @@ class TiktokenEncoder:
 
     def encode_core(self, text: str) -> Encoded | None:
         """tiktoken's answer, or None where this text must go to the tokenizer's own encoder."""
-        if self.hands_over(text):
-            return None
+        return None if self.hands_over(text) else self._encode_direct(text)
+
+    def _encode_direct(self, text: str) -> Encoded | None:
+        """tiktoken's ids and their start characters, or None if the tokens' bytes do not add up to the text."""
         ids = self._enc.encode_to_numpy(text, allowed_special=self._allowed, disallowed_special=()).astype(np.int64)
         lengths = self._nbytes[ids]
         ends = np.cumsum(lengths)
@@ -191,6 +228,23 @@ class TiktokenEncoder:
             lead = (np.frombuffer(data, dtype=np.uint8) & 0xC0) != 0x80
             starts = (np.cumsum(lead) - 1)[starts]
         return ids, starts
+
+
+def batch_separator(special_tokens: Mapping[str, int]) -> tuple[str, int] | None:
+    """The added token (and its id) that joins a batch's texts for one tiktoken call, or None if there is none.
+
+    The shortest one that no added token, itself included, can overlap across a join: then every join comes
+    back as exactly that token and nothing on either side of it changes.
+    """
+    for separator in sorted(special_tokens, key=lambda token: (len(token), token)):
+        if not any(_reaches_into(token, separator) for token in special_tokens):
+            return separator, special_tokens[separator]
+    return None
+
+
+def _reaches_into(token: str, separator: str) -> bool:
+    """Whether ``token`` can start in the text before ``separator`` and end inside it or past it."""
+    return any(separator.startswith(token[k:]) or token[k:].startswith(separator) for k in range(1, len(token)))
 
 
 def select_encoder(tokenizer: Any, mode: str = "auto") -> tuple[HFEncoder | TiktokenEncoder, str]:
@@ -236,7 +290,21 @@ def verify_fast_encoder(fast: TiktokenEncoder, hf: HFEncoder, texts: Sequence[st
                 f"verification text {index} ({text[:40]!r}): {_first_difference(starts, want_starts, 'start')}"
             )
         tokens += int(ids.size)
-    return f"identical ids and offsets on {core} verification texts ({tokens:,} tokens; {len(texts) - core} left to hf)"
+    summary = f"identical ids and offsets on {core} verification texts ({tokens:,} tokens; {len(texts) - core} left to hf)"
+    return f"{summary}; {_verify_batching(fast, [t for t in texts if not fast.hands_over(t)])}"
+
+
+def _verify_batching(fast: TiktokenEncoder, texts: Sequence[str]) -> str:
+    """Check that one joined call gives every text its own ids and starts; if not, batches go text by text."""
+    if fast.separator is None:
+        return "batches encoded text by text (no added token can join them)"
+    joined = fast.split_joined(texts)
+    single = [fast.encode_core(text) for text in texts]
+    if joined is None or not all(got is not None and np.array_equal(a[0], got[0]) and np.array_equal(a[1], got[1])
+                                 for a, got in zip(joined, single)):
+        fast.separator = None
+        return "batches encoded text by text (joined verification texts did not split back into their own tokens)"
+    return f"batches encoded in one call, joined by {fast.separator[0]!r}"
 
 
 def _first_difference(got: np.ndarray, want: np.ndarray, what: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -36,7 +37,7 @@ from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
 from ._requests import CollateResult, parse_rows, run_collate
 
-__all__ = ["ERROR_METADATA_KEY", "create_server", "drain_server", "options_from_proto"]
+__all__ = ["ERROR_METADATA_KEY", "collate_threads_for", "create_server", "drain_server", "options_from_proto"]
 
 _LOGGER = logging.getLogger("feedline.service.grpc")
 _OPTION_FIELDS = tuple(f.name for f in pb.CollateOptions.DESCRIPTOR.fields if f.name != "packing")
@@ -54,6 +55,7 @@ def create_server(
     state: ServingState | None = None,
     limits: Limits | None = None,
     max_workers: int = 16,
+    collate_threads: int | None = None,
     reuse_port: bool = False,
     keepalive_time_s: float = 30.0,
     max_connection_age_s: float = 300.0,
@@ -66,6 +68,8 @@ def create_server(
     Health (``grpc.health.v1``) reports SERVING while every processor is loaded and the state is not
     draining; reflection lists the feedline, health and reflection services. With ``auth``, calls other than
     health checks need a bearer token; with ``tls``, the port speaks TLS (mutual TLS if it names a client CA).
+    ``max_workers`` bounds the calls served at once (a stream holds one thread while it lasts);
+    ``collate_threads`` is the number of batches collated at once, by default ``collate_threads_for(1)``.
     """
     state = state or ServingState(registry, limits=limits)
     limits = state.limits
@@ -86,8 +90,8 @@ def create_server(
     options = list({**dict(CHANNEL_OPTIONS), **dict(server_options)}.items())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc"), options=options,
                          interceptors=[AuthInterceptor(auth, ERROR_METADATA_KEY)] if auth else None)
-    servicer = _FeedlineServicer(state, futures.ThreadPoolExecutor(max(2, max_workers // 2),
-                                                                    thread_name_prefix="collate"))
+    collate_pool = futures.ThreadPoolExecutor(collate_threads or collate_threads_for(1), thread_name_prefix="collate")
+    servicer = _FeedlineServicer(state, collate_pool)
     server.add_generic_rpc_handlers((servicer.handler(),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -100,6 +104,18 @@ def create_server(
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     return server, port
+
+
+def collate_threads_for(workers: int) -> int:
+    """Batches one of ``workers`` worker processes collates at once: its share of the CPUs this process may run
+    on (``os.sched_getaffinity``, so a container's CPU set counts), at least one.
+
+    Within a worker only the tokenizer's Rust encode runs beside the GIL-bound Python, so threads beyond its
+    cores do not add throughput; they add GIL hand-offs and context switches (on 2 cores, 8 threads per
+    worker gave 11% fewer rows/s than 1 with 2 workers, and 37% fewer than 2 with 1 worker; see
+    bench/WIRE_NOTES.md section 2). Streams keep their next batches queued meanwhile.
+    """
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
 
 
 def _set_health(servicer: health.HealthServicer, state: ServingState) -> None:

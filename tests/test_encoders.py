@@ -269,6 +269,36 @@ def test_batch_and_single_agree_and_empty_text(encoders: dict[str, tuple[Any, An
     assert ids.shape == starts.shape == (0,)
 
 
+@pytest.mark.parametrize("name", ["qwen2.5", "qwen3.5", "tekken"])
+def test_a_batch_is_encoded_in_one_joined_call(encoders: dict[str, tuple[Any, Any]], name: str) -> None:
+    """One tiktoken call per batch gives every text exactly its own ids and starts, the separator typed inside a
+    text and texts handed to the tokenizer included."""
+    fast, hf = encoders[name]
+    assert fast.separator is not None
+    separator = fast.separator[0]
+    texts = [*verification_texts(sorted(fast.spec.special_tokens))[:80], "", f"a{separator}b", separator,
+             f"{separator}{separator}", "Cafe\u0301 x", "", "日本語 ok", separator[:-1], separator[1:]]
+    calls = []
+    original = fast._enc.encode_to_numpy
+    fast._enc.encode_to_numpy = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    try:
+        batch = fast.encode_batch_with_offsets(texts)
+    finally:
+        del fast._enc.encode_to_numpy
+    assert len(calls) == 1  # texts handed over go to the tokenizer's own encoder, not to tiktoken
+    for text, got, want in zip(texts, batch, hf.encode_batch_with_offsets(texts)):
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), text
+
+
+def test_the_separator_cannot_be_overlapped_by_an_added_token() -> None:
+    from feedline.service._encoders import batch_separator
+
+    assert batch_separator({"<a>": 1, "<|x|>": 2}) == ("<a>", 1)
+    assert batch_separator({"ab": 1, "bab": 2, "<s>": 3}) == ("<s>", 3)  # "ab" sits inside "bab"
+    assert batch_separator({"aba": 1}) is None  # it overlaps itself
+    assert batch_separator({}) is None
+
+
 def test_fast_encoder_pickles(encoders: dict[str, tuple[Any, Any]]) -> None:
     fast, _ = encoders["qwen2.5"]
     clone = pickle.loads(pickle.dumps(fast))
@@ -358,3 +388,15 @@ def test_random_text_identical_ids(encoders: dict[str, tuple[Any, Any]], name: s
 def test_random_unicode_identical_ids(encoders: dict[str, tuple[Any, Any]], name: str, text: str) -> None:
     fast, hf = encoders[name]
     _check_identical(fast, hf, text)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "tekken"])
+@_SETTINGS
+@given(data=st.data())
+def test_random_batches_match_text_by_text(encoders: dict[str, tuple[Any, Any]], name: str, data: st.DataObject) -> None:
+    fast, _ = encoders[name]
+    specials = sorted(fast.spec.special_tokens)[:64]
+    texts = data.draw(st.lists(_texts(specials), min_size=2, max_size=6))
+    for text, (ids, starts) in zip(texts, fast.encode_batch_with_offsets(texts)):
+        want = fast.encode_with_offsets(text)
+        assert np.array_equal(ids, want[0]) and np.array_equal(starts, want[1]), text
