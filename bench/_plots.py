@@ -33,9 +33,11 @@ def _packing(f: Mapping[str, Any], ax: Any) -> None:
 
 
 def _scaling(f: Mapping[str, Any], ax: Any) -> None:
-    names = ["1 worker", "2 workers", "2 replicas"]
-    bars = ax.bar(names, [f[n]["rows_per_s"] for n in names], color=["#888", "#4a7", "#47a"])
-    ax.bar_label(bars, [f"{f[n]['rows_per_s'] / f['1 worker']['rows_per_s']:.2f}x" for n in names])
+    from bench.bench_scaling import CONFIGS as names
+
+    bars = ax.bar([n.replace(" on ", "\non ") for n in names], [f[n]["rows_per_s"] for n in names],
+                  color=["#bbb", "#888", "#4a7", "#47a"])
+    ax.bar_label(bars, [f"{f[n]['rows_per_s'] / f['1 worker on 1 CPU']['rows_per_s']:.2f}x" for n in names])
     ax.set(ylabel="rows/s", title=f"Service throughput ({f['cpus']} cores shared with the load)")
 
 

@@ -152,7 +152,8 @@ def _client(f: Mapping[str, Any]) -> str:
     return (f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
             "Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "
             "processes = DataLoader workers (`RUSAGE_CHILDREN`, start-up included) or the server and the loader's "
-            "receiver process (/proc). The in-process sides are RemoteLoader with `offload=False`.\n\n"
+            "receiver process (/proc). The in-process sides are RemoteLoader with `offload=False`. Analysis: "
+            "bench/CLIENT_NOTES.md.\n\n"
             + _table(["side", "trainer CPU ms/batch", "vs local 0 workers", "other processes CPU ms/batch",
                       "total CPU ms/batch", "samples/s", "MB/batch", "first batch s"], rows)
             + f"\n\nTarget (issue 6): RemoteLoader's trainer CPU at most {f['target']:.0%} of the local 0-worker "
@@ -165,17 +166,24 @@ def _client(f: Mapping[str, Any]) -> str:
 
 
 def _scaling(f: Mapping[str, Any]) -> str:
+    from bench.bench_scaling import CONFIGS
+
     rows = [[name, f[name]["rows_per_s"], f[name]["tokens_per_s"] / 1e6, f[name]["server_cores_used"],
              f[name]["rows_per_server_cpu_s"],
+             _ratio(f[name]["rows_per_s"] / f["1 worker on 1 CPU"]["rows_per_s"]),
              _ratio(f[name]["rows_per_s"] / f["1 worker"]["rows_per_s"])]
-            for name in ("1 worker", "2 workers", "2 replicas")]
+            for name in CONFIGS]
     return (f"Real `feedline serve` processes, {f['batch_rows']} chats per batch, {f['load_streams']} CollateStream "
             f"streams from {f['load_processes']} load processes, {f['seconds']:.0f} s per configuration; 1 replica is "
             f"the 1-worker server. **This machine has {f['cpus']} cores**, shared by the servers and the load "
             "processes (and by anything else running): \"cores used\" is the servers' CPU per second of load, the "
-            "ceiling for 2 workers or 2 replicas is 2.0x only on otherwise idle cores.\n\n"
+            "ceiling for 2 workers or 2 replicas is 2.0x only on otherwise idle cores. \"1 worker on 1 CPU\" is "
+            "pinned to one CPU (affinity), so it sizes itself for one: the first ratio column is the scaling of "
+            "worker processes (issue 5's target: 2 workers at least 1.7x); the second compares with one worker "
+            "free to use both cores (its collate pool then runs 2 batches at once). Analysis: "
+            "bench/WIRE_NOTES.md section 2.\n\n"
             + _table(["configuration", "rows/s", "Mtok/s", "server cores used", "rows per server CPU s",
-                      "vs 1 worker"], rows))
+                      "vs 1 worker on 1 CPU", "vs 1 worker"], rows))
 
 
 def _generic(f: Any) -> str:
@@ -243,7 +251,10 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
             for base in ("local, 0 workers", "local, 0 workers, hf encoder"):
                 rows.append([f"trainer CPU per batch: {side} / {base}", _pct(f[f"ratio trainer CPU {side} / {base}"])])
     if (f := fig("scaling")) and "1 worker" in f:
-        rows.append(["service throughput: 2 workers / 1 worker", _ratio(f["ratio 2 workers / 1 worker"])])
+        rows.append(["service throughput: 2 workers / 1 worker on 1 CPU",
+                     _ratio(f["ratio 2 workers / 1 worker on 1 CPU"])])
+        rows.append(["service throughput: 2 workers / 1 worker (free to use both CPUs)",
+                     _ratio(f["ratio 2 workers / 1 worker"])])
         rows.append(["service throughput: 2 replicas / 1 replica", _ratio(f["ratio 2 replicas / 1 replica"])])
     if (f := fig("packing")) and "pack_sizes" in f:
         for size, p in f["pack_sizes"].items():

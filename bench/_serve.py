@@ -31,15 +31,20 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Server:
-    """One `feedline serve` on 127.0.0.1 with free ports; ``close()`` drains it with SIGTERM."""
+    """One `feedline serve` on 127.0.0.1 with free ports; ``close()`` drains it with SIGTERM.
 
-    def __init__(self, *args: str, workers: int = 1) -> None:
+    ``cpus`` pins the server to those CPUs (Linux affinity, set before it starts, so it sizes its collate
+    pool for them, as it would in a container with that CPU set).
+    """
+
+    def __init__(self, *args: str, workers: int = 1, cpus: set[int] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_"))}
         env["TOKENIZERS_PARALLELISM"] = "false"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "feedline.service._cli", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
              "--http-port", "0", "--workers", str(workers), "--log-level", "info", *args],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.workers = workers
         self.grpc_port, self.http_port = self._listening()
@@ -88,12 +93,13 @@ class Server:
 
 
 @contextmanager
-def serving(*configs: tuple[int, Sequence[str]]) -> Iterator[list[Server]]:
-    """Start one server per ``(workers, args)`` at once (their loading overlaps), yield them ready, stop them."""
+def serving(*configs: tuple[int, Sequence[str]] | tuple[int, Sequence[str], set[int]]) -> Iterator[list[Server]]:
+    """Start one server per ``(workers, args[, cpus])`` at once (their loading overlaps), yield them ready, stop
+    them."""
     servers: list[Server] = []
     try:
-        for workers, args in configs:
-            servers.append(Server(*args, workers=workers))
+        for workers, args, *cpus in configs:
+            servers.append(Server(*args, workers=workers, cpus=cpus[0] if cpus else None))
         for server in servers:
             server.wait_ready()
         yield servers

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -33,6 +32,7 @@ from ._config import Limits
 from ._dataset import DatasetPlan, batch_rows, num_batches, open_dataset
 from ._errors_map import brief, error_body, status_for
 from ._logging import new_request_id, request_id
+from ._cpus import available_cpus
 from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
 from ._requests import CollateResult, parse_rows, run_collate
@@ -107,15 +107,15 @@ def create_server(
 
 
 def collate_threads_for(workers: int) -> int:
-    """Batches one of ``workers`` worker processes collates at once: its share of the CPUs this process may run
-    on (``os.sched_getaffinity``, so a container's CPU set counts), at least one.
+    """Batches one of ``workers`` worker processes collates at once: its share of the CPUs this process may
+    use (its affinity set capped by a cgroup CPU quota, see ``_cpus``), at least one.
 
     Within a worker only the tokenizer's Rust encode runs beside the GIL-bound Python, so threads beyond its
     cores do not add throughput; they add GIL hand-offs and context switches (on 2 cores, 8 threads per
     worker gave 11% fewer rows/s than 1 with 2 workers, and 37% fewer than 2 with 1 worker; see
     bench/WIRE_NOTES.md section 2). Streams keep their next batches queued meanwhile.
     """
-    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+    return max(1, available_cpus() // max(1, workers))
 
 
 def _set_health(servicer: health.HealthServicer, state: ServingState) -> None:
