@@ -310,14 +310,13 @@ class _Run:
             yield chunk[0], msgpack.unpackb(chunk[1])
 
     def _produce(self) -> None:
-        remote = self.spec["remote"]
+        remote, allocate = self.spec["remote"], self._pool.allocator()
         if self.spec["mode"] == "dataset":
             request = pb.StreamDatasetRequest.FromString(self.spec["request"])
             request.start_batch_index = self.spec["start"]
-            blobs = dataset_blobs(remote, request, allocate=self._pool.allocate, stop=self.stop)
+            blobs = dataset_blobs(remote, request, allocate=allocate, stop=self.stop)
         else:
-            blobs = sample_blobs(remote, self._rows(), self.spec["prefetch"], allocate=self._pool.allocate,
-                                 stop=self.stop)
+            blobs = sample_blobs(remote, self._rows(), self.spec["prefetch"], allocate=allocate, stop=self.stop)
         try:
             for index, blob in blobs:
                 if not self._wait_for_room():
@@ -325,7 +324,7 @@ class _Run:
                 fields = describe(decode_batch(blob), blob)
                 with self._room:
                     self._sent.append(blob.nbytes)
-                self._out.send(("batch", self.run, index, self._pool.lend(), fields))
+                self._out.send(("batch", self.run, index, allocate.lend(), fields))
             self._out.send(("done", self.run))
         except FeedlineError as exc:
             if not self.stop.is_set():
@@ -335,6 +334,7 @@ class _Run:
                 self._out.send(("error", self.run, ServiceUnavailable(f"receiver: {exc!r}").to_dict()))
         finally:
             blobs.close()
+            allocate.close()
             remote._replicas.close()
 
 

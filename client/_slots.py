@@ -26,7 +26,7 @@ import numpy as np
 
 from feedline.proto._codec import DTYPES, DecodedBatch
 
-__all__ = ["Field", "SlotMaps", "SlotPool", "describe", "send_slot"]
+__all__ = ["Allocator", "Field", "SlotMaps", "SlotPool", "describe", "send_slot"]
 
 MIN_SLOT_BYTES = 1 << 20
 
@@ -53,45 +53,38 @@ def describe(batch: DecodedBatch, base: np.ndarray) -> list[Field]:
 
 
 class SlotPool:
-    """Receiver side: hands out slot views for batches and learns from the trainer when they are free.
+    """Receiver side: slots for batches, taken through a run's ``Allocator``, freed when the trainer says so.
 
     ``announce(slot, size, fd, live)`` tells the trainer about a new slot (it must map it before the first
-    batch in it arrives) and which slots still exist. Slots are sized in powers of two from 1 MiB, so batches of similar size reuse them.
+    batch in it arrives) and which slots still exist. Slots are sized in powers of two from 1 MiB, so batches
+    of similar size reuse them.
     """
 
     def __init__(self, announce: Callable[[int, int, int, Sequence[int]], None]) -> None:
         self._announce = announce
         self._maps: dict[int, mmap.mmap] = {}
         self._free: list[int] = []
-        self._reserved: int | None = None
         self._lock = threading.Lock()
         self._next_id = 0
 
-    def allocate(self, nbytes: int) -> np.ndarray:
-        """A writable view of ``nbytes`` at the start of a free slot (a new slot if none fits)."""
+    def allocator(self) -> Allocator:
+        """Allocations for one run (one producer thread)."""
+        return Allocator(self)
+
+    def release(self, slots: Sequence[int]) -> None:
         with self._lock:
-            if self._reserved is not None:  # the last allocation was never delivered (its stream broke)
-                self._free.append(self._reserved)
+            self._free.extend(s for s in slots if s in self._maps)
+
+    def _take(self, nbytes: int) -> tuple[int, np.ndarray]:
+        """The smallest free slot that fits ``nbytes`` (a new one if none does) and a view of its start."""
+        with self._lock:
             fitting = [s for s in self._free if len(self._maps[s]) >= nbytes]
             if fitting:
                 slot = min(fitting, key=lambda s: len(self._maps[s]))
                 self._free.remove(slot)
             else:
                 slot = self._create(nbytes)
-            self._reserved = slot
-            return np.frombuffer(self._maps[slot], dtype=np.uint8, count=nbytes)
-
-    def lend(self) -> int:
-        """The slot of the last allocation, now handed to the trainer until it is released."""
-        with self._lock:
-            slot, self._reserved = self._reserved, None
-        if slot is None:
-            raise RuntimeError("no allocated slot to lend")
-        return slot
-
-    def release(self, slots: Sequence[int]) -> None:
-        with self._lock:
-            self._free.extend(s for s in slots if s in self._maps)
+            return slot, np.frombuffer(self._maps[slot], dtype=np.uint8, count=nbytes)
 
     def _create(self, nbytes: int) -> int:
         size = max(MIN_SLOT_BYTES, 1 << (max(nbytes, 1) - 1).bit_length())
@@ -106,6 +99,34 @@ class SlotPool:
         finally:
             os.close(fd)
         return slot
+
+
+class Allocator:
+    """One run's allocations, made one batch at a time: a slot taken for a batch that was never lent (its stream
+    broke mid-batch) goes back at the run's next allocation or at ``close()``. Per run, so a cancelled run
+    still finishing on its thread can never lend or free the slot of the run that replaced it."""
+
+    def __init__(self, pool: SlotPool) -> None:
+        self._pool = pool
+        self._reserved: int | None = None
+
+    def __call__(self, nbytes: int) -> np.ndarray:
+        """A writable view of ``nbytes`` at the start of a slot (``FrameAssembler``'s ``allocate``)."""
+        self.close()
+        self._reserved, view = self._pool._take(nbytes)
+        return view
+
+    def lend(self) -> int:
+        """The slot of the last allocation, now the trainer's until it releases it."""
+        slot, self._reserved = self._reserved, None
+        if slot is None:
+            raise RuntimeError("no allocated slot to lend")
+        return slot
+
+    def close(self) -> None:
+        if self._reserved is not None:
+            self._pool.release([self._reserved])
+            self._reserved = None
 
 
 def send_slot(conn: Connection, slot: int, size: int, fd: int, live: Sequence[int]) -> None:

@@ -40,8 +40,9 @@ def dataset_blobs(
     remote: RemoteCollate, request: pb.StreamDatasetRequest, *, allocate: Allocate | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream resumes on
-    another replica from the next undelivered index. ``stop`` ends the retries (the caller closed the run)."""
+    """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream, or one that waits
+    ``retry.timeout`` seconds for a frame, resumes on another replica from the next undelivered index. ``stop``
+    ends the retries (the caller closed the run)."""
     policy = remote.retry
     next_index, failures = request.start_batch_index, 0
     while True:
@@ -73,16 +74,47 @@ def _stream(remote: RemoteCollate, target: str, template: pb.StreamDatasetReques
         FRAME_STREAM, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
     )
     call = method(request, timeout=None, metadata=list(remote._replicas.metadata) or None)
+    watch = _IdleWatch(call, remote.retry.timeout, target)
+    frames = iter(call)
     try:
         assembler = FrameAssembler(allocate=allocate)
-        for frame in call:
+        while True:
+            watch.waiting_since = time.monotonic()
+            frame = next(frames, None)
+            watch.waiting_since = None
+            if frame is None:
+                break
             blob = assembler.add(frame)
             if blob is not None:
                 yield blob
                 assembler = FrameAssembler(allocate=allocate)
         assembler.check_complete()
     finally:
+        watch.close()
         call.cancel()  # a consumer that stops early must not leave the server streaming
+
+
+class _IdleWatch:
+    """The deadline of a stream that lasts an epoch: cancel the call when it has waited ``limit`` seconds for
+    its next frame (a replica that hangs without dying), so the stream resumes on another. Time the consumer
+    spends holding a batch (backpressure) does not count."""
+
+    def __init__(self, call: Any, limit: float, target: str) -> None:
+        self._call, self._limit, self._target = call, limit, target
+        self.waiting_since: float | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="feedline-stream-deadline", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self._limit / 4)):
+            since = self.waiting_since
+            if since is not None and time.monotonic() - since > self._limit:
+                _LOGGER.warning("no frame from %s for %.1f s; cancelling its stream", self._target, self._limit)
+                self._call.cancel()
+                return
+
+    def close(self) -> None:
+        self._done.set()
 
 
 def sample_blobs(

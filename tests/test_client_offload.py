@@ -78,9 +78,10 @@ def _pool_and_maps() -> tuple[SlotPool, SlotMaps, Connection, Connection]:
 
 def _put(pool: SlotPool, tensors: dict[str, np.ndarray], **kw: Any) -> tuple[int, Any]:
     blob = encode_batch(tensors, **kw)
-    view = pool.allocate(len(blob))
+    allocate = pool.allocator()
+    view = allocate(len(blob))
     view[:] = np.frombuffer(blob, dtype=np.uint8)
-    return pool.lend(), describe(decode_batch(view), view)
+    return allocate.lend(), describe(decode_batch(view), view)
 
 
 def test_a_slot_is_released_only_when_every_view_of_its_batch_is_gone() -> None:
@@ -117,8 +118,13 @@ def test_the_pool_reuses_free_slots_and_grows_only_when_none_fits() -> None:
     assert _put(pool, small)[0] == first
     big, _ = _put(pool, {"x": np.ones(300_000, dtype=np.int64)})  # 2.4 MB: no 1 MiB slot fits
     assert big not in (first, second) and len(maps._maps[big]) == 4 << 20
-    view = pool.allocate(10)  # an allocation never lent (its stream broke) is reused by the next one
-    assert pool.allocate(10).ctypes.data == view.ctypes.data and len(maps._maps) == 4
+    allocate = pool.allocator()
+    view = allocate(10)  # an allocation never lent (its stream broke) is reused by the run's next one
+    assert allocate(10).ctypes.data == view.ctypes.data and len(maps._maps) == 4
+    other = pool.allocator()  # ... and never by another run while this one holds it
+    assert other(10).ctypes.data != view.ctypes.data and len(maps._maps) == 5
+    allocate.close()  # the run ended without lending it: free again
+    assert pool.allocator()(10).ctypes.data == view.ctypes.data
     for c in conns:
         c.close()
 
@@ -243,3 +249,40 @@ def test_every_prefetch_depth_delivers_every_batch(server: str, mode: str, prefe
     loader = _loader(server, mode, batch_size=3, prefetch=prefetch)
     assert [_bytes(b) for b in loader] == reference and len(reference) == 10
     loader.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("offload", [True, False])
+def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offload: bool) -> None:
+    """A real gRPC server that accepts the stream and never sends a frame: after retry.timeout of silence
+    the stream moves to the next replica and the epoch is complete and in order."""
+    from concurrent import futures
+
+    from feedline.client import RetryPolicy
+    from feedline.client._requests import FRAME_STREAM
+
+    def hang(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        while context.is_active():
+            time.sleep(0.05)
+        return iter(())
+
+    handler = grpc.method_handlers_generic_handler("feedline.v1.Feedline", {
+        FRAME_STREAM.rsplit("/", 1)[1]: grpc.unary_stream_rpc_method_handler(hang),
+    })
+    stalled = grpc.server(futures.ThreadPoolExecutor(4))
+    stalled.add_generic_rpc_handlers((handler,))
+    port = stalled.add_insecure_port("127.0.0.1:0")
+    stalled.start()
+    try:
+        reference = [_bytes(b) for b in _loader(server, "dataset", batch_size=4, offload=False)]
+        fingerprint = RemoteLoader(server, "qwen2.5", samples=[])._remote.pin()
+        loader = RemoteLoader([f"127.0.0.1:{port}", server], "qwen2.5", dataset="train.jsonl", seed=3,
+                              batch_size=4, offload=offload, fingerprint=fingerprint,
+                              retry=RetryPolicy(attempts=4, initial_backoff=0.05, timeout=1.5))
+        loader._remote._replicas._next = 0  # the hanging replica first
+        started = time.monotonic()
+        assert [_bytes(b) for b in loader] == reference
+        assert 1.5 < time.monotonic() - started < 30
+        loader.close()
+    finally:
+        stalled.stop(0)
