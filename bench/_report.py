@@ -145,9 +145,10 @@ def _client(f: Mapping[str, Any]) -> str:
              f[side]["mb_per_batch"], f[side]["first_batch_s"]] for side in SIDES]
     imp = f["client import"]
     met = "met" if f["target met"] else "**not met**"
+    hf_base = "local, 0 workers, hf encoder"
     remote = "; ".join(f"{side} {_pct(f[side]['trainer_cpu_ms_per_batch'] / base)} (receiver process "
                        f"{f[side]['receiver_cpu_ms_per_batch']:.2f} ms/batch, in 'other processes'), against the "
-                       f"local path on HF's encoder {_pct(f[f'ratio trainer CPU {side} / local, 0 workers, hf encoder'])}"
+                       f"local path on HF's encoder {_pct(f[f'ratio trainer CPU {side} / {hf_base}'])}"
                        for side in TARGET_SIDES)
     return (f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
             "Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "

@@ -4,7 +4,8 @@ A RemoteLoader starts one receiver (a plain ``python -c`` child, so the trainer'
 re-imported and a CUDA context is never forked) and keeps it for its lifetime. For each ``iter()`` the trainer
 sends a *run*; the receiver produces that run's batches with the same generators the in-process path uses
 (``_sources``), assembles each straight into a shared-memory slot (``_slots``) and sends a small descriptor.
-The trainer's share per batch is one message in, a few array views, and one message out.
+The trainer's share per batch is one message in and a few array views; one message goes back per
+``prefetch // 2`` batches. The receiver's side is ``_receiver_process``.
 
 Messages, trainer -> receiver (control socket):
     ("run", run, spec, released)       start run ``run`` (cancels any other); slots freed since the last run
@@ -24,29 +25,21 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import queue
-import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 import msgpack
 
-from feedline.proto import FeedlineError, InvalidSample, ServiceUnavailable, error_from_dict
-from feedline.proto._codec import decode_batch
-from feedline.proto.v1 import feedline_pb2 as pb
+from feedline.proto import InvalidSample, ServiceUnavailable, error_from_dict
 
-from ._slots import SlotMaps, SlotPool, describe, send_slot
-from ._sources import dataset_blobs, sample_blobs
+from ._receiver_process import END
+from ._slots import SlotMaps
 
-__all__ = ["END", "Receiver", "serve"]
-
-END = "end"
-"""Samples mode: the trainer has no more chunks."""
+__all__ = ["Receiver"]
 
 _LOGGER = logging.getLogger("feedline.client")
 
@@ -62,7 +55,8 @@ class _Child:
         parent_ctrl, child_ctrl = socket.socketpair()
         parent_data, child_data = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        code = "import sys; from feedline.client._receiver import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+        code = ("import sys; from feedline.client._receiver_process import serve; "
+                "serve(int(sys.argv[1]), int(sys.argv[2]))")
         with child_ctrl, child_data:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code, str(child_ctrl.fileno()), str(child_data.fileno())],
@@ -193,6 +187,10 @@ class Receiver:
         finished = False
         try:
             while True:
+                if self._runs != run:
+                    finished = True
+                    raise RuntimeError("this iteration of the RemoteLoader was superseded by a newer iter() of the "
+                                       "same loader (one receiver serves one iteration at a time)")
                 message = child.recv()
                 if message[1] != run:  # a batch of a run the trainer abandoned: its slot is free at once
                     if message[0] == "batch":
@@ -250,121 +248,3 @@ def _packed(chunk: tuple[int, Sequence[Mapping[str, Any]]] | str) -> tuple[int, 
             except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidSample(f"row cannot be serialised: {exc}", sample=i) from None
         raise
-
-
-# ----------------------------------------------------------------------------------------------- receiver side
-class _Out:
-    """The data socket, one sender at a time (a slot announcement is a message and a descriptor)."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn, self._lock = conn, threading.Lock()
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._conn.send(message)
-
-    def announce(self, slot: int, size: int, fd: int, live: Sequence[int]) -> None:
-        with self._lock:
-            send_slot(self._conn, slot, size, fd, live)
-
-
-class _Run:
-    """One run's producer thread, bounded by the trainer's credits (``prefetch`` batches, ``max_bytes``)."""
-
-    def __init__(self, run: int, spec: dict[str, Any], pool: SlotPool, out: _Out) -> None:
-        self.run, self.spec, self._pool, self._out = run, spec, pool, out
-        self.stop = threading.Event()
-        self._chunks: queue.Queue[Any] = queue.Queue()
-        self._sent: collections.deque[int] = collections.deque()
-        self._room = threading.Condition()
-        self._thread = threading.Thread(target=self._produce, name=f"feedline-run-{run}", daemon=True)
-        self._thread.start()
-
-    def feed(self, chunks: list[Any], consumed: int) -> None:
-        """Chunks to collate (samples mode) and the number of batches the trainer took since the last call."""
-        for chunk in chunks:
-            self._chunks.put(chunk)
-        with self._room:
-            for _ in range(min(consumed, len(self._sent))):
-                self._sent.popleft()
-            self._room.notify_all()
-
-    def cancel(self) -> None:
-        self.stop.set()
-        self._chunks.put(END)
-        with self._room:
-            self._room.notify_all()
-        self.spec["remote"]._replicas.close()  # fails the call in flight, so the thread sees the stop
-
-    def _wait_for_room(self) -> bool:
-        prefetch, max_bytes = self.spec["prefetch"], self.spec["max_bytes"]
-        with self._room:
-            while not self.stop.is_set() and self._sent and (
-                len(self._sent) >= prefetch or sum(self._sent) >= max_bytes
-            ):
-                self._room.wait()
-        return not self.stop.is_set()
-
-    def _rows(self) -> Iterator[Any]:
-        while (chunk := self._chunks.get()) != END:
-            yield chunk[0], msgpack.unpackb(chunk[1])
-
-    def _produce(self) -> None:
-        remote, allocate = self.spec["remote"], self._pool.allocator()
-        if self.spec["mode"] == "dataset":
-            request = pb.StreamDatasetRequest.FromString(self.spec["request"])
-            request.start_batch_index = self.spec["start"]
-            blobs = dataset_blobs(remote, request, allocate=allocate, stop=self.stop)
-        else:
-            blobs = sample_blobs(remote, self._rows(), self.spec["prefetch"], allocate=allocate, stop=self.stop)
-        try:
-            for index, blob in blobs:
-                if not self._wait_for_room():
-                    return
-                fields = describe(decode_batch(blob), blob)
-                with self._room:
-                    self._sent.append(blob.nbytes)
-                self._out.send(("batch", self.run, index, allocate.lend(), fields))
-            self._out.send(("done", self.run))
-        except FeedlineError as exc:
-            if not self.stop.is_set():
-                self._out.send(("error", self.run, exc.to_dict()))
-        except Exception as exc:  # noqa: BLE001 - anything else still reaches the trainer, never a silent hang
-            if not self.stop.is_set():
-                self._out.send(("error", self.run, ServiceUnavailable(f"receiver: {exc!r}").to_dict()))
-        finally:
-            blobs.close()
-            allocate.close()
-            remote._replicas.close()
-
-
-def serve(ctrl_fd: int, data_fd: int) -> None:
-    """The receiver process's main loop: control messages in, runs started and fed, until the socket closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; we end with its socket
-    ctrl, out = Connection(ctrl_fd), _Out(Connection(data_fd))
-    pool = SlotPool(out.announce)
-    current: _Run | None = None
-    try:
-        while True:
-            try:
-                message = ctrl.recv()
-            except (EOFError, OSError):
-                return
-            kind = message[0]
-            if kind == "stop":
-                return
-            if kind == "run":
-                pool.release(message[3])
-                if current is not None:
-                    current.cancel()
-                current = _Run(message[1], message[2], pool, out)
-            elif kind == "next":
-                pool.release(message[3])
-                if current is not None and message[1] == current.run:
-                    current.feed(message[2], message[4])
-            elif kind == "cancel" and current is not None and message[1] == current.run:
-                current.cancel()
-                current = None
-    finally:
-        if current is not None:
-            current.cancel()

@@ -64,7 +64,8 @@ def map_rpc_error(err: grpc.RpcError) -> FeedlineError:
             except ValueError:
                 break
     code = err.code() if hasattr(err, "code") else None
-    return ServiceUnavailable(f"{code.name if code else 'RPC'} from the server: {err.details() if hasattr(err, 'details') else err}")
+    details = err.details() if hasattr(err, "details") else err
+    return ServiceUnavailable(f"{code.name if code else 'RPC'} from the server: {details}")
 
 
 class Replicas:

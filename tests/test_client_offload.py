@@ -286,3 +286,16 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
         loader.close()
     finally:
         stalled.stop(0)
+
+
+def test_a_second_iteration_supersedes_the_first_instead_of_hanging(server: str) -> None:
+    reference = [_bytes(b) for b in _loader(server, "dataset", batch_size=4, offload=False)]
+    loader = _loader(server, "dataset", batch_size=4)
+    first = iter(loader)
+    assert _bytes(next(first)) == reference[0]
+    second = iter(loader)
+    assert _bytes(next(second)) == reference[0]
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(first)
+    assert [_bytes(b) for b in second] == reference[1:]
+    loader.close()
