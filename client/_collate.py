@@ -9,11 +9,10 @@ from typing import Any
 
 import grpc
 
-from feedline.proto import FingerprintMismatch
 from feedline.proto._framing import decode_frames
 
 from ._replicas import Replicas, RetryPolicy, call_with_failover
-from ._requests import collate_call, collate_request, options_message, processor_fingerprint
+from ._requests import check_fingerprint, collate_call, collate_request, options_message, processor_fingerprint
 from ._tensors import to_torch
 
 __all__ = ["RemoteCollate"]
@@ -79,8 +78,7 @@ class RemoteCollate:
             return collate_call(channel, request, self.retry.timeout, self._replicas.metadata).result()
 
         response = call_with_failover(self._replicas, self.retry, attempt)
-        if response.fingerprint and response.fingerprint != fingerprint:
-            raise FingerprintMismatch(f"replica answered with processor {response.fingerprint}, pinned {fingerprint}")
+        check_fingerprint(response.fingerprint, fingerprint)
         decoded = decode_frames(response.frames)
         self.last_reports = list(decoded.meta.get("reports", []))
         for report in self.last_reports:

@@ -271,11 +271,6 @@ class _PrefetchBuffer:
             self._cond.notify_all()
             return item
 
-    @property
-    def receiver_pid(self) -> int | None:
-        """Process id of the receiver process (for monitoring its CPU and memory), None until one runs."""
-        return self._receiver_process.pid if self._receiver_process is not None else None
-
     def close(self) -> None:
         with self._cond:
             self.closed = True

@@ -54,8 +54,7 @@ class _Run:
         self._chunks: queue.Queue[Any] = queue.Queue()
         self._sent: collections.deque[int] = collections.deque()
         self._room = threading.Condition()
-        self._thread = threading.Thread(target=self._produce, name=f"feedline-run-{run}", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._produce, name=f"feedline-run-{run}", daemon=True).start()
 
     def feed(self, chunks: list[Any], consumed: int) -> None:
         """Chunks to collate (samples mode) and the number of batches the trainer took since the last call."""

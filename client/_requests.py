@@ -8,10 +8,12 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from feedline.proto import InvalidOptions, InvalidSample
+from feedline.proto import FingerprintMismatch, InvalidOptions, InvalidSample
 from feedline.proto.v1 import feedline_pb2 as pb
 
-__all__ = ["FRAME_STREAM", "collate_call", "collate_request", "options_message", "processor_fingerprint"]
+__all__ = [
+    "FRAME_STREAM", "check_fingerprint", "collate_call", "collate_request", "options_message", "processor_fingerprint",
+]
 
 FRAME_STREAM = "/feedline.v1.Feedline/StreamDataset"
 _COLLATE = "/feedline.v1.Feedline/Collate"
@@ -54,6 +56,12 @@ def _json(sample: Mapping[str, Any], index: int) -> bytes:
         return json.dumps(sample, ensure_ascii=False).encode()
     except (TypeError, ValueError) as exc:
         raise InvalidSample(f"sample is not JSON-serialisable: {exc}", sample=index) from None
+
+
+def check_fingerprint(answered: str, pinned: str) -> None:
+    """A replica that answered with another processor than the pinned one is an error, never other tokens."""
+    if pinned and answered and answered != pinned:
+        raise FingerprintMismatch(f"replica answered with processor {answered}, pinned {pinned}")
 
 
 def collate_call(channel: Any, request: pb.CollateRequest, timeout: float, metadata: Sequence[tuple[str, str]]) -> Any:

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from feedline.proto import FingerprintMismatch, ServiceUnavailable
+from feedline.proto import ServiceUnavailable
 from feedline.proto._framing import FrameAssembler, join_frames
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._replicas import RETRYABLE, map_rpc_error
-from ._requests import FRAME_STREAM, collate_call, collate_request
+from ._requests import FRAME_STREAM, check_fingerprint, collate_call, collate_request
 
 if TYPE_CHECKING:
     from ._collate import RemoteCollate
@@ -157,8 +157,6 @@ def _collect(remote: RemoteCollate, index: int, rows: Sequence[Mapping[str, Any]
             time.sleep(policy.backoff(attempt))
             future = _submit(remote, index, rows)
             continue
-        if remote.fingerprint and response.fingerprint and response.fingerprint != remote.fingerprint:
-            raise FingerprintMismatch(f"replica answered with processor {response.fingerprint}, "
-                                      f"pinned {remote.fingerprint}")
+        check_fingerprint(response.fingerprint, remote.fingerprint)
         return index, join_frames(response.frames, allocate=allocate)
     raise ServiceUnavailable(f"batch {index}: no replica answered after {policy.attempts} attempts")

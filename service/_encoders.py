@@ -274,14 +274,14 @@ def select_encoder(tokenizer: Any, mode: str = "auto") -> tuple[HFEncoder | Tikt
 def verify_fast_encoder(fast: TiktokenEncoder, hf: HFEncoder, texts: Sequence[str]) -> str:
     """Encode ``texts`` both ways; raise _Ineligible at the first different id or start, else summarise."""
     expected = hf.encode_batch_with_offsets(texts)
-    tokens = core = 0
+    tokens, direct = 0, []
     for index, (text, (want_ids, want_starts)) in enumerate(zip(texts, expected)):
         got = fast.encode_core(text)
         if got is None:
             if fast.hands_over(text):
                 continue
             raise _Ineligible(f"the pre-tokenizer pattern leaves part of verification text {index} unmatched")
-        core += 1
+        direct.append((text, got))
         ids, starts = got
         if not np.array_equal(ids, want_ids):
             raise _Ineligible(f"verification text {index} ({text[:40]!r}): {_first_difference(ids, want_ids, 'id')}")
@@ -290,18 +290,19 @@ def verify_fast_encoder(fast: TiktokenEncoder, hf: HFEncoder, texts: Sequence[st
                 f"verification text {index} ({text[:40]!r}): {_first_difference(starts, want_starts, 'start')}"
             )
         tokens += int(ids.size)
+    core = len(direct)
     summary = f"identical ids and offsets on {core} verification texts ({tokens:,} tokens; {len(texts) - core} left to hf)"
-    return f"{summary}; {_verify_batching(fast, [t for t in texts if not fast.hands_over(t)])}"
+    return f"{summary}; {_verify_batching(fast, direct)}"
 
 
-def _verify_batching(fast: TiktokenEncoder, texts: Sequence[str]) -> str:
-    """Check that one joined call gives every text its own ids and starts; if not, batches go text by text."""
+def _verify_batching(fast: TiktokenEncoder, direct: Sequence[tuple[str, Encoded]]) -> str:
+    """Check that one joined call gives every text its own (already verified) ids and starts; if not, batches
+    go text by text."""
     if fast.separator is None:
         return "batches encoded text by text (no added token can join them)"
-    joined = fast.split_joined(texts)
-    single = [fast.encode_core(text) for text in texts]
-    if joined is None or not all(got is not None and np.array_equal(a[0], got[0]) and np.array_equal(a[1], got[1])
-                                 for a, got in zip(joined, single)):
+    joined = fast.split_joined([text for text, _ in direct])
+    if joined is None or not all(np.array_equal(ids, want[0]) and np.array_equal(starts, want[1])
+                                 for (ids, starts), (_, want) in zip(joined, direct)):
         fast.separator = None
         return "batches encoded text by text (joined verification texts did not split back into their own tokens)"
     return f"batches encoded in one call, joined by {fast.separator[0]!r}"

@@ -29,10 +29,10 @@ from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
 from ._config import Limits
+from ._cpus import available_cpus
 from ._dataset import DatasetPlan, batch_rows, num_batches, open_dataset
 from ._errors_map import brief, error_body, status_for
 from ._logging import new_request_id, request_id
-from ._cpus import available_cpus
 from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
 from ._requests import CollateResult, parse_rows, run_collate
