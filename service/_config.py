@@ -24,6 +24,7 @@ Environment variables (12-factor, for containers) override the file: ``FEEDLINE_
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,16 @@ class ProcessorSpec:
     trust_remote_code: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
     encoder_mode: str = "auto"
+    template_date: str | None = None
+    """The date templates render (``strftime_now``, ``date_string``), YYYY-MM-DD; None: the fixed default."""
+
+    def __post_init__(self) -> None:
+        if self.template_date is not None:
+            try:
+                datetime.date.fromisoformat(str(self.template_date))
+            except ValueError as exc:
+                raise ConfigError(f"processors.{self.name}.template_date must be a YYYY-MM-DD date, "
+                                  f"not {self.template_date!r}") from exc
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ __all__ = [
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
 MEDIA_TYPES: frozenset[str] = frozenset({"image", "audio", "video"})
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SHAREGPT_ROLES = {
     "system": "system",
@@ -52,7 +53,10 @@ class Part:
 
 @dataclass(frozen=True)
 class Message:
-    """A validated chat message; ``content`` is a tuple of parts (plain strings become one text part)."""
+    """A validated chat message; ``content`` is a tuple of parts (plain strings become one text part).
+
+    ``tool_calls`` are normalised for validation and tool links (ids, JSON arguments); the template never sees
+    that form, it gets ``source``."""
 
     role: Role
     parts: tuple[Part, ...]
@@ -60,6 +64,8 @@ class Message:
     tool_calls: tuple[Mapping[str, Any], ...] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The message as the row gave it (None for ShareGPT turns): what the chat template receives."""
 
     @cached_property
     def text(self) -> str:
@@ -144,25 +150,28 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
     role = raw.get("role")
     if not isinstance(role, str) or role not in ROLES:
         raise InvalidSample(f"unknown role {role!r}; expected one of {sorted(ROLES)}", sample=index, field=f"{where}.role")
-    reasoning = raw.get("reasoning_content")
+    # transformers hands reasoning to templates under all of these names; the first one given counts.
+    key = next((k for k in _REASONING_KEYS if raw.get(k) is not None), "reasoning_content")
+    reasoning = raw.get(key)
     if reasoning is not None and not isinstance(reasoning, str):
-        raise InvalidSample("must be a string", sample=index, field=f"{where}.reasoning_content")
+        raise InvalidSample("must be a string", sample=index, field=f"{where}.{key}")
     tool_call_id = raw.get("tool_call_id")
     if role == "tool" and not (isinstance(tool_call_id, str) and tool_call_id):
         raise InvalidSample("a tool message needs a tool_call_id", sample=index, field=f"{where}.tool_call_id")
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         raise InvalidSample("must be a string", sample=index, field=f"{where}.name")
-    for key, value in (("reasoning_content", reasoning), ("tool_call_id", tool_call_id), ("name", name)):
+    for name_, value in ((key, reasoning), ("tool_call_id", tool_call_id), ("name", name)):
         if isinstance(value, str):
-            _check_unicode(value, index, f"{where}.{key}")
+            _check_unicode(value, index, f"{where}.{name_}")
     return Message(
         role=role,
         parts=_parse_content(raw.get("content"), index, f"{where}.content"),
-        reasoning_content=reasoning or None,
+        reasoning_content=reasoning,
         tool_calls=_parse_tool_calls(raw.get("tool_calls"), index, f"{where}.tool_calls"),
         tool_call_id=tool_call_id if role == "tool" else None,
         name=name,
+        source=raw,
     )
 
 
@@ -293,7 +302,17 @@ def _check_unicode(text: str, index: int, where: str) -> str:
 
 
 def _template_message(msg: Message, keep_parts: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": msg.role}
+    """The message as given (every key, tool-call arguments and empty reasoning untouched), so the render is
+    ``apply_chat_template``'s; only list content changes: media parts for processors, else its joined text."""
+    if msg.source is not None:
+        out = dict(msg.source)
+        content = out.get("content")
+        if keep_parts and msg.media:
+            out["content"] = [_template_part(p) for p in msg.parts]
+        elif content is not None and not isinstance(content, str):
+            out["content"] = msg.text
+        return out
+    out = {"role": msg.role}
     if keep_parts and msg.media:
         out["content"] = [_template_part(p) for p in msg.parts]
     else:

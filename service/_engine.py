@@ -30,7 +30,8 @@ from ._media import MediaPolicy
 from ._options import CollateOptions
 from ._processor import Processor
 from ._sample import TokenizedSample
-from ._spans import TurnLayout, generation_layout, marker_layout, prefix_layout, reasoning_holes
+from ._scan_proof import Proof, row_features, scan_proof
+from ._spans import TurnLayout, generation_layout, marker_layout, reasoning_holes, render_layout
 from ._text_labels import TextLabels
 from ._tokenmask import spans_to_token_mask, token_regions
 
@@ -173,23 +174,44 @@ def _find_turns(
     text: str,
     index: int,
 ) -> tuple[TurnLayout, LabelStrategy, list[str]]:
-    """Generation tags if the template has them, else derived turn markers, else prefix rendering."""
+    """The assistant turns (scan where proven, else the general method), then the template's generation blocks
+    inside them when it has any."""
     warnings: list[str] = []
     try:
-        if processor.renderer.has_generation_tags:
-            return generation_layout(text, generation, conv.messages), LabelStrategy.GENERATION_TAGS, warnings
-        markers = processor.markers
-        if isinstance(markers, TurnMarkers):
-            try:
-                return marker_layout(text, conv.messages, markers), LabelStrategy.TURN_MARKERS, warnings
-            except TemplateError as exc:
-                warnings.append(f"turn-marker scan failed ({exc.message}); used prefix rendering")
-        else:
-            warnings.append(f"no turn markers ({markers.message}); used prefix rendering")
-        layout = prefix_layout(processor.renderer, template_messages, conv.messages, text, conv.tools)
-        return layout, LabelStrategy.PREFIX_RENDER, warnings
+        if not processor.renderer.has_generation_tags:
+            layout, strategy = _locate_turns(processor, conv, template_messages, text, warnings)
+            return layout, strategy, warnings
+        turns: TurnLayout | None
+        try:
+            turns = _locate_turns(processor, conv, template_messages, text, warnings)[0]
+        except TemplateError as exc:
+            warnings.append(f"assistant turns not located ({exc.message}); generation blocks used as they are")
+            turns = None
+        layout, tag_warnings = generation_layout(text, generation, conv.messages, turns)
+        return layout, LabelStrategy.GENERATION_TAGS, warnings + tag_warnings
     except TemplateError as exc:
         raise exc.at_sample(index) from exc
+
+
+def _locate_turns(
+    processor: Processor, conv: Conversation, template_messages: list[dict[str, Any]], text: str,
+    warnings: list[str],
+) -> tuple[TurnLayout, LabelStrategy]:
+    """The one-render scan where the probes proved it for this kind of row, else (or when it fails) the general
+    method; rows of a kind where the scan differed from the general method never use the scan."""
+    markers = processor.markers
+    usable = markers if isinstance(markers, TurnMarkers) else None
+    proof = scan_proof(processor)
+    standing = [proof[f] for f in row_features(conv)]
+    if usable is not None and Proof.DIFFERS not in standing:
+        try:
+            return marker_layout(text, conv.messages, usable), LabelStrategy.TURN_MARKERS
+        except TemplateError as exc:
+            warnings.append(f"turn-marker scan failed ({exc.message}); used prefix rendering")
+    elif usable is None:
+        warnings.append(f"no turn markers ({markers.message}); used prefix rendering")
+    layout = render_layout(processor.renderer, template_messages, conv.messages, text, conv.tools, usable)
+    return layout, LabelStrategy.PREFIX_RENDER
 
 
 def _with_bos_eos(processor: Processor, ids: np.ndarray, supervised: np.ndarray) -> TokenizedSample:

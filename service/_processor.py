@@ -19,7 +19,7 @@ from feedline.proto import TemplateError
 from ._encoders import select_encoder
 from ._markers import TurnMarkers, derive_turn_markers
 from ._options import CollateOptions
-from ._render import ChatRenderer
+from ._render import DEFAULT_TEMPLATE_DATE, ChatRenderer, parse_template_date
 
 __all__ = ["Processor", "load_processor"]
 
@@ -41,6 +41,7 @@ class Processor:
         defaults: CollateOptions | None = None,
         encoder_mode: str = "auto",
         chat_template: str | None = None,
+        template_date: str | None = None,
     ) -> None:
         self.name = name
         self.tokenizer = tokenizer
@@ -51,8 +52,9 @@ class Processor:
         if isinstance(template, Mapping):
             template = template.get("default") or next(iter(template.values()), None)
         self.chat_template: str | None = template
+        self.template_date = parse_template_date(template_date or DEFAULT_TEMPLATE_DATE)
         self.encoder, self.encoder_reason = select_encoder(tokenizer, encoder_mode)
-        self.fingerprint = _fingerprint(tokenizer, template, hf_processor)
+        self.fingerprint = _fingerprint(tokenizer, template, hf_processor, self.template_date.isoformat())
 
     @property
     def family(self) -> str:
@@ -64,7 +66,9 @@ class Processor:
     def renderer(self) -> ChatRenderer:
         if not self.chat_template:
             raise TemplateError(f"processor {self.name!r} has no chat template")
-        return ChatRenderer(self.chat_template, self.tokenizer.special_tokens_map)
+        added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+        atoms = [str(getattr(token, "content", token)) for token in added.values()]
+        return ChatRenderer(self.chat_template, self.tokenizer.special_tokens_map, date=self.template_date, atoms=atoms)
 
     @cached_property
     def markers(self) -> TurnMarkers | TemplateError:
@@ -107,22 +111,27 @@ class Processor:
             "has_chat_template": bool(self.chat_template),
             "generation_tags": bool(self.chat_template) and self.renderer.has_generation_tags,
             "turn_markers": (
-                {"header": markers.header, "end": markers.end} if isinstance(markers, TurnMarkers) else None
+                {"header": markers.header, "end": markers.end, "last_header": markers.last_header,
+                 "last_end": markers.last_end, "tail": markers.tail, "needs_tools": markers.tools is not None}
+                if isinstance(markers, TurnMarkers) else None
             ),
             "turn_markers_reason": str(markers) if isinstance(markers, TemplateError) else None,
             "encoder": {"path": self.encoder.name, "reason": self.encoder_reason},
+            "template_date": self.template_date.isoformat(),
             "defaults": self.defaults.to_dict(),
             "vocab_size": len(self.tokenizer),
         }
 
 
-def _fingerprint(tokenizer: Any, template: str | None, hf_processor: Any) -> str:
-    """sha256 over the tokenizer definition, added tokens, chat template and processor config."""
+def _fingerprint(tokenizer: Any, template: str | None, hf_processor: Any, template_date: str) -> str:
+    """sha256 over the tokenizer definition, added tokens, chat template, template date and processor config."""
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
     h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     h.update((template or "").encode())
+    if template and template_date != DEFAULT_TEMPLATE_DATE:  # the default keeps earlier fingerprints valid
+        h.update(b"template_date=" + template_date.encode())
     if hf_processor is not None:
         for attr in ("image_processor", "feature_extractor", "video_processor"):
             part = getattr(hf_processor, attr, None)
@@ -138,6 +147,7 @@ def load_processor(
     trust_remote_code: bool = False,
     defaults: Mapping[str, Any] | None = None,
     encoder_mode: str = "auto",
+    template_date: str | None = None,
 ) -> Processor:
     """Load a processor from a builtin name or a local directory/hub id through transformers' Auto classes."""
     from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
@@ -166,4 +176,4 @@ def load_processor(
         tokenizer, hf_processor = loaded.tokenizer, loaded
     base = CollateOptions.from_mapping(defaults) if defaults else None
     return Processor(name, tokenizer, hf_processor=hf_processor, source=source_str, defaults=base,
-                     encoder_mode=encoder_mode)
+                     encoder_mode=encoder_mode, template_date=template_date)

@@ -49,7 +49,7 @@ class ProcessorRegistry:
             try:
                 processor = self._loader(
                     name, spec.source, trust_remote_code=spec.trust_remote_code, defaults=spec.defaults or None,
-                    encoder_mode=spec.encoder_mode,
+                    encoder_mode=spec.encoder_mode, template_date=spec.template_date,
                 )
             # The boundary where any loader failure (transformers raises many kinds) becomes "not ready, because".
             except Exception as exc:  # noqa: BLE001
