@@ -11,16 +11,20 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from .chat_formats.conversations import TOOLS, conversations
-from .chat_formats.oracle import LabelMismatch, check_labels, expected_labels
-from .chat_formats.registry import FAMILIES, family
-from .chat_formats.tokenizers import family_tokenizer
+from tests.support.chat_formats.conversations import TOOLS, conversations
+from tests.support.chat_formats.oracle import LabelMismatch, check_labels, expected_labels
+from tests.support.chat_formats.registry import FAMILIES, family
+from tests.support.chat_formats.tokenizers import family_tokenizer
 
 
 def _chat(system: bool = False) -> dict:
     messages = [{"role": "system", "content": "Be brief."}] if system else []
-    messages += [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello"},
-                 {"role": "user", "content": "2+2"}, {"role": "assistant", "content": "4"}]
+    messages += [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "2+2"},
+        {"role": "assistant", "content": "4"},
+    ]
     return {"messages": messages}
 
 
@@ -66,14 +70,20 @@ def test_template_that_needs_tools_is_checked_with_tools() -> None:
 
 
 def test_turn_after_tool_outputs_has_no_assistant_header() -> None:
-    call = {"id": "abcdefghi", "type": "function",
-            "function": {"name": "get_weather", "arguments": json.dumps({"city": "Zürich"}, ensure_ascii=False)}}
-    row = {"tools": TOOLS, "messages": [
-        {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "abcdefghi", "content": "sunny"},
-        {"role": "assistant", "content": "Sunny."},
-    ]}
+    call = {
+        "id": "abcdefghi",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": json.dumps({"city": "Zürich"}, ensure_ascii=False)},
+    }
+    row = {
+        "tools": TOOLS,
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "abcdefghi", "content": "sunny"},
+            {"role": "assistant", "content": "Sunny."},
+        ],
+    }
     texts = expected_labels(row, "deepseek_v3").texts()
     assert texts[0].startswith("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather")
     assert texts[0].endswith('{"city": "Zürich"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>')
@@ -115,7 +125,7 @@ def test_spans_are_ordered_hold_each_answer_and_end_with_a_closer(name: str) -> 
         exp = expected_labels(row, name)
         assistants = [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant"]
         assert [s.message for s in exp.spans] == assistants
-        assert all(a.end <= b.start for a, b in zip(exp.spans, exp.spans[1:]))
+        assert all(a.end <= b.start for a, b in zip(exp.spans, exp.spans[1:], strict=False))
         for span in exp.spans:
             text, content = span.text(exp.rendered), row["messages"][span.message]["content"]
             if content:

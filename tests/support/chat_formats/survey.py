@@ -1,9 +1,9 @@
 """Per family: how many generated rows the template renders, the default policy labels, and the check accepts.
 
-Run ``python -m tests.chat_formats.survey [--rows N] [FAMILY ...]``. Rows come from the same hypothesis strategy as
-the property test, derandomized (the same rows on every run). "labelled": the engine returned the row with at least
-one supervised token; "correct": ids equal ``apply_chat_template``'s and the supervised tokens are exactly the
-independent check's. The last column is the first reason seen for a row that was not correct.
+Run ``python -m tests.support.chat_formats.survey [--rows N] [FAMILY ...]``. Rows come from the same hypothesis
+strategy as the property test, derandomized (the same rows on every run). "labelled": the engine returned the row
+with at least one supervised token; "correct": ids equal ``apply_chat_template``'s and the supervised tokens are
+exactly the independent check's. The last column is the first reason seen for a row that was not correct.
 """
 
 from __future__ import annotations
@@ -43,8 +43,14 @@ def sample_rows(name: str, count: int) -> list[dict[str, Any]]:
     """``count`` rows (fewer if hypothesis finds fewer distinct ones) from the family's strategy, deterministically."""
     rows: list[dict[str, Any]] = []
 
-    @settings(max_examples=count, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(conversations(family(name)))
     def collect(row: dict[str, Any]) -> None:
         rows.append(row)

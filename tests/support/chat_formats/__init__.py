@@ -7,5 +7,5 @@
 - ``conversations``: hypothesis strategies for rows each template accepts.
 - ``oracle``: the expected supervised text of every assistant turn, derived from renders alone (never from feedline's
   engine), and ``check_labels``.
-- ``survey``: ``python -m tests.chat_formats.survey`` prints family -> rows rendered / labelled / correct.
+- ``survey``: ``python -m tests.support.chat_formats.survey`` prints family -> rows rendered / labelled / correct.
 """

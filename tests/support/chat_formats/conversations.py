@@ -25,16 +25,33 @@ from .registry import Family
 __all__ = ["TOOLS", "conversations", "text"]
 
 TOOLS: list[dict[str, Any]] = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather in a city.",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string", "description": "City name, any language."},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
-    {"type": "function", "function": {
-        "name": "search_notes", "description": "Search the user's notes.",
-        "parameters": {"type": "object", "properties": {
-            "query": {"type": "string"}, "limit": {"type": "integer"}, "exact": {"type": "boolean"}},
-            "required": ["query"]}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "description": "City name, any language."},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "search_notes",
+            "description": "Search the user's notes.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}, "exact": {"type": "boolean"}},
+                "required": ["query"],
+            },
+        },
+    },
 ]
 
 _EXCLUDED = "<>|[]{}\x07\u2581"
@@ -44,10 +61,17 @@ def _clean(value: str) -> str:
     return unicodedata.normalize("NFC", value).strip()
 
 
-text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Co", "Cn"), exclude_characters=_EXCLUDED),
-    min_size=1, max_size=24,
-).map(_clean).filter(lambda s: bool(s) and not any(c in _EXCLUDED for c in s))
+text = (
+    st.text(
+        alphabet=st.characters(
+            codec="utf-8", exclude_categories=("Cs", "Cc", "Co", "Cn"), exclude_characters=_EXCLUDED
+        ),
+        min_size=1,
+        max_size=24,
+    )
+    .map(_clean)
+    .filter(lambda s: bool(s) and not any(c in _EXCLUDED for c in s))
+)
 
 _ids = st.text(alphabet=string.ascii_letters + string.digits, min_size=9, max_size=9)
 
@@ -79,8 +103,9 @@ def _tool_round(draw: st.DrawFn, fam: Family) -> list[dict[str, Any]]:
         arguments: Any = json.dumps(args, ensure_ascii=False) if fam.tool_arguments == "string" else args
         calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
         payload = {"result": draw(text), "ok": draw(st.booleans())}
-        results.append({"role": "tool", "tool_call_id": call_id, "name": name,
-                        "content": json.dumps(payload, ensure_ascii=False)})
+        results.append(
+            {"role": "tool", "tool_call_id": call_id, "name": name, "content": json.dumps(payload, ensure_ascii=False)}
+        )
     caller: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
     if fam.tool_call_content and draw(st.booleans()):
         caller["content"] = draw(text)

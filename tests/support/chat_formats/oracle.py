@@ -70,14 +70,25 @@ class Expected:
         return [s.text(self.rendered) for s in self.spans]
 
 
-def render(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, *,
-           generation_prompt: bool = False, date: datetime | None = None) -> str:
+def render(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None,
+    *,
+    generation_prompt: bool = False,
+    date: datetime | None = None,
+) -> str:
     """The template's text for ``messages`` (``date``: what ``strftime_now`` returns, else today)."""
     extra: dict[str, Any] = {}
     if date is not None:
         extra["strftime_now"] = date.strftime
-    return tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None, tokenize=False,
-                                         add_generation_prompt=generation_prompt, **extra)
+    return tokenizer.apply_chat_template(
+        list(messages),
+        tools=list(tools) if tools else None,
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
+        **extra,
+    )
 
 
 def _lcp(a: str, b: str) -> int:
@@ -97,8 +108,13 @@ def _edit(messages: Sequence[Mapping[str, Any]], index: int, change: Callable[[s
     return out
 
 
-def _content_edge(draw: Callable[[Sequence[Mapping[str, Any]]], str], messages: Sequence[Mapping[str, Any]],
-                  index: int, *, at_end: bool) -> int:
+def _content_edge(
+    draw: Callable[[Sequence[Mapping[str, Any]]], str],
+    messages: Sequence[Mapping[str, Any]],
+    index: int,
+    *,
+    at_end: bool,
+) -> int:
     """Offset in ``draw(messages)`` right after (at_end) or at the start of message ``index``'s own text."""
     plain = draw(messages)
     marked = draw(_edit(messages, index, (lambda c: c + SENTINEL) if at_end else (lambda c: SENTINEL + c)))
@@ -119,9 +135,15 @@ def _match_prompt_tail(tail: str, history: str) -> int:
     return j
 
 
-def expected_spans(fam: Family, tokenizer: Any, messages: Sequence[Mapping[str, Any]],
-                   tools: Sequence[Mapping[str, Any]] | None, date: datetime | None = None) -> tuple[str, list[TurnSpan]]:
+def expected_spans(
+    fam: Family,
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None,
+    date: datetime | None = None,
+) -> tuple[str, list[TurnSpan]]:
     """The full render and, per assistant message, the span of it that must be supervised."""
+
     def full(msgs: Sequence[Mapping[str, Any]]) -> str:
         return render(tokenizer, msgs, tools, date=date)
 
@@ -137,7 +159,7 @@ def expected_spans(fam: Family, tokenizer: Any, messages: Sequence[Mapping[str, 
             raise ValueError("an assistant message needs a message before it")
         before = messages[:i]
         prompt_text = prompt(before)
-        tail = prompt_text[_content_edge(prompt, before, i - 1, at_end=True):]
+        tail = prompt_text[_content_edge(prompt, before, i - 1, at_end=True) :]
         after_previous = _content_edge(full, messages, i - 1, at_end=True)
         start = after_previous + _match_prompt_tail(tail, rendered[after_previous:])
         boundary = _content_edge(full, messages, i + 1, at_end=False) if i + 1 < len(messages) else len(rendered)
@@ -150,12 +172,17 @@ def expected_spans(fam: Family, tokenizer: Any, messages: Sequence[Mapping[str, 
     return rendered, spans
 
 
-def template_ids(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None,
-                 date: datetime | None = None) -> list[int]:
+def template_ids(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None,
+    date: datetime | None = None,
+) -> list[int]:
     """``apply_chat_template(messages, tools=tools, tokenize=True)`` as a plain list (transformers 4 or 5)."""
     extra: dict[str, Any] = {"strftime_now": date.strftime} if date is not None else {}
-    out = tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None, tokenize=True,
-                                        return_dict=False, **extra)
+    out = tokenizer.apply_chat_template(
+        list(messages), tools=list(tools) if tools else None, tokenize=True, return_dict=False, **extra
+    )
     if isinstance(out, Mapping):
         out = out["input_ids"]
     return [int(t) for t in out]
@@ -199,7 +226,7 @@ def _as_mask(ids: Sequence[int], labels_or_mask: Any) -> np.ndarray:
 def _runs(tokenizer: Any, ids: Sequence[int], mask: np.ndarray) -> list[str]:
     runs: list[str] = []
     current: list[int] = []
-    for tid, on in zip(ids, mask.tolist()):
+    for tid, on in zip(ids, mask.tolist(), strict=True):
         if on:
             current.append(int(tid))
         elif current:
@@ -210,8 +237,13 @@ def _runs(tokenizer: Any, ids: Sequence[int], mask: np.ndarray) -> list[str]:
     return runs
 
 
-def check_labels(rendered_ids: Sequence[int], labels_or_mask: Any, conversation: Mapping[str, Any], name: str,
-                 date: datetime | None = None) -> Expected:
+def check_labels(
+    rendered_ids: Sequence[int],
+    labels_or_mask: Any,
+    conversation: Mapping[str, Any],
+    name: str,
+    date: datetime | None = None,
+) -> Expected:
     """Assert the engine's ids equal ``apply_chat_template``'s and its supervision is exactly the expected text.
 
     ``labels_or_mask``: a 0/1 or bool mask over ``rendered_ids``, or unshifted labels (-100 = not supervised).
@@ -220,12 +252,15 @@ def check_labels(rendered_ids: Sequence[int], labels_or_mask: Any, conversation:
     exp = expected_labels(conversation, name, date)
     ids = [int(t) for t in rendered_ids]
     if ids != exp.ids:
-        at = next((k for k, (x, y) in enumerate(zip(ids, exp.ids)) if x != y), min(len(ids), len(exp.ids)))
+        at = next(
+            (k for k, (x, y) in enumerate(zip(ids, exp.ids, strict=False)) if x != y), min(len(ids), len(exp.ids))
+        )
         tok = family_tokenizer(name)
         raise LabelMismatch(
             f"{name}: ids differ from apply_chat_template at token {at} ({len(ids)} vs {len(exp.ids)} tokens)\n"
-            f"  engine:   {tok.decode(ids[max(0, at - 8):at + 8])!r}\n"
-            f"  template: {tok.decode(exp.ids[max(0, at - 8):at + 8])!r}")
+            f"  engine:   {tok.decode(ids[max(0, at - 8) : at + 8])!r}\n"
+            f"  template: {tok.decode(exp.ids[max(0, at - 8) : at + 8])!r}"
+        )
     mask = _as_mask(ids, labels_or_mask)
     missing = exp.must & ~mask
     extra = mask & ~exp.may
@@ -233,5 +268,6 @@ def check_labels(rendered_ids: Sequence[int], labels_or_mask: Any, conversation:
         tok = family_tokenizer(name)
         raise LabelMismatch(
             f"{name}: {int(missing.sum())} expected tokens not supervised, {int(extra.sum())} supervised unexpectedly\n"
-            f"  supervised: {_runs(tok, ids, mask)!r}\n  expected:   {exp.texts()!r}")
+            f"  supervised: {_runs(tok, ids, mask)!r}\n  expected:   {exp.texts()!r}"
+        )
     return exp

@@ -45,7 +45,7 @@ def family_tokenizer(name: str) -> Any:
 
 
 def _cache_root() -> Path:
-    from feedline.service._vocab import cache_dir
+    from feedline.service.tokenizers.builtin._vocab import cache_dir
 
     return cache_dir() / "tests-families"
 
@@ -54,17 +54,24 @@ def _key(fam: Family) -> str:
     import tokenizers
     import transformers
 
-    parts = [_BUILDER, fam.base, repr(fam.added), repr((fam.bos, fam.eos)), fam.template,
-             transformers.__version__, tokenizers.__version__]
+    parts = [
+        _BUILDER,
+        fam.base,
+        repr(fam.added),
+        repr((fam.bos, fam.eos)),
+        fam.template,
+        transformers.__version__,
+        tokenizers.__version__,
+    ]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
 def _base(name: str) -> Any:
     if name == "mistral-v1":
-        from feedline.service._vocab_mistral import build_sentencepiece, mistral_data_file
+        from feedline.service.tokenizers.builtin._mistral import build_sentencepiece, mistral_data_file
 
         return build_sentencepiece(mistral_data_file("tokenizer.model.v1"), "")
-    from feedline.service._vocab import builtin_tokenizer
+    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
 
     return builtin_tokenizer(name)
 
