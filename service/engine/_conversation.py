@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from feedline.proto import InvalidSample
 
@@ -102,7 +102,7 @@ class PromptCompletion:
     completion: str
 
 
-Row = Union[Conversation, PromptCompletion]
+Row = Conversation | PromptCompletion
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,9 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
         raise InvalidSample("a message must be an object", sample=index, field=where)
     role = raw.get("role")
     if not isinstance(role, str) or role not in ROLES:
-        raise InvalidSample(f"unknown role {role!r}; expected one of {sorted(ROLES)}", sample=index, field=f"{where}.role")
+        raise InvalidSample(
+            f"unknown role {role!r}; expected one of {sorted(ROLES)}", sample=index, field=f"{where}.role"
+        )
     # transformers hands reasoning to templates under all of these names; the first one given counts.
     key = next((k for k in _REASONING_KEYS if raw.get(k) is not None), "reasoning_content")
     reasoning = raw.get(key)
@@ -192,8 +194,9 @@ def _parse_part(raw: Any, index: int, where: str) -> Part:
         raise InvalidSample("a content part must be an object", sample=index, field=where)
     kind = raw.get("type")
     if not isinstance(kind, str):
-        raise InvalidSample(f"a content part needs a string 'type', not {type(kind).__name__}", sample=index,
-                            field=f"{where}.type")
+        raise InvalidSample(
+            f"a content part needs a string 'type', not {type(kind).__name__}", sample=index, field=f"{where}.type"
+        )
     if kind == "text":
         text = raw.get("text")
         if not isinstance(text, str):
@@ -224,7 +227,9 @@ def _parse_tool_call(raw: Any, position: int, index: int, where: str) -> Mapping
         try:
             arguments = json.dumps(arguments, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
-            raise InvalidSample(f"arguments are not JSON: {exc}", sample=index, field=f"{where}.function.arguments") from exc
+            raise InvalidSample(
+                f"arguments are not JSON: {exc}", sample=index, field=f"{where}.function.arguments"
+            ) from exc
     _check_unicode(fn["name"], index, f"{where}.function.name")
     _check_unicode(arguments, index, f"{where}.function.arguments")
     return {
@@ -288,16 +293,20 @@ def _parse_prompt_completion(row: Mapping[str, Any], index: int, cols: ColumnMap
         raise InvalidSample("must be a string", sample=index, field=cols.prompt)
     if not isinstance(completion, str) or not completion:
         raise InvalidSample("must be a non-empty string", sample=index, field=cols.completion)
-    return PromptCompletion(prompt=_check_unicode(prompt, index, cols.prompt),
-                            completion=_check_unicode(completion, index, cols.completion))
+    return PromptCompletion(
+        prompt=_check_unicode(prompt, index, cols.prompt), completion=_check_unicode(completion, index, cols.completion)
+    )
 
 
 def _check_unicode(text: str, index: int, where: str) -> str:
     """Refuse a lone UTF-16 surrogate (JSON allows the escape "\\ud800"): no tokenizer can encode it."""
     bad = None if text.isascii() else _SURROGATE.search(text)
     if bad is not None:
-        raise InvalidSample(f"invalid unicode: a lone surrogate U+{ord(bad.group()):04X} at position {bad.start()}",
-                            sample=index, field=where)
+        raise InvalidSample(
+            f"invalid unicode: a lone surrogate U+{ord(bad.group()):04X} at position {bad.start()}",
+            sample=index,
+            field=where,
+        )
     return text
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from feedline.proto import FeedlineError, TemplateError
 
-from ._conversation import Conversation, parse_row
 from ..tokenizers._markers import PROBE_TOOLS, TurnMarkers
 from ..tokenizers._processor import Processor
+from ._conversation import Conversation, parse_row
 from ._spans import marker_layout, render_layout
 
 __all__ = ["Proof", "row_features", "scan_proof"]
@@ -31,27 +31,44 @@ class Proof(Enum):
     UNTESTED = "untested"  # the template does not render the probe, or the general method cannot read it
 
 
-_CALL = {"id": "probe0001", "type": "function",
-         "function": {"name": "feedline_probe", "arguments": {"query": "FeedlineProbeArgs"}}}
+_CALL = {
+    "id": "probe0001",
+    "type": "function",
+    "function": {"name": "feedline_probe", "arguments": {"query": "FeedlineProbeArgs"}},
+}
 _PROBES: dict[str, tuple[list[dict[str, Any]], ...]] = {
     "plain": (
-        [{"role": "user", "content": "FeedlineQ1"}, {"role": "assistant", "content": "FeedlineA1"},
-         {"role": "user", "content": "FeedlineQ2"}, {"role": "assistant", "content": "FeedlineA2"}],
-        [{"role": "system", "content": "FeedlineS"}, {"role": "user", "content": "FeedlineQ1"},
-         {"role": "assistant", "content": "FeedlineA1"}, {"role": "user", "content": "FeedlineQ2"},
-         {"role": "assistant", "content": "FeedlineA2"}],
+        [
+            {"role": "user", "content": "FeedlineQ1"},
+            {"role": "assistant", "content": "FeedlineA1"},
+            {"role": "user", "content": "FeedlineQ2"},
+            {"role": "assistant", "content": "FeedlineA2"},
+        ],
+        [
+            {"role": "system", "content": "FeedlineS"},
+            {"role": "user", "content": "FeedlineQ1"},
+            {"role": "assistant", "content": "FeedlineA1"},
+            {"role": "user", "content": "FeedlineQ2"},
+            {"role": "assistant", "content": "FeedlineA2"},
+        ],
     ),
     "tool_calls": (
-        [{"role": "user", "content": "FeedlineQ1"}, {"role": "assistant", "content": "", "tool_calls": [_CALL]},
-         {"role": "tool", "tool_call_id": "probe0001", "content": "FeedlineResult"},
-         {"role": "assistant", "content": "FeedlineA1"}, {"role": "user", "content": "FeedlineQ2"},
-         {"role": "assistant", "content": "", "tool_calls": [_CALL]}],
+        [
+            {"role": "user", "content": "FeedlineQ1"},
+            {"role": "assistant", "content": "", "tool_calls": [_CALL]},
+            {"role": "tool", "tool_call_id": "probe0001", "content": "FeedlineResult"},
+            {"role": "assistant", "content": "FeedlineA1"},
+            {"role": "user", "content": "FeedlineQ2"},
+            {"role": "assistant", "content": "", "tool_calls": [_CALL]},
+        ],
     ),
     "reasoning": (
-        [{"role": "user", "content": "FeedlineQ1"},
-         {"role": "assistant", "content": "FeedlineA1", "reasoning_content": "FeedlineR1"},
-         {"role": "user", "content": "FeedlineQ2"},
-         {"role": "assistant", "content": "FeedlineA2", "reasoning_content": "FeedlineR2"}],
+        [
+            {"role": "user", "content": "FeedlineQ1"},
+            {"role": "assistant", "content": "FeedlineA1", "reasoning_content": "FeedlineR1"},
+            {"role": "user", "content": "FeedlineQ2"},
+            {"role": "assistant", "content": "FeedlineA2", "reasoning_content": "FeedlineR2"},
+        ],
     ),
 }
 _PROOFS: weakref.WeakKeyDictionary[Processor, dict[str, Proof]] = weakref.WeakKeyDictionary()

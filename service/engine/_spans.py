@@ -15,9 +15,9 @@ from typing import Any
 
 from feedline.proto import TemplateError
 
-from ._conversation import Message
 from ..tokenizers._markers import TurnMarkers, common_prefix
 from ..tokenizers._render import ChatRenderer
+from ._conversation import Message
 
 __all__ = ["TurnLayout", "generation_layout", "marker_layout", "reasoning_holes", "render_layout"]
 
@@ -30,10 +30,20 @@ class TurnLayout:
 
     ``regions[k]`` is where message ``k``'s part of the rendered text begins (its header included), so every
     character belongs to the message whose region it falls in; text before ``regions[0]`` belongs to none.
+    ``pieces`` are the supervised spans when generation blocks select only part of some turns (None: the turns).
     """
 
     assistant: tuple[Span, ...]
     regions: tuple[int, ...]
+    pieces: tuple[Span, ...] | None = None
+
+    def supervised(self, *, last_turn_only: bool = False) -> tuple[Span, ...]:
+        """The spans to supervise: every turn's, or the last turn's only."""
+        spans = self.pieces if self.pieces is not None else self.assistant
+        if not (last_turn_only and self.assistant):
+            return spans
+        start, stop = self.assistant[-1]
+        return tuple((a, b) for a, b in spans if a >= start and b <= stop)
 
 
 def marker_layout(text: str, messages: Sequence[Message], markers: TurnMarkers) -> TurnLayout:
@@ -50,6 +60,7 @@ def marker_layout(text: str, messages: Sequence[Message], markers: TurnMarkers) 
                 cursor = _skip_turn_end(text, cursor, markers.end, markers.trailer)
             continue
         start, search_from = _assistant_start(text, msg.text, markers.opener(k == last), cursor, k)
+        start -= markers.lead
         closer = markers.closer(k == last)
         if closer:
             end = text.find(closer, search_from)
@@ -60,9 +71,22 @@ def marker_layout(text: str, messages: Sequence[Message], markers: TurnMarkers) 
             stop = search_from  # a format without closers (Falcon): the turn is its content
         else:
             raise TemplateError(f"message {k}: the format closes turns with nothing and the content is not verbatim")
+        _check_in_order(text, messages, k, cursor, start, stop)
         spans.append((start, stop))
         cursor = stop + len(markers.trailer) if closer and text.startswith(markers.trailer, stop) else stop
     return TurnLayout(assistant=tuple(spans), regions=tuple(regions))
+
+
+def _check_in_order(text: str, messages: Sequence[Message], k: int, cursor: int, start: int, stop: int) -> None:
+    """A scanned turn must hold its own content and none of the next message's: a header found further on
+    (a tool-call turn written without the header) would otherwise label another turn, silently."""
+    own = messages[k].text.strip()
+    if own and text.find(own, start, stop) < 0:
+        raise TemplateError(f"message {k}: the assistant content is not inside the turn the scan found")
+    later = next((m.text.strip() for m in messages[k + 1 :] if m.text.strip()), "")
+    found = text.find(later, cursor) if later else -1
+    if 0 <= found < stop:
+        raise TemplateError(f"message {k}: the turn the scan found runs past the next message")
 
 
 def _assistant_start(text: str, content: str, header: str, cursor: int, k: int) -> tuple[int, int]:
@@ -128,21 +152,29 @@ def generation_layout(
         inside = [(max(a, start), min(b, stop)) for a, b in blocks if a < stop and b > start]
         used += len(inside)
         if not inside:
-            warnings.append(f"no generation block inside the assistant turn at characters {start}-{stop}; "
-                            "the whole turn is supervised")
+            warnings.append(
+                f"no generation block inside the assistant turn at characters {start}-{stop}; "
+                "the whole turn is supervised"
+            )
             spans.append((start, stop))
             continue
         spans.extend(inside[:-1])
         spans.append((inside[-1][0], stop))  # through the turn's closer, which the model must learn to emit
     if len(blocks) != n_assistant or used != len(blocks):
-        warnings.append(f"the template marked {len(blocks)} generation blocks for {n_assistant} assistant messages; "
-                        "text outside assistant turns was left unsupervised")
-    return TurnLayout(assistant=tuple(spans), regions=turns.regions), warnings
+        warnings.append(
+            f"the template marked {len(blocks)} generation blocks for {n_assistant} assistant messages; "
+            "text outside assistant turns was left unsupervised"
+        )
+    return TurnLayout(assistant=turns.assistant, regions=turns.regions, pieces=tuple(spans)), warnings
 
 
 def render_layout(
-    renderer: ChatRenderer, template_messages: Sequence[dict[str, Any]], messages: Sequence[Message], text: str,
-    tools: Sequence[Any] | None, markers: TurnMarkers | None,
+    renderer: ChatRenderer,
+    template_messages: Sequence[dict[str, Any]],
+    messages: Sequence[Message],
+    text: str,
+    tools: Sequence[Any] | None,
+    markers: TurnMarkers | None,
 ) -> TurnLayout:
     """The general method, O(turns) renders: each assistant turn from what the model is prompted with.
 
@@ -164,8 +196,10 @@ def render_layout(
         start = _body_start(renderer, prompt, upto, markers, k == len(messages) - 1)
         shared = common_prefix(text, upto)
         if not upto.startswith(before) or start < len(before) or shared < start:
-            raise TemplateError(f"message {k}: the template writes the conversation before this turn differently "
-                                "when the turn is the last one; the turn cannot be located")
+            raise TemplateError(
+                f"message {k}: the template writes the conversation before this turn differently "
+                "when the turn is the last one; the turn cannot be located"
+            )
         stop = len(upto.rstrip())
         if shared < stop:
             stop = _closer_in_history(text, shared, start, markers, k)
@@ -184,7 +218,7 @@ def _body_start(renderer: ChatRenderer, prompt: str, upto: str, markers: TurnMar
     if header:  # the header found at the divergence, wherever the character comparison stopped
         found = upto.rfind(header, 0, at + len(header))
         if found >= 0 and found + len(header) >= at - len(header):
-            return found + len(header)
+            return found + len(header) - (markers.lead if markers else 0)
     rest = prompt[at:]
     if rest.strip() and upto[at:].lstrip().startswith(rest.strip()):  # the prompt differs in whitespace only
         at = len(upto) - len(upto[at:].lstrip()) + len(rest.strip())
@@ -199,8 +233,10 @@ def _closer_in_history(text: str, shared: int, start: int, markers: TurnMarkers 
         for at in range(shared, max(start, shared - len(closer)) - 1, -1):
             if text.startswith(closer, at):
                 return at + len(closer)
-    raise TemplateError(f"message {k}: the turn closes differently inside the conversation and its closer is not "
-                        "known; the turn cannot be located")
+    raise TemplateError(
+        f"message {k}: the turn closes differently inside the conversation and its closer is not "
+        "known; the turn cannot be located"
+    )
 
 
 def _regions_from_spans(text: str, messages: Sequence[Message], spans: Sequence[Span]) -> tuple[int, ...]:
@@ -210,10 +246,7 @@ def _regions_from_spans(text: str, messages: Sequence[Message], spans: Sequence[
     it = iter(spans)
     for msg in messages:
         regions.append(cursor)
-        if msg.role == "assistant":
-            cursor = max(cursor, next(it)[1])
-        else:
-            cursor = _skip_verbatim(text, msg.text, cursor)
+        cursor = max(cursor, next(it)[1]) if msg.role == "assistant" else _skip_verbatim(text, msg.text, cursor)
     return tuple(regions)
 
 
@@ -221,7 +254,7 @@ def reasoning_holes(text: str, messages: Sequence[Message], layout: TurnLayout) 
     """Character spans of each assistant message's reasoning_content inside its own turn."""
     holes: list[Span] = []
     assistant = [m for m in messages if m.role == "assistant"]
-    for msg, (start, stop) in zip(assistant, layout.assistant):
+    for msg, (start, stop) in zip(assistant, layout.assistant, strict=False):
         reasoning = (msg.reasoning_content or "").strip()
         if not reasoning:
             continue

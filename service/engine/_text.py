@@ -19,10 +19,10 @@ from feedline.proto import (
     TemplateError,
 )
 
-from ._conversation import Conversation, PromptCompletion, Row, parse_row
-from ..tokenizers._markers import TurnMarkers
 from .._options import CollateOptions
+from ..tokenizers._markers import TurnMarkers
 from ..tokenizers._processor import Processor
+from ._conversation import Conversation, PromptCompletion, Row, parse_row
 from ._sample import TokenizedSample
 from ._scan_proof import Proof, row_features, scan_proof
 from ._spans import TurnLayout, generation_layout, marker_layout, reasoning_holes, render_layout
@@ -36,16 +36,24 @@ _T = TypeVar("_T")
 Parsed = Sequence[tuple[int, "Row | FeedlineError"]]
 
 
-def parse_rows(rows: Sequence[Mapping[str, Any]], options: CollateOptions, first_index: int = 0) -> list[tuple[int, Row | FeedlineError]]:
+def parse_rows(
+    rows: Sequence[Mapping[str, Any]], options: CollateOptions, first_index: int = 0
+) -> list[tuple[int, Row | FeedlineError]]:
     """Each row parsed into the conversation model, paired with its index; a row's error stands in its place."""
-    return [(i, capture(lambda: parse_row(row, index=i, require_assistant=options.answer_only)))
-            for i, row in enumerate(rows, start=first_index)]
+    return [
+        (i, capture(lambda row=row, i=i: parse_row(row, index=i, require_assistant=options.answer_only)))
+        for i, row in enumerate(rows, start=first_index)
+    ]
 
 
-def label_text_rows(processor: Processor, parsed: Parsed, options: CollateOptions) -> list[TokenizedSample | FeedlineError]:
+def label_text_rows(
+    processor: Processor, parsed: Parsed, options: CollateOptions
+) -> list[TokenizedSample | FeedlineError]:
     """The default policy on text rows: render each, encode all texts in one call, label, cut to max_length."""
-    prepared = [row if isinstance(row, FeedlineError) else capture(lambda: _prepare(processor, row, options, i))
-                for i, row in parsed]
+    prepared = [
+        row if isinstance(row, FeedlineError) else capture(lambda row=row, i=i: _prepare(processor, row, options, i))
+        for i, row in parsed
+    ]
     ready = [p for p in prepared if not isinstance(p, FeedlineError)]
     encoded = iter(processor.encoder.encode_batch_with_offsets([p[1].text for p in ready]))
     out: list[TokenizedSample | FeedlineError] = []
@@ -83,11 +91,14 @@ def _refuse_media(processor: Processor, conv: Conversation, index: int) -> None:
             if part.type != "text":
                 raise InvalidSample(
                     f"processor {processor.name!r} is text-only and cannot take a {part.type} part",
-                    sample=index, field=f"messages[{k}].content[{j}]",
+                    sample=index,
+                    field=f"messages[{k}].content[{j}]",
                 )
 
 
-def _finish(processor: Processor, prepared: tuple[Row, TextLabels], ids: np.ndarray, starts: np.ndarray) -> TokenizedSample:
+def _finish(
+    processor: Processor, prepared: tuple[Row, TextLabels], ids: np.ndarray, starts: np.ndarray
+) -> TokenizedSample:
     parsed, plan = prepared
     if isinstance(parsed, PromptCompletion):
         return _with_bos_eos(processor, ids, plan.token_mask(plan.text, starts))
@@ -112,7 +123,7 @@ def label_conversation(
         layout, strategy, warnings = _find_turns(processor, conv, template_messages, rendered.generation_spans, text)
     except TemplateError as exc:
         raise exc.at_sample(index) from exc
-    turns = layout.assistant[-1:] if options.train_on_last_turn_only else layout.assistant
+    turns = layout.supervised(last_turn_only=options.train_on_last_turn_only)
     if not options.answer_only:
         turns, strategy = ((0, len(text)),), LabelStrategy.ALL_TOKENS
     holes: tuple[tuple[int, int], ...] = ()
@@ -148,7 +159,10 @@ def _find_turns(
 
 
 def _locate_turns(
-    processor: Processor, conv: Conversation, template_messages: list[dict[str, Any]], text: str,
+    processor: Processor,
+    conv: Conversation,
+    template_messages: list[dict[str, Any]],
+    text: str,
     warnings: list[str],
 ) -> tuple[TurnLayout, LabelStrategy]:
     """The one-render scan where the probes proved it for this kind of row, else (or when it fails) the general

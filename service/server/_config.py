@@ -58,8 +58,9 @@ class ProcessorSpec:
             try:
                 datetime.date.fromisoformat(str(self.template_date))
             except ValueError as exc:
-                raise ConfigError(f"processors.{self.name}.template_date must be a YYYY-MM-DD date, "
-                                  f"not {self.template_date!r}") from exc
+                raise ConfigError(
+                    f"processors.{self.name}.template_date must be a YYYY-MM-DD date, not {self.template_date!r}"
+                ) from exc
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,16 @@ class ServeConfig:
         return self.processors or (ProcessorSpec(BUILTIN_DEFAULT, BUILTIN_DEFAULT),)
 
 
-_SCALARS = {"host": str, "grpc_port": int, "http_port": int, "workers": int, "grace_period_s": float,
-            "keepalive_time_s": float, "max_connection_age_s": float, "log_level": str}
+_SCALARS = {
+    "host": str,
+    "grpc_port": int,
+    "http_port": int,
+    "workers": int,
+    "grace_period_s": float,
+    "keepalive_time_s": float,
+    "max_connection_age_s": float,
+    "log_level": str,
+}
 _PATH_LISTS = ("media_roots", "data_roots")
 _PATHS = ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca")
 

@@ -27,8 +27,11 @@ PROBE_TOOLS: tuple[Mapping[str, Any], ...] = (
         "function": {
             "name": "feedline_probe",
             "description": "Feedline probe tool",
-            "parameters": {"type": "object", "properties": {"query": {"type": "string", "description": "q"}},
-                           "required": ["query"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "q"}},
+                "required": ["query"],
+            },
         },
     },
 )
@@ -42,9 +45,12 @@ class TurnMarkers:
     ``header`` opens an assistant turn that another message follows and ``last_header`` the one that ends the
     conversation (never supervised; Nemotron injects "<think>" into the last one only); ``end`` closes an
     assistant turn that another message follows and ``last_end`` the one that ends the conversation (both
-    supervised, either may be empty: some formats write no closer); ``trailer`` is whitespace after a closer (never supervised); ``tail`` is what every
-    render without a generation prompt appends after the last message (Phi-3's eos; never supervised);
-    ``tools`` is the tool list the probes needed (None when the template renders without tools).
+    supervised, either may be empty: some formats write no closer); ``trailer`` is whitespace after a closer
+    (never supervised); ``tail`` is what every render without a generation prompt appends after the last
+    message (Phi-3's eos; never supervised);
+    ``tools`` is the tool list the probes needed (None when the template renders without tools). ``lead``: how
+    many characters at the end of a header are the turn's own (Llama 2 has no assistant header and writes
+    " answer </s>" after "[/INST]": the header is the user's closing text and the space is generated).
     """
 
     header: str
@@ -52,6 +58,7 @@ class TurnMarkers:
     trailer: str
     last_header: str = ""
     last_end: str = ""
+    lead: int = 0
     tail: str = ""
     tools: tuple[Mapping[str, Any], ...] | None = None
 
@@ -103,7 +110,10 @@ def _derive(renderer: ChatRenderer, tools: Sequence[Mapping[str, Any]] | None) -
     if at < 0:
         raise TemplateError("the template does not render assistant content verbatim")
     generation_prompt = prompted[len(base) :] if prompted.startswith(base) else ""
-    last_header = _header(full[len(base) : at], generation_prompt, renderer) or _anchor(full, at)
+    history_header = full[len(base) : at]
+    last_header, lead = _header(history_header, generation_prompt, renderer), 0
+    if not last_header:  # no assistant header: anchor on the user's closing text; what the turn writes is body
+        last_header, lead = _anchor(full, at), len(history_header)
     first = both.find(_PROBE_ASSISTANT[0], len(base))
     if first < 0:
         raise TemplateError("the template does not render an earlier assistant turn verbatim")
@@ -113,8 +123,16 @@ def _derive(renderer: ChatRenderer, tools: Sequence[Mapping[str, Any]] | None) -
     suffix = full[at + len(_PROBE_ASSISTANT[0]) : len(full) - len(tail)]
     last_end = suffix.rstrip()
     end, trailer = _mid_closer(both, last_end, _user_closer(base))
-    return TurnMarkers(header=header, end=end, trailer=trailer, last_header=last_header, last_end=last_end,
-                       tail=tail, tools=tuple(tools) if tools else None)
+    return TurnMarkers(
+        lead=lead,
+        header=header,
+        end=end,
+        trailer=trailer,
+        last_header=last_header,
+        last_end=last_end,
+        tail=tail,
+        tools=tuple(tools) if tools else None,
+    )
 
 
 def _anchor(text: str, at: int) -> str:

@@ -16,9 +16,9 @@ from typing import Any
 
 from feedline.proto import TemplateError
 
+from .._options import CollateOptions
 from ._encoders import select_encoder
 from ._markers import TurnMarkers, derive_turn_markers
-from .._options import CollateOptions
 from ._render import DEFAULT_TEMPLATE_DATE, ChatRenderer, parse_template_date
 
 __all__ = ["Processor", "load_processor"]
@@ -48,7 +48,9 @@ class Processor:
         self.hf_processor = hf_processor
         self.source = source
         self.defaults = defaults or CollateOptions()
-        template = chat_template or getattr(hf_processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+        template = (
+            chat_template or getattr(hf_processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+        )
         if isinstance(template, Mapping):
             template = template.get("default") or next(iter(template.values()), None)
         self.chat_template: str | None = template
@@ -111,9 +113,16 @@ class Processor:
             "has_chat_template": bool(self.chat_template),
             "generation_tags": bool(self.chat_template) and self.renderer.has_generation_tags,
             "turn_markers": (
-                {"header": markers.header, "end": markers.end, "last_header": markers.last_header,
-                 "last_end": markers.last_end, "tail": markers.tail, "needs_tools": markers.tools is not None}
-                if isinstance(markers, TurnMarkers) else None
+                {
+                    "header": markers.header,
+                    "end": markers.end,
+                    "last_header": markers.last_header,
+                    "last_end": markers.last_end,
+                    "tail": markers.tail,
+                    "needs_tools": markers.tools is not None,
+                }
+                if isinstance(markers, TurnMarkers)
+                else None
             ),
             "turn_markers_reason": str(markers) if isinstance(markers, TemplateError) else None,
             "encoder": {"path": self.encoder.name, "reason": self.encoder_reason},
@@ -175,5 +184,12 @@ def load_processor(
     else:
         tokenizer, hf_processor = loaded.tokenizer, loaded
     base = CollateOptions.from_mapping(defaults) if defaults else None
-    return Processor(name, tokenizer, hf_processor=hf_processor, source=source_str, defaults=base,
-                     encoder_mode=encoder_mode, template_date=template_date)
+    return Processor(
+        name,
+        tokenizer,
+        hf_processor=hf_processor,
+        source=source_str,
+        defaults=base,
+        encoder_mode=encoder_mode,
+        template_date=template_date,
+    )

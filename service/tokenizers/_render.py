@@ -49,7 +49,11 @@ class ChatRenderer:
     """Renders conversations with one chat template and a tokenizer's special-token strings."""
 
     def __init__(
-        self, template: str, special_tokens: Mapping[str, Any], *, date: _dt.date | None = None,
+        self,
+        template: str,
+        special_tokens: Mapping[str, Any],
+        *,
+        date: _dt.date | None = None,
         atoms: Sequence[str] = (),
     ) -> None:
         if not isinstance(template, str) or not template.strip():

@@ -23,11 +23,11 @@ import numpy as np
 
 from feedline.proto import FeedlineError, InvalidOptions, InvalidSample, LabelStrategy, TemplateError
 
-from .._conversation import Conversation, PromptCompletion
-from ._chat import ChatCall, MaskedIds, format_chat_template
 from ..._options import CollateOptions
 from ...tokenizers._processor import Processor
+from .._conversation import Conversation, PromptCompletion
 from .._sample import TokenizedSample
+from ._chat import ChatCall, MaskedIds, format_chat_template
 
 __all__ = ["content_attention", "nemo_messages", "nemo_pad_token_id", "nemo_tokenize", "nemo_tokenizer"]
 
@@ -112,7 +112,11 @@ def _hf_truncation(options: CollateOptions) -> bool | str:
 
 
 def _format_chat(
-    processor: Processor, tokenizer: Any, conv: Conversation, options: CollateOptions, padding: str,
+    processor: Processor,
+    tokenizer: Any,
+    conv: Conversation,
+    options: CollateOptions,
+    padding: str,
     truncation: bool | str,
 ) -> MaskedIds:
     template = processor.chat_template
@@ -128,7 +132,11 @@ def _format_chat(
         max_length=options.max_length,
     )
     return format_chat_template(
-        call, template, nemo_messages(conv), padding=padding, answer_only=options.answer_only,
+        call,
+        template,
+        nemo_messages(conv),
+        padding=padding,
+        answer_only=options.answer_only,
         train_on_last_turn_only=options.train_on_last_turn_only,
         mask_reasoning_content=options.mask_reasoning_content,
     )
@@ -143,7 +151,7 @@ def nemo_messages(conv: Conversation) -> list[dict[str, Any]]:
     (``ensure_ascii=True``: non-ASCII text becomes ``\\uXXXX`` escapes, as in NeMo's tensors).
     """
     out = []
-    for msg, plain in zip(conv.messages, conv.template_messages()):
+    for msg, plain in zip(conv.messages, conv.template_messages(), strict=True):
         if msg.source is None:  # a ShareGPT turn: already NeMo's {role, content} form
             out.append(plain)
             continue
@@ -163,7 +171,10 @@ def _nemo_tool_call(call: Mapping[str, Any], position: int) -> dict[str, Any]:
     return {
         "id": call.get("id") or f"call_{position}",
         "type": call.get("type") or "function",
-        "function": {"name": fn["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)},
+        "function": {
+            "name": fn["name"],
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+        },
     }
 
 
@@ -186,7 +197,10 @@ def _format_prompt_completion(
         bos = 1 if getattr(tokenizer, "add_bos_token", False) else 0
         prompt_tokens = bos + len(tokenizer(row.prompt, add_special_tokens=False)["input_ids"])
     out = tokenizer(
-        row.prompt + row.completion, padding=padding, truncation=truncation, max_length=options.max_length,
+        row.prompt + row.completion,
+        padding=padding,
+        truncation=truncation,
+        max_length=options.max_length,
         padding_side="right",
     )
     ids = np.asarray(out["input_ids"], dtype=np.int64)
