@@ -50,6 +50,8 @@ PUBLISHED = {
     "marin": ["Hello<|eot_id|>", "4<|eot_id|>"],
     "command_r": ["Hello<|END_OF_TURN_TOKEN|>", "4<|END_OF_TURN_TOKEN|>"],
     "gemma2": ["Hello<end_of_turn>", "4<end_of_turn>"],
+    "em_german_leo": ["Hello", "4"],  # prompt ends "ASSISTANT: ", no closer
+    "zephyr_gemma": ["Hello<|im_end|>", "4<|im_end|>"],  # the eos after the last turn is not its closer
 }
 
 
@@ -119,7 +121,7 @@ def test_check_rejects_a_supervised_header_a_missing_closer_and_other_ids() -> N
 def test_spans_are_ordered_hold_each_answer_and_end_with_a_closer(name: str) -> None:
     fam = family(name)
 
-    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(row=conversations(fam))
     def check(row: dict) -> None:
         exp = expected_labels(row, name)
@@ -135,3 +137,12 @@ def test_spans_are_ordered_hold_each_answer_and_end_with_a_closer(name: str) -> 
         assert exp.must.any()
 
     check()
+
+
+def test_a_turn_whose_only_token_straddles_the_header_must_still_be_supervised() -> None:
+    row = _chat()
+    exp = expected_labels(row, "em_german_leo")  # "ASSISTANT: Hello": one piece "▁Hello" holds the prompt's space
+    nothing = np.zeros(len(exp.ids), dtype=bool)
+    with pytest.raises(LabelMismatch, match="nothing supervised"):
+        check_labels(exp.ids, nothing, row, "em_german_leo")
+    check_labels(exp.ids, exp.may, row, "em_german_leo")

@@ -22,7 +22,7 @@ every render with eos (Phi-3) need no special case.
 
 Token level: a token whose characters lie wholly inside an expected span must be supervised, a token wholly outside
 every span must not be; a token straddling a span edge (one BPE piece holding the header's last character and the
-body's first) may go either way and is reported.
+body's first) may go either way, but every turn must have at least one of its tokens supervised.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Expected:
     spans: tuple[TurnSpan, ...]
     must: np.ndarray  # tokens that must be supervised
     may: np.ndarray  # tokens that may be supervised (must plus straddling tokens)
+    touching: tuple[np.ndarray, ...]  # per span, the tokens overlapping it: at least one must be supervised
 
     def texts(self) -> list[str]:
         return [s.text(self.rendered) for s in self.spans]
@@ -201,13 +202,13 @@ def expected_labels(conversation: Mapping[str, Any], name: str, date: datetime |
         raise ValueError(f"{name}: encoding the render differs from apply_chat_template's ids")
     must = np.zeros(len(ids), dtype=bool)
     may = np.zeros(len(ids), dtype=bool)
+    touching = tuple(np.zeros(len(ids), dtype=bool) for _ in spans)
     for t, (a, b) in enumerate(enc["offset_mapping"]):
-        for span in spans:
-            if a >= span.start and b <= span.end and b > a:
-                must[t] = may[t] = True
-            elif a < span.end and b > span.start:
-                may[t] = True
-    return Expected(rendered, ids, tuple(spans), must, may)
+        for span, touches in zip(spans, touching, strict=True):
+            if a < span.end and b > span.start:
+                touches[t] = may[t] = True
+                must[t] |= a >= span.start and b <= span.end
+    return Expected(rendered, ids, tuple(spans), must, may, touching)
 
 
 def _as_mask(ids: Sequence[int], labels_or_mask: Any) -> np.ndarray:
@@ -264,10 +265,12 @@ def check_labels(
     mask = _as_mask(ids, labels_or_mask)
     missing = exp.must & ~mask
     extra = mask & ~exp.may
-    if missing.any() or extra.any():
+    silent = [s.message for s, touches in zip(exp.spans, exp.touching, strict=True) if not (mask & touches).any()]
+    if missing.any() or extra.any() or silent:
         tok = family_tokenizer(name)
         raise LabelMismatch(
-            f"{name}: {int(missing.sum())} expected tokens not supervised, {int(extra.sum())} supervised unexpectedly\n"
+            f"{name}: {int(missing.sum())} expected tokens not supervised, {int(extra.sum())} supervised unexpectedly"
+            f"{f', nothing supervised for messages {silent}' if silent else ''}\n"
             f"  supervised: {_runs(tok, ids, mask)!r}\n  expected:   {exp.texts()!r}"
         )
     return exp

@@ -296,6 +296,7 @@ FAMILIES: dict[str, Family] = {
             eos="</s>",
             tools=True,
             tool_calls=True,
+            tool_call_content=False,
             source="Mistral-7B-Instruct-v0.3 chat_template layout; llama.cpp Mistral-Nemo-Instruct-2407.jinja",
         ),
         Family(
@@ -308,6 +309,7 @@ FAMILIES: dict[str, Family] = {
             eos="</s>",
             tools=True,
             tool_calls=True,
+            tool_call_content=False,
             source="ggerganov/llama.cpp models/templates/mistralai-Mistral-Nemo-Instruct-2407.jinja",
         ),
         Family(
@@ -402,6 +404,27 @@ FAMILIES: dict[str, Family] = {
             bos="<s>",
             eos="</s>",
             source="chujiezheng/chat_templates alpaca.jinja; tatsu-lab/stanford_alpaca PROMPT_DICT",
+        ),
+        Family(
+            "em_german_leo",
+            "em_german_leo_mistral",
+            "mistral-v1",
+            (),
+            (2,),
+            bos="<s>",
+            eos="</s>",
+            source="jphme/em_german_leo_mistral chat_template (public collection of tokenizer configs)",
+        ),
+        Family(
+            "zephyr_gemma",
+            "zephyr-7b-gemma-sft-v0.1",
+            "qwen2.5",
+            ("<|im_end|>",),
+            (4,),
+            bos="<bos>",
+            eos="<eos>",
+            added=_GEMMA,
+            source="HuggingFaceH4/zephyr-7b-gemma-sft-v0.1 chat_template (public collection of tokenizer configs)",
         ),
         Family(
             "internlm2",
