@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from feedline.proto import InvalidSample
 
@@ -167,7 +167,7 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
         if isinstance(value, str):
             _check_unicode(value, index, f"{where}.{name_}")
     return Message(
-        role=role,
+        role=cast(Role, role),
         parts=_parse_content(raw.get("content"), index, f"{where}.content"),
         reasoning_content=reasoning,
         tool_calls=_parse_tool_calls(raw.get("tool_calls"), index, f"{where}.tool_calls"),
@@ -283,7 +283,7 @@ def _parse_sharegpt(raw: Any, index: int, key: str) -> tuple[Message, ...]:
             raise InvalidSample("value must be a string", sample=index, field=f"{where}.value")
         _check_unicode(value, index, f"{where}.value")
         call_id = f"call_{i}" if role == "tool" else None
-        messages.append(Message(role=role, parts=(Part("text", value),), tool_call_id=call_id))
+        messages.append(Message(role=cast(Role, role), parts=(Part("text", value),), tool_call_id=call_id))
     return tuple(messages)
 
 

@@ -71,22 +71,23 @@ def marker_layout(text: str, messages: Sequence[Message], markers: TurnMarkers) 
             stop = search_from  # a format without closers (Falcon): the turn is its content
         else:
             raise TemplateError(f"message {k}: the format closes turns with nothing and the content is not verbatim")
-        _check_in_order(text, messages, k, cursor, start, stop)
+        header_at = start + markers.lead - len(markers.opener(k == last))
+        _check_in_order(text, messages, k, (cursor, max(cursor, header_at)), (start, stop))
         spans.append((start, stop))
         cursor = stop + len(markers.trailer) if closer and text.startswith(markers.trailer, stop) else stop
     return TurnLayout(assistant=tuple(spans), regions=tuple(regions))
 
 
-def _check_in_order(text: str, messages: Sequence[Message], k: int, cursor: int, start: int, stop: int) -> None:
-    """A scanned turn must hold its own content and none of the next message's: a header found further on
-    (a tool-call turn written without the header) would otherwise label another turn, silently."""
+def _check_in_order(text: str, messages: Sequence[Message], k: int, skipped: tuple[int, int], span: Span) -> None:
+    """A scanned turn must hold its own content, and the text skipped to reach its header none of the next
+    later message's: a header found further on (a tool-call turn written without it) would label another turn."""
     own = messages[k].text.strip()
-    if own and text.find(own, start, stop) < 0:
+    if own and text.find(own, *span) < 0:
         raise TemplateError(f"message {k}: the assistant content is not inside the turn the scan found")
-    later = next((m.text.strip() for m in messages[k + 1 :] if m.text.strip()), "")
-    found = text.find(later, cursor) if later else -1
-    if 0 <= found < stop:
-        raise TemplateError(f"message {k}: the turn the scan found runs past the next message")
+    if skipped[1] > skipped[0] and any(
+        m.text.strip() and text.find(m.text.strip(), *skipped) >= 0 for m in messages[k + 1 :]
+    ):
+        raise TemplateError(f"message {k}: the scan skipped a later message to find this turn's header")
 
 
 def _assistant_start(text: str, content: str, header: str, cursor: int, k: int) -> tuple[int, int]:
