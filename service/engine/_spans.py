@@ -59,9 +59,9 @@ def marker_layout(text: str, messages: Sequence[Message], markers: TurnMarkers) 
             if not text.startswith(markers.opener(k + 1 == last), cursor):  # Yi's header holds the user's closer
                 cursor = _skip_turn_end(text, cursor, markers.end, markers.trailer)
             continue
-        start, search_from = _assistant_start(text, msg.text, markers.opener(k == last), cursor, k)
-        start -= markers.lead
+        opener = markers.opener(k == last)
         closer = markers.closer(k == last)
+        start, search_from = _assistant_start(text, msg, (opener, closer), markers.lead, cursor, k)
         if closer:
             end = text.find(closer, search_from)
             if end < 0:
@@ -71,8 +71,7 @@ def marker_layout(text: str, messages: Sequence[Message], markers: TurnMarkers) 
             stop = search_from  # a format without closers (Falcon): the turn is its content
         else:
             raise TemplateError(f"message {k}: the format closes turns with nothing and the content is not verbatim")
-        header_at = start + markers.lead - len(markers.opener(k == last))
-        _check_in_order(text, messages, k, (cursor, max(cursor, header_at)), (start, stop))
+        _check_in_order(text, messages, k, (cursor, max(cursor, start - len(opener))), (start, stop))
         spans.append((start, stop))
         cursor = stop + len(markers.trailer) if closer and text.startswith(markers.trailer, stop) else stop
     return TurnLayout(assistant=tuple(spans), regions=tuple(regions))
@@ -90,19 +89,37 @@ def _check_in_order(text: str, messages: Sequence[Message], k: int, skipped: tup
         raise TemplateError(f"message {k}: the scan skipped a later message to find this turn's header")
 
 
-def _assistant_start(text: str, content: str, header: str, cursor: int, k: int) -> tuple[int, int]:
-    """Content start of an assistant turn, and where to look for its end (after verbatim content)."""
+def _assistant_start(
+    text: str, msg: Message, markers: tuple[str, str], lead: int, cursor: int, k: int
+) -> tuple[int, int]:
+    """Body start of an assistant turn, and where to look for its end (after verbatim content).
+
+    ``lead`` characters at the end of ``header`` are the turn's own (Llama 2's space after "[/INST]"). A format
+    without an assistant header (anchored on the user's closing text) writes tool-call turns right after that
+    text and answers after tool results without it: the bare anchor at the cursor, then the content itself
+    (followed by the turn's closer), mark the start there.
+    """
+    header, closer = markers
+    content = msg.text
     for candidate in (content, content.strip()):
         if candidate:
             found = text.find(header + candidate, cursor)
             if found >= 0:
                 start = found + len(header)
-                return start, start + len(candidate)
+                return start - lead, start + len(candidate)
+    if lead and text.startswith(header[:-lead], cursor):
+        start = cursor + len(header) - lead
+        return start, start
     found = text.find(header, cursor)
+    own = content.strip()
+    at = text.find(own + closer, cursor) if closer and own and not msg.tool_calls else -1
+    if at >= 0 and (found < 0 or at < found):
+        start = at - lead if text[at - lead : at].isspace() else at
+        return start, at + len(own)
     if found < 0:
         raise TemplateError(f"message {k}: no assistant header {header!r} in the rendered text")
     start = found + len(header)
-    return start, start
+    return start - lead, start
 
 
 def _skip_verbatim(text: str, content: str, cursor: int, header: str | None = None) -> int:
