@@ -182,10 +182,8 @@ def _label_key(fmt: LabelFormat) -> str:
 def _target_width(lengths: Sequence[int], options: CollateOptions) -> int:
     longest = max(lengths, default=0)
     if options.padding == "max_length" and options.max_length is not None:
-        # NeMo pads its shifted lists to seq_length again, so nemo rows keep max_length columns.
-        shifted = options.label_format is LabelFormat.SHIFTED and options.label_policy is not LabelPolicy.NEMO
-        limit = options.max_length - (1 if shifted else 0)
-        longest = max(longest, limit)
+        # Exactly max_length wide in every label format (NeMo pads its shifted lists to seq_length again too).
+        longest = max(longest, options.max_length)
     multiple = options.pad_to_multiple_of
     if multiple:
         longest = -(-longest // multiple) * multiple
