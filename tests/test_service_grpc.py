@@ -277,7 +277,8 @@ def test_list_processors(served: dict[str, Any]) -> None:
     (info,) = response.processors
     assert info.name == "qwen2.5" and info.fingerprint == served["processor"].fingerprint
     assert json.loads(info.info_json)["fingerprint"] == info.fingerprint
-    assert dict(info.defaults)["label_format"] == "shifted"
+    # No format chosen: it follows the request's label_policy (unshifted for assistant, shifted for nemo).
+    assert dict(info.defaults)["label_format"] is None and dict(info.defaults)["label_policy"] == "assistant"
 
 
 def test_health_and_drain(qwen_processor: Processor) -> None:
