@@ -12,6 +12,7 @@ on one rank: shuffling and sharding it are the iterable's own job, as for a torc
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -49,8 +50,11 @@ def rank_indices(num_samples: int, plan: DatasetPlan, epoch: int) -> list[int]:
 
 def is_sized(samples: Any) -> bool:
     """Whether ``samples`` can be ordered like a map-style Dataset (``len()`` and ``[i]``)."""
-    return (hasattr(samples, "__len__") and hasattr(samples, "__getitem__")
-            and not isinstance(samples, (str, bytes, Mapping)))
+    return (
+        hasattr(samples, "__len__")
+        and hasattr(samples, "__getitem__")
+        and not isinstance(samples, (str, bytes, Mapping))
+    )
 
 
 class SampleSource:
@@ -66,11 +70,14 @@ class SampleSource:
             raise InvalidOptions(
                 "world_size > 1 shards samples= like a DistributedSampler, which needs len() and [i] (a list or "
                 "a map-style Dataset); shard an iterable yourself and pass world_size=1, or use dataset=",
-                field="samples")
+                field="samples",
+            )
         if not self.sized and plan.shuffle and shuffle_given:
-            raise InvalidOptions("shuffle=True needs samples with len() and [i] (a list or a map-style Dataset); "
-                                 "an iterable is read in its own order, as a DataLoader reads an IterableDataset",
-                                 field="shuffle")
+            raise InvalidOptions(
+                "shuffle=True needs samples with len() and [i] (a list or a map-style Dataset); "
+                "an iterable is read in its own order, as a DataLoader reads an IterableDataset",
+                field="shuffle",
+            )
 
     def fingerprint(self) -> str:
         """A cheap identity of a sized source (its length and a spread of rows); "" for other iterables."""
@@ -102,7 +109,8 @@ class SampleSource:
             raise InvalidOptions(
                 "samples= is a one-shot iterator (a generator?) that an earlier iteration already consumed, so this "
                 "epoch would have no batches; pass a list, a Dataset, or an object whose __iter__ starts over",
-                field="samples")
+                field="samples",
+            )
         self._used = True
         batches = self.batch_rows(epoch)
         if batches is not None:
@@ -113,7 +121,7 @@ class SampleSource:
     def _iterable_chunks(self, start: int) -> Iterator[tuple[int, Sequence[Mapping[str, Any]]]]:
         rows, size, index = iter(self.samples), self.plan.batch_size, 0
         while True:
-            chunk = [row for _, row in zip(range(size), rows)]
+            chunk = list(itertools.islice(rows, size))
             if not chunk or (self.plan.drop_last and len(chunk) < size):
                 return
             if index >= start:

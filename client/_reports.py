@@ -54,8 +54,13 @@ class ReportCounts:
         self._since_summary = dict.fromkeys(_KEYS, 0)
 
     def observe(self, report: BatchReport) -> None:
-        step = {"batches": 1, "samples": len(report.samples), "truncated": report.truncated,
-                "dropped": report.dropped, "skipped": report.skipped}
+        step = {
+            "batches": 1,
+            "samples": len(report.samples),
+            "truncated": report.truncated,
+            "dropped": report.dropped,
+            "skipped": report.skipped,
+        }
         for key, value in step.items():
             self.totals[key] += value
             self._since_summary[key] += value
@@ -69,7 +74,12 @@ class ReportCounts:
             _LOGGER.warning(
                 "feedline epoch %d: of %d samples in %d batches, %d were truncated, %d dropped and %d skipped "
                 "(loader.report_counts has the run's totals, loader.last_report each batch's reports)",
-                epoch, seen["samples"], seen["batches"], seen["truncated"], seen["dropped"], seen["skipped"],
+                epoch,
+                seen["samples"],
+                seen["batches"],
+                seen["truncated"],
+                seen["dropped"],
+                seen["skipped"],
             )
 
     def state(self) -> dict[str, int]:

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tiny_model import chat_rows, tiny_causal_lm
 from torch.nn.parallel import DistributedDataParallel
 
 from feedline.client import RemoteLoader
-from tiny_model import chat_rows, tiny_causal_lm
 
 
 def run_rank(rank: int, world_size: int, endpoint: str, epochs: int, out: str, init_file: str) -> None:
@@ -33,9 +33,16 @@ def run_rank(rank: int, world_size: int, endpoint: str, epochs: int, out: str, i
         model = DistributedDataParallel(tiny_causal_lm(seed=0))
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         batches: list[list[int]] = []
-        loader = RemoteLoader(endpoint, "qwen2.5", samples=chat_rows(), batch_size=4, seed=0, rank=rank,
-                              world_size=world_size,
-                              on_report=lambda report: batches.append([s["row"] for s in report.samples]))
+        loader = RemoteLoader(
+            endpoint,
+            "qwen2.5",
+            samples=chat_rows(),
+            batch_size=4,
+            seed=0,
+            rank=rank,
+            world_size=world_size,
+            on_report=lambda report: batches.append([s["row"] for s in report.samples]),
+        )
         losses: list[float] = []
         for epoch in range(epochs):
             loader.set_epoch(epoch)
@@ -63,8 +70,12 @@ def main() -> None:
     init_file = str(Path(args.out, "rendezvous").resolve())
     if os.path.exists(init_file):
         os.unlink(init_file)
-    mp.spawn(run_rank, args=(args.world_size, args.endpoint, args.epochs, args.out, init_file),
-             nprocs=args.world_size, join=True)
+    mp.spawn(
+        run_rank,
+        args=(args.world_size, args.endpoint, args.epochs, args.out, init_file),
+        nprocs=args.world_size,
+        join=True,
+    )
     for rank in range(args.world_size):
         record = json.loads(Path(args.out, f"rank{rank}.json").read_text())
         print(f"rank {rank}: " + " ".join(f"{loss:.3f}" for loss in record["losses"]))

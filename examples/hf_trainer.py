@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tiny_model import chat_rows, tiny_causal_lm
 from transformers import Trainer, TrainingArguments
 
 from feedline.client import RemoteCollate, RemoteLoader
-from tiny_model import chat_rows, tiny_causal_lm
 
 
 class FeedlineTrainer(Trainer):
@@ -59,21 +59,36 @@ class RecordingTrainer(_StepLosses):
 
 def _args(out: str, steps: int, batch_size: int) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=3e-3,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
         remove_unused_columns=False,  # keep `messages` for RemoteCollate (RemoteLoader does not need it)
     )
 
 
-def train_with_loader(endpoint: str, steps: int, out: str, rows: list[dict[str, Any]] | None = None,
-                      seed: int = 0) -> tuple[list[float], list[int]]:
+def train_with_loader(
+    endpoint: str, steps: int, out: str, rows: list[dict[str, Any]] | None = None, seed: int = 0
+) -> tuple[list[float], list[int]]:
     """Train ``steps`` steps; returns each step's loss and the sample indices of the first batch."""
     rows = rows or chat_rows()
     firsts: list[list[int]] = []
-    loader = RemoteLoader(endpoint, "qwen2.5", samples=rows, batch_size=4, seed=seed,
-                          on_report=lambda report: firsts.append([s["row"] for s in report.samples]))
-    trainer = RecordingFeedlineTrainer(model=tiny_causal_lm(seed), args=_args(out, steps, 4), train_dataset=rows,
-                                       feedline_loader=loader)
+    loader = RemoteLoader(
+        endpoint,
+        "qwen2.5",
+        samples=rows,
+        batch_size=4,
+        seed=seed,
+        on_report=lambda report: firsts.append([s["row"] for s in report.samples]),
+    )
+    trainer = RecordingFeedlineTrainer(
+        model=tiny_causal_lm(seed), args=_args(out, steps, 4), train_dataset=rows, feedline_loader=loader
+    )
     trainer.losses = []
     trainer.train()
     loader.close()
@@ -92,14 +107,16 @@ class _FirstRows:
         return self.collate_fn(rows)
 
 
-def train_with_collate(endpoint: str, steps: int, out: str, rows: list[dict[str, Any]] | None = None,
-                       seed: int = 0) -> tuple[list[float], list[dict[str, Any]]]:
+def train_with_collate(
+    endpoint: str, steps: int, out: str, rows: list[dict[str, Any]] | None = None, seed: int = 0
+) -> tuple[list[float], list[dict[str, Any]]]:
     """The same with the Trainer's own sampler and RemoteCollate as its data_collator; returns each step's loss
     and the rows of the first batch as the collator received them."""
     rows = rows or chat_rows()
     collator = _FirstRows(RemoteCollate(endpoint, "qwen2.5"))
-    trainer = RecordingTrainer(model=tiny_causal_lm(seed), args=_args(out, steps, 4), train_dataset=rows,
-                               data_collator=collator)
+    trainer = RecordingTrainer(
+        model=tiny_causal_lm(seed), args=_args(out, steps, 4), train_dataset=rows, data_collator=collator
+    )
     trainer.losses = []
     trainer.train()
     assert collator.first is not None

@@ -16,9 +16,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from tiny_model import chat_rows, tiny_causal_lm
 
 from feedline.client import RemoteLoader
-from tiny_model import chat_rows, tiny_causal_lm
 
 
 class FeedlineLM(L.LightningModule):
@@ -42,16 +42,30 @@ class FeedlineLM(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=3e-3)
 
 
-def train(endpoint: str, steps: int, rows: list[dict[str, Any]] | None = None,
-          seed: int = 0) -> tuple[list[float], list[int]]:
+def train(
+    endpoint: str, steps: int, rows: list[dict[str, Any]] | None = None, seed: int = 0
+) -> tuple[list[float], list[int]]:
     """Train ``steps`` steps; returns each step's loss and the sample indices of the first batch."""
     rows = rows or chat_rows()
     firsts: list[list[int]] = []
-    loader = RemoteLoader(endpoint, "qwen2.5", samples=rows, batch_size=4, seed=seed,
-                          on_report=lambda report: firsts.append([s["row"] for s in report.samples]))
+    loader = RemoteLoader(
+        endpoint,
+        "qwen2.5",
+        samples=rows,
+        batch_size=4,
+        seed=seed,
+        on_report=lambda report: firsts.append([s["row"] for s in report.samples]),
+    )
     module = FeedlineLM(loader, seed)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module)
     loader.close()
     return module.step_losses, firsts[0]

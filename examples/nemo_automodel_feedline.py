@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tiny_model import chat_rows, tiny_causal_lm
 
 from feedline.client import RemoteCollate
-from tiny_model import chat_rows, tiny_causal_lm
 
 CONFIG = Path(__file__).with_name("nemo_automodel_sft.yaml")
 

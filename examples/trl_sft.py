@@ -17,10 +17,10 @@ import argparse
 from typing import Any
 
 from datasets import Dataset
+from tiny_model import chat_rows, tiny_causal_lm
 from trl import SFTConfig, SFTTrainer
 
 from feedline.client import RemoteLoader
-from tiny_model import chat_rows, tiny_causal_lm
 
 
 class FeedlineSFTTrainer(SFTTrainer):
@@ -40,20 +40,39 @@ class FeedlineSFTTrainer(SFTTrainer):
         return loss
 
 
-def train(endpoint: str, steps: int, out: str, tokenizer: Any, rows: list[dict[str, Any]] | None = None,
-          seed: int = 0) -> tuple[list[float], list[int]]:
+def train(
+    endpoint: str, steps: int, out: str, tokenizer: Any, rows: list[dict[str, Any]] | None = None, seed: int = 0
+) -> tuple[list[float], list[int]]:
     """Train ``steps`` steps; returns each step's loss and the sample indices of the first batch."""
     rows = rows or chat_rows()
     firsts: list[list[int]] = []
-    loader = RemoteLoader(endpoint, "qwen2.5", samples=rows, batch_size=4, seed=seed,
-                          on_report=lambda report: firsts.append([s["row"] for s in report.samples]))
+    loader = RemoteLoader(
+        endpoint,
+        "qwen2.5",
+        samples=rows,
+        batch_size=4,
+        seed=seed,
+        on_report=lambda report: firsts.append([s["row"] for s in report.samples]),
+    )
     config = SFTConfig(
-        output_dir=out, max_steps=steps, per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1,
-        save_strategy="no", report_to=[], use_cpu=True, remove_unused_columns=False,
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},  # feedline tokenizes, labels and pads
     )
-    trainer = FeedlineSFTTrainer(model=tiny_causal_lm(seed), args=config, train_dataset=Dataset.from_list(rows),
-                                 processing_class=tokenizer, feedline_loader=loader)
+    trainer = FeedlineSFTTrainer(
+        model=tiny_causal_lm(seed),
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        feedline_loader=loader,
+    )
     trainer.train()
     loader.close()
     return trainer.step_losses, firsts[0]

@@ -23,8 +23,15 @@ from feedline.service.server import Limits, ProcessorRegistry, ServingState, cre
 
 
 def _rows(n: int) -> list[dict[str, Any]]:
-    return [{"messages": [{"role": "user", "content": f"Question {i}?"},
-                          {"role": "assistant", "content": f"Answer {i}." + " more" * (i % 5)}]} for i in range(n)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": f"Answer {i}." + " more" * (i % 5)},
+            ]
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,31 +48,50 @@ def server(qwen_processor: Processor, data_root: Path) -> Iterator[str]:
     srv.stop(0)
 
 
-def _sampler_batches(n: int, world: int, rank: int, *, shuffle: bool, drop_last: bool, seed: int, epoch: int,
-                     batch_size: int) -> list[list[int]]:
+def _sampler_batches(
+    n: int, world: int, rank: int, *, shuffle: bool, drop_last: bool, seed: int, epoch: int, batch_size: int
+) -> list[list[int]]:
     """What torch's own DataLoader + DistributedSampler give this rank (the reference)."""
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=drop_last)
+    sampler = DistributedSampler(
+        range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
     sampler.set_epoch(epoch)
     loader = DataLoader(range(n), batch_size=batch_size, sampler=sampler, drop_last=drop_last)
     return [b.tolist() for b in loader]
 
 
-@pytest.mark.parametrize(("n", "world", "drop_last", "shuffle"),
-                         [(21, 1, False, True), (21, 2, False, True), (22, 3, True, True), (10, 4, False, False)])
+@pytest.mark.parametrize(
+    ("n", "world", "drop_last", "shuffle"),
+    [(21, 1, False, True), (21, 2, False, True), (22, 3, True, True), (10, 4, False, False)],
+)
 def test_batches_are_a_distributed_samplers_rank_by_rank_and_epoch_by_epoch(
-    server: str, qwen_processor: Processor, n: int, world: int, drop_last: bool, shuffle: bool,
+    server: str,
+    qwen_processor: Processor,
+    n: int,
+    world: int,
+    drop_last: bool,
+    shuffle: bool,
 ) -> None:
     rows = _rows(n)
     seen: list[int] = []
     counts = set()
     for rank in range(world):
-        loader = RemoteLoader(server, samples=rows, batch_size=4, world_size=world, rank=rank, seed=7,
-                              shuffle=shuffle, drop_last=drop_last, offload=False)
+        loader = RemoteLoader(
+            server,
+            samples=rows,
+            batch_size=4,
+            world_size=world,
+            rank=rank,
+            seed=7,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            offload=False,
+        )
         for epoch in (0, 1):
             loader.set_epoch(epoch)
-            want = _sampler_batches(n, world, rank, shuffle=shuffle, drop_last=drop_last, seed=7, epoch=epoch,
-                                    batch_size=4)
+            want = _sampler_batches(
+                n, world, rank, shuffle=shuffle, drop_last=drop_last, seed=7, epoch=epoch, batch_size=4
+            )
             got = []
             for batch in loader:
                 idx = [r["row"] for r in loader.last_report.samples]
@@ -133,7 +159,7 @@ def test_a_shuffled_run_resumes_mid_epoch_and_refuses_changed_samples(server: st
     second.load_state_dict(state)
     tail = [b["input_ids"] for b in second]
     assert len(head) + len(tail) == len(full) == 5
-    assert all(torch.equal(got, want) for got, want in zip(head + tail, full))
+    assert all(torch.equal(got, want) for got, want in zip(head + tail, full, strict=True))
     changed = rows[:10] + _rows(30)[20:30]  # same length, other rows
     with pytest.raises(ResumeStateError) as info:
         RemoteLoader(server, samples=changed, batch_size=4, seed=3).load_state_dict(state)
@@ -141,27 +167,51 @@ def test_a_shuffled_run_resumes_mid_epoch_and_refuses_changed_samples(server: st
 
 
 def test_reports_reach_the_trainer_per_batch_in_totals_state_callback_and_a_warning(
-    server: str, caplog: pytest.LogCaptureFixture,
+    server: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     rows = _rows(6)
     rows[1] = {"messages": [{"role": "user", "content": "Go on."}, {"role": "assistant", "content": "ok " * 90}]}
     rows[4] = {"messages": [{"role": "user", "content": "long " * 90}, {"role": "assistant", "content": "cut"}]}
     seen: list[BatchReport] = []
-    loader = RemoteLoader(server, samples=rows, batch_size=3, shuffle=False, max_length=64, truncation="right",
-                          on_zero_labels="skip", on_report=seen.append, offload=False)
+    loader = RemoteLoader(
+        server,
+        samples=rows,
+        batch_size=3,
+        shuffle=False,
+        max_length=64,
+        truncation="right",
+        on_zero_labels="skip",
+        on_report=seen.append,
+        offload=False,
+    )
     with caplog.at_level(logging.WARNING, logger="feedline.client"):
         per_batch = [(loader.last_report, len(b["input_ids"])) for b in loader]
     assert [r for r, _ in per_batch] == seen and [r.batch_index for r in seen] == [0, 1]
     statuses = [(s["row"], s["status"], s["truncated"] > 0) for r in seen for s in r.samples]
-    assert statuses == [(0, "ok", False), (1, "ok", True), (2, "ok", False),
-                        (3, "ok", False), (4, "skipped", False), (5, "ok", False)]
+    assert statuses == [
+        (0, "ok", False),
+        (1, "ok", True),
+        (2, "ok", False),
+        (3, "ok", False),
+        (4, "skipped", False),
+        (5, "ok", False),
+    ]
     assert [n for _, n in per_batch] == [3, 2]  # the skipped row is reported, not trained on
     totals = {"batches": 2, "samples": 6, "truncated": 1, "dropped": 0, "skipped": 1}
     assert loader.report_counts == totals and loader.state_dict()["report_counts"] == totals
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("1 were truncated, 0 dropped and 1 skipped" in w for w in warnings), warnings
-    resumed = RemoteLoader(server, samples=rows, batch_size=3, shuffle=False, max_length=64, truncation="right",
-                           on_zero_labels="skip", offload=False)
+    resumed = RemoteLoader(
+        server,
+        samples=rows,
+        batch_size=3,
+        shuffle=False,
+        max_length=64,
+        truncation="right",
+        on_zero_labels="skip",
+        offload=False,
+    )
     resumed.load_state_dict(loader.state_dict())
     assert resumed.report_counts == totals  # a resumed run continues the counts
     dropping = RemoteLoader(server, samples=rows, batch_size=3, max_length=64, overlong="drop", offload=False)

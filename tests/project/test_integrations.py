@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from feedline.service import CollateOptions, Processor, collate
-
 from tests.support.servers import Served
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -68,8 +67,9 @@ def test_hf_trainer_with_remote_loader(endpoint: str, qwen_processor: Processor,
     assert losses[0] == pytest.approx(hf_reference_loss(qwen_processor, [rows[i] for i in first]), rel=1e-5)
 
 
-def test_hf_trainer_with_remote_collate_keeps_messages(endpoint: str, qwen_processor: Processor,
-                                                       tmp_path: Path) -> None:
+def test_hf_trainer_with_remote_collate_keeps_messages(
+    endpoint: str, qwen_processor: Processor, tmp_path: Path
+) -> None:
     losses, first_rows = _example("hf_trainer").train_with_collate(endpoint, 2, str(tmp_path))
     assert len(losses) == 2 and len(first_rows) == 4
     assert all(set(row) == {"messages"} for row in first_rows)  # the column survived remove_unused_columns
@@ -91,8 +91,21 @@ def test_lightning(endpoint: str, qwen_processor: Processor) -> None:
 
 
 def test_ddp_loop_two_gloo_ranks_share_the_epoch(endpoint: str, qwen_processor: Processor, tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(EXAMPLES / "ddp_loop.py"), "--endpoint", endpoint, "--world-size", "2",
-                    "--out", str(tmp_path)], check=True, timeout=600, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "ddp_loop.py"),
+            "--endpoint",
+            endpoint,
+            "--world-size",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     rows = _rows()
     shards = [[i for batch in rec["batches"] for i in batch] for rec in records]
@@ -104,8 +117,9 @@ def test_ddp_loop_two_gloo_ranks_share_the_epoch(endpoint: str, qwen_processor: 
         assert rec["losses"][0] == pytest.approx(hf_reference_loss(qwen_processor, first), rel=1e-5)
 
 
-def test_nemo_automodel_config_builds_a_feedline_dataloader(endpoint: str, qwen_processor: Processor,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nemo_automodel_config_builds_a_feedline_dataloader(
+    endpoint: str, qwen_processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("nemo_automodel", reason="scripts/test.sh installs nemo-automodel with --no-deps")
     from nemo_automodel.components.datasets.llm.formatting_utils import format_chat_template
     from nemo_automodel.components.datasets.utils import default_collater
@@ -116,8 +130,12 @@ def test_nemo_automodel_config_builds_a_feedline_dataloader(endpoint: str, qwen_
     losses, first = example.train(3, tokenizer=tokenizer)
     assert len(losses) == 3
     # NeMo's own collation of the same rows (shuffle: false, so the first batch is rows 0-3).
-    own = default_collater([format_chat_template(tokenizer, row["messages"], tokenizer.eos_token_id,
-                                                 tokenizer.pad_token_id) for row in _rows()[:4]])
+    own = default_collater(
+        [
+            format_chat_template(tokenizer, row["messages"], tokenizer.eos_token_id, tokenizer.pad_token_id)
+            for row in _rows()[:4]
+        ]
+    )
     width = first["labels"].shape[1]
     assert torch.equal(first["labels"], own["labels"][:, :width])
     assert (own["labels"][:, width:] == -100).all()
