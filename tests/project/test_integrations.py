@@ -1,4 +1,4 @@
-"""The trainer integrations in examples/ run against a real `feedline serve`, each on a tiny real model class.
+"""The trainer integrations in examples/ run against a real feedline gRPC server, each on a tiny real model class.
 
 Each checks the first step's loss, as the trainer computed it, against the loss of the same rows collated
 locally in that trainer's own convention (HF's unshifted labels through feedline's engine with no server; for
@@ -21,21 +21,20 @@ import pytest
 import torch
 
 from feedline.service import CollateOptions, Processor, collate
-from tests.support.servers import Served
+from feedline.service.server import Limits, ProcessorRegistry, ServingState, create_server
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    server = Served()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def endpoint(served: Served) -> str:
-    return f"127.0.0.1:{served.grpc_port}"
+def endpoint(qwen_processor: Processor) -> Iterator[str]:
+    """A real gRPC server on a loopback port, serving the built-in Qwen2.5 tokenizer (in this process: the
+    trainers, and the DDP example's two ranks, reach it over the network like any client)."""
+    state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits())
+    server, port = create_server("127.0.0.1:0", state.registry, state=state)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
 
 
 def _example(name: str) -> ModuleType:
