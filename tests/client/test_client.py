@@ -6,7 +6,6 @@ import json
 import pickle
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from feedline.proto import FingerprintMismatch, InvalidSample, ResumeStateError
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import Limits
 from feedline.service.server._datasets import DatasetPlan, batch_rows, num_batches
-from feedline.service.server import create_server
 from feedline.service.server import ProcessorRegistry, ServingState
 
 from tests.support.client import batch_blobs, dataset_loader
@@ -46,12 +44,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(qwen_processor: Processor, data_root: Path) -> Iterator[str]:
+def server(qwen_processor: Processor, data_root: Path, in_process: Any) -> str:
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(), data_roots=[data_root])
-    srv, port = create_server("127.0.0.1:0", state.registry, state=state)
-    srv.start()
-    yield f"127.0.0.1:{port}"
-    srv.stop(0)
+    return str(in_process(state).grpc_target)
 
 
 def _same(batch: dict[str, torch.Tensor], expected: dict[str, np.ndarray]) -> None:
