@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from feedline.client import BatchReport, RemoteLoader
 from feedline.proto import InvalidOptions, ResumeStateError
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server import Limits, ProcessorRegistry, ServingState, create_server
+from feedline.service.server import Limits, ProcessorRegistry, ServingState
 
 
 def _rows(n: int) -> list[dict[str, Any]]:
@@ -40,12 +37,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(qwen_processor: Processor, data_root: Path) -> Iterator[str]:
+def server(qwen_processor: Processor, data_root: Path, in_process: Any) -> str:
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(), data_roots=[data_root])
-    srv, port = create_server("127.0.0.1:0", state.registry, state=state)
-    srv.start()
-    yield f"127.0.0.1:{port}"
-    srv.stop(0)
+    return str(in_process(state).grpc_target)
 
 
 def _sampler_batches(
@@ -237,24 +231,12 @@ def test_dataset_fingerprint_is_saved_and_a_rewritten_file_is_refused(server: st
     assert "dataset changed" in str(info.value)
 
 
-class _Http11(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-        self.send_error(404)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_a_client_pointed_at_an_http_port_is_told_so_at_once() -> None:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Http11)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        target = f"127.0.0.1:{httpd.server_address[1]}"
-        started = time.monotonic()
-        with pytest.raises(InvalidOptions) as info:
-            next(iter(RemoteLoader(target, samples=_rows(2), offload=False)))
-        assert time.monotonic() - started < 5  # no retries: another try cannot turn HTTP into gRPC
-        assert info.value.field == "endpoints" and target in str(info.value) and "gRPC port" in str(info.value)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def test_a_client_pointed_at_an_http_port_is_told_so_at_once(qwen_processor: Processor, in_process: Any) -> None:
+    state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits())
+    http = in_process(state, grpc=False, http=True).http_url  # feedline's own HTTP API (FastAPI on uvicorn)
+    target = http.removeprefix("http://")
+    started = time.monotonic()
+    with pytest.raises(InvalidOptions) as info:
+        next(iter(RemoteLoader(target, samples=_rows(2), offload=False)))
+    assert time.monotonic() - started < 5  # no retries: another try cannot turn HTTP into gRPC
+    assert info.value.field == "endpoints" and target in str(info.value) and "gRPC port" in str(info.value)

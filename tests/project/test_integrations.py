@@ -12,7 +12,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,20 +20,16 @@ import pytest
 import torch
 
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server import Limits, ProcessorRegistry, ServingState, create_server
+from feedline.service.server import Limits, ProcessorRegistry, ServingState
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
-def endpoint(qwen_processor: Processor) -> Iterator[str]:
-    """A real gRPC server on a loopback port, serving the built-in Qwen2.5 tokenizer (in this process: the
-    trainers, and the DDP example's two ranks, reach it over the network like any client)."""
-    state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits())
-    server, port = create_server("127.0.0.1:0", state.registry, state=state)
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+def endpoint(qwen_processor: Processor, in_process: Any) -> str:
+    """A real gRPC server on a loopback port, serving the built-in Qwen2.5 tokenizer (the trainers, and the DDP
+    example's two ranks, reach it over the network like any client)."""
+    return str(in_process(ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits())).grpc_target)
 
 
 def _example(name: str) -> ModuleType:
