@@ -86,8 +86,8 @@ def test_collate_label_format_follows_the_label_policy(tmp_path: Path) -> None:
                      "--no-progress"]) == 0
         records[policy] = json.loads(out.read_text())
     hf, nemo = records["assistant"], records["nemo"]
-    assert [t for t, l in zip(hf["input_ids"], hf["labels"]) if l != IGNORE_INDEX] == \
-        [l for l in hf["labels"] if l != IGNORE_INDEX]  # aligned: the model shifts
+    hf_targets = [label for label in hf["labels"] if label != IGNORE_INDEX]
+    assert [t for t, label in zip(hf["input_ids"], hf["labels"], strict=True) if label != IGNORE_INDEX] == hf_targets
     assert nemo["input_ids"] == hf["input_ids"][:-1]  # shifted: cut by one, labels[t] is input t+1's token
-    assert [hf["input_ids"][t + 1] for t, l in enumerate(nemo["labels"]) if l != IGNORE_INDEX] == \
-        [l for l in nemo["labels"] if l != IGNORE_INDEX]
+    nemo_targets = [label for label in nemo["labels"] if label != IGNORE_INDEX]
+    assert [hf["input_ids"][t + 1] for t, label in enumerate(nemo["labels"]) if label != IGNORE_INDEX] == nemo_targets

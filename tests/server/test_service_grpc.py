@@ -357,5 +357,6 @@ def test_stream_dataset_sends_an_empty_batch_for_an_empty_share(served: dict[str
     batches = _dataset_batches(served, _dataset_request(batch_size=3, world_size=3, rank=0))
     sizes = [b.tensors["input_ids"].shape[0] if b.tensors else 0 for b in batches]
     fingerprint = batches[0].meta["dataset_fingerprint"]  # every batch names the data (the client's state keeps it)
-    assert sizes == [3, 3, 0] and batches[-1].meta == {"batch_index": 2, "reports": [], "dataset_fingerprint": fingerprint}
+    assert sizes == [3, 3, 0]
+    assert batches[-1].meta == {"batch_index": 2, "reports": [], "dataset_fingerprint": fingerprint}
     assert len(fingerprint) == 64 and {b.meta["dataset_fingerprint"] for b in batches} == {fingerprint}
