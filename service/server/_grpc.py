@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feedline.proto import CodecError, FeedlineError, FingerprintMismatch, InvalidOptions, encode_batch, split_frames
-from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2 as pb
+from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, SERVICE_NAME, feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
 from ._config import Limits
@@ -37,11 +37,10 @@ from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
 from ._requests import CollateResult, parse_rows, run_collate
 
-__all__ = ["ERROR_METADATA_KEY", "collate_threads_for", "create_server", "drain_server", "options_from_proto"]
+__all__ = ["collate_threads_for", "create_server", "drain_server", "options_from_proto"]
 
 _LOGGER = logging.getLogger("feedline.service.grpc")
 _OPTION_FIELDS = tuple(f.name for f in pb.CollateOptions.DESCRIPTOR.fields if f.name != "packing")
-ERROR_METADATA_KEY = "feedline-error"
 
 
 class _Cancelled(Exception):

@@ -27,7 +27,6 @@ from feedline.proto import InvalidOptions, InvalidSample
 from feedline.proto._codec import decode_batch, encode_batch, float32_to_bfloat16
 from feedline.service import Processor
 from feedline.service.server import Limits
-from feedline.service.server import create_server
 from feedline.service.server import ProcessorRegistry, ServingState
 
 from tests.support.reliability_harness import wait_for
@@ -41,14 +40,11 @@ def _rows(n: int = N_ROWS) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def server(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any) -> str:
     root = tmp_path_factory.mktemp("offload-data")
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()), encoding="utf-8")
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(), data_roots=[root])
-    srv, port = create_server("127.0.0.1:0", state.registry, state=state)
-    srv.start()
-    yield f"127.0.0.1:{port}"
-    srv.stop(0)
+    return str(in_process(state).grpc_target)
 
 
 def _loader(server: str, mode: str, **kw: Any) -> RemoteLoader:

@@ -159,7 +159,7 @@ def test_every_manifest_file_is_used() -> None:
 
 def test_overlays_are_the_two_ways_to_run() -> None:
     assert OVERLAYS == ["shared-service", "sidecar"]
-    assert COMPONENTS == sorted({c for _, c in VARIANTS.values() if c} | {"sidecar"})
+    assert sorted({c for _, c in VARIANTS.values() if c} | {"sidecar"}) == COMPONENTS
     assert {d["kind"] for d in rendered("shared-service")} == {
         "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "HorizontalPodAutoscaler",
         "PodDisruptionBudget"}

@@ -44,20 +44,18 @@ def _assert_engine_output(decoded: DecodedBatch, processor: Processor, rows: lis
 
 
 @pytest.fixture(scope="module")
-def served(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def served(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any) -> Iterator[dict[str, Any]]:
     data_root = tmp_path_factory.mktemp("data")
     (data_root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS * 5))
     (data_root / "bad.jsonl").write_text((json.dumps(ROWS[0]) + "\n") * 3 + "{not json\n")
     (data_root / "invalid.jsonl").write_text((json.dumps(ROWS[0]) + "\n") * 3 + '{"messages": []}\n')
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(max_in_flight_per_stream=2,
                          max_samples_per_request=8), data_roots=[data_root])
-    server, port = create_server("127.0.0.1:0", state.registry, state=state)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-    yield {"target": f"127.0.0.1:{port}", "channel": channel, "stub": feedline_pb2_grpc.FeedlineStub(channel), "state": state,
+    target = str(in_process(state).grpc_target)
+    channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    yield {"target": target, "channel": channel, "stub": feedline_pb2_grpc.FeedlineStub(channel), "state": state,
            "processor": qwen_processor, "data_root": data_root}
     channel.close()
-    server.stop(0)
 
 
 @pytest.mark.parametrize("options", OPTION_CASES)
@@ -322,7 +320,7 @@ def test_stream_dataset_follows_the_plan_and_resumes_from_a_cursor(served: dict[
     expected = [batch_rows(len(rows), plan, i) for i in range(num_batches(len(rows), plan))]
     batches = _dataset_batches(served, _dataset_request())
     assert [b.meta["batch_index"] for b in batches] == list(range(len(expected)))
-    for batch, indices in zip(batches, expected):
+    for batch, indices in zip(batches, expected, strict=False):
         _assert_engine_output(batch, served["processor"], [rows[i] for i in indices], {})
     resumed = _dataset_batches(served, _dataset_request(start_batch_index=2, max_batches=1))
     assert [b.meta["batch_index"] for b in resumed] == [2]
