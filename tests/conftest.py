@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from feedline.service import Processor, load_processor
+
+
+@pytest.fixture(scope="module")
+def in_process() -> Iterator[Callable[..., Any]]:
+    """Start in-process servers (``tests.support.inprocess.serve_in_process`` arguments); stopped with the module."""
+    from tests.support.inprocess import serve_in_process
+
+    with contextlib.ExitStack() as stack:
+        yield lambda state, **kwargs: stack.enter_context(serve_in_process(state, **kwargs))
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
 MEDIA_TYPES: frozenset[str] = frozenset({"image", "audio", "video"})
 _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SHAREGPT_ROLES = {
+_SHAREGPT_ROLES: dict[str, Role] = {
     "system": "system",
     "human": "user",
     "user": "user",
@@ -152,6 +152,7 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
         raise InvalidSample(
             f"unknown role {role!r}; expected one of {sorted(ROLES)}", sample=index, field=f"{where}.role"
         )
+    role = cast(Role, role)
     # transformers hands reasoning to templates under all of these names; the first one given counts.
     key = next((k for k in _REASONING_KEYS if raw.get(k) is not None), "reasoning_content")
     reasoning = raw.get(key)
@@ -167,7 +168,7 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
         if isinstance(value, str):
             _check_unicode(value, index, f"{where}.{name_}")
     return Message(
-        role=cast(Role, role),
+        role=role,
         parts=_parse_content(raw.get("content"), index, f"{where}.content"),
         reasoning_content=reasoning,
         tool_calls=_parse_tool_calls(raw.get("tool_calls"), index, f"{where}.tool_calls"),
@@ -283,7 +284,7 @@ def _parse_sharegpt(raw: Any, index: int, key: str) -> tuple[Message, ...]:
             raise InvalidSample("value must be a string", sample=index, field=f"{where}.value")
         _check_unicode(value, index, f"{where}.value")
         call_id = f"call_{i}" if role == "tool" else None
-        messages.append(Message(role=cast(Role, role), parts=(Part("text", value),), tool_call_id=call_id))
+        messages.append(Message(role=role, parts=(Part("text", value),), tool_call_id=call_id))
     return tuple(messages)
 
 

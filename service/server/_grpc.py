@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feedline.proto import CodecError, FeedlineError, FingerprintMismatch, InvalidOptions, encode_batch, split_frames
-from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2 as pb
+from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, SERVICE_NAME, feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
 from ._config import Limits
@@ -37,11 +37,10 @@ from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
 from ._requests import CollateResult, parse_rows, run_collate
 
-__all__ = ["ERROR_METADATA_KEY", "collate_threads_for", "create_server", "drain_server", "options_from_proto"]
+__all__ = ["collate_threads_for", "create_server", "drain_server", "options_from_proto"]
 
 _LOGGER = logging.getLogger("feedline.service.grpc")
 _OPTION_FIELDS = tuple(f.name for f in pb.CollateOptions.DESCRIPTOR.fields if f.name != "packing")
-ERROR_METADATA_KEY = "feedline-error"
 
 
 class _Cancelled(Exception):
@@ -211,13 +210,14 @@ class _FeedlineServicer:
                                      f"({total} batches)", field="start_batch_index")
             end = min(total, request.start_batch_index + request.max_batches) if request.max_batches else total
             options = options_from_proto(request.options)
+            extra = {"dataset_fingerprint": source.fingerprint}  # what the client keeps in its state_dict
             for batch_index in range(request.start_batch_index, end):
                 call["batch_index"] = batch_index
                 _check_live(context)
                 indices = batch_rows(len(source), plan, batch_index)
                 frame_bytes = self._frame_bytes(request.max_frame_bytes)
                 if not len(indices):  # this rank's share of the last, partial global step is empty
-                    empty = encode_batch({}, {"batch_index": batch_index, "reports": []})
+                    empty = encode_batch({}, {"batch_index": batch_index, "reports": [], **extra})
                     yield from split_frames(empty, batch_id=batch_index, max_frame_bytes=frame_bytes, wrap=True)
                     continue
                 rows = source.rows(indices)  # a row that is not JSON names its dataset row already
@@ -226,7 +226,7 @@ class _FeedlineServicer:
                                          fingerprint=request.processor_fingerprint, options=options)
                 except FeedlineError as exc:  # name the dataset row, not the position in the batch
                     raise exc.at_sample(int(indices[exc.sample])) if exc.sample is not None else exc from None
-                yield from result.frames(batch_index, frame_bytes, wrap=True)
+                yield from result.frames(batch_index, frame_bytes, wrap=True, extra=extra)
                 call["batches"] = call.get("batches", 0) + 1
 
     def ListProcessors(self, request: pb.ListProcessorsRequest, context: grpc.ServicerContext

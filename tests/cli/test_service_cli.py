@@ -105,6 +105,21 @@ def one_worker() -> Iterator[_Served]:
     served.close()
 
 
+def _wait_in_flight(served: _Served, transports: set[str], timeout: float = 60) -> None:
+    """Until /metrics shows a request in flight on each transport (a fixed sleep is too short on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = served.http.get("/metrics").text
+        # the /metrics request itself is one HTTP request in flight
+        least = {t: 2 if t == "http" else 1 for t in transports}
+        busy = {t for t in transports if any(line.startswith(f'feedline_in_flight{{transport="{t}"}}')
+                                              and float(line.split()[-1]) >= least[t] for line in text.splitlines())}
+        if busy == transports:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"requests not in flight on {transports} after {timeout} s")
+
+
 def _big_batch() -> dict[str, Any]:
     return {"samples": ROWS * 400, "options": {}}  # ~1,600 rows: long enough to still be running at SIGTERM
 
@@ -123,7 +138,7 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(one_worker: _Served) -> 
     threads = [threading.Thread(target=slow_http), threading.Thread(target=grpc_stream)]
     for t in threads:
         t.start()
-    time.sleep(0.4)  # both requests are being worked on
+    _wait_in_flight(one_worker, {"grpc", "http"})  # both requests are being worked on
     one_worker.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(60)

@@ -6,7 +6,6 @@ import json
 import pickle
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from feedline.proto import FingerprintMismatch, InvalidSample, ResumeStateError
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import Limits
 from feedline.service.server._datasets import DatasetPlan, batch_rows, num_batches
-from feedline.service.server import create_server
 from feedline.service.server import ProcessorRegistry, ServingState
 
 from tests.support.client import batch_blobs, dataset_loader
@@ -46,12 +44,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(qwen_processor: Processor, data_root: Path) -> Iterator[str]:
+def server(qwen_processor: Processor, data_root: Path, in_process: Any) -> str:
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(), data_roots=[data_root])
-    srv, port = create_server("127.0.0.1:0", state.registry, state=state)
-    srv.start()
-    yield f"127.0.0.1:{port}"
-    srv.stop(0)
+    return str(in_process(state).grpc_target)
 
 
 def _same(batch: dict[str, torch.Tensor], expected: dict[str, np.ndarray]) -> None:
@@ -90,7 +85,7 @@ def test_pinned_fingerprint_mismatch_is_refused(server: str) -> None:
 
 def test_samples_mode_streams_every_batch_in_order(server: str, qwen_processor: Processor) -> None:
     rows = _rows(21)
-    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=4, prefetch=3)
+    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=4, prefetch=3, shuffle=False)
     batches = list(loader)
     assert len(batches) == 6
     for i, batch in enumerate(batches):
@@ -108,7 +103,7 @@ def test_samples_mode_resumes_from_state_dict(server: str) -> None:
     second.load_state_dict(state)
     tail = [b["input_ids"] for b in second]
     assert len(head) + len(tail) == len(full)
-    for got, want in zip(head + tail, full):
+    for got, want in zip(head + tail, full, strict=False):
         assert torch.equal(got, want)
 
 
@@ -141,7 +136,7 @@ def test_dataset_mode_resume_and_elastic_world_size(server: str) -> None:
     head = [next(it)["input_ids"].clone() for _ in range(3)]
     resumed = dataset_loader(server, batch_size=4, seed=2)
     resumed.load_state_dict(first.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(head + run(resumed), whole))
+    assert all(torch.equal(a, b) for a, b in zip(head + run(resumed), whole, strict=False))
     # 3 batches x 4 samples = 12 = 3 global batches of 2 x 2: continue on two ranks with batch size 2.
     ranks = [dataset_loader(server, batch_size=2, seed=2, rank=r, world_size=2) for r in range(2)]
     for loader in ranks:
@@ -160,8 +155,8 @@ def test_set_epoch_reshuffles_deterministically(server: str) -> None:
     again = [b["input_ids"].clone() for b in a]
     a.set_epoch(1)
     epoch1 = [b["input_ids"].clone() for b in a]
-    assert all(torch.equal(x, y) for x, y in zip(epoch0, again))
-    assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(epoch0, epoch1))
+    assert all(torch.equal(x, y) for x, y in zip(epoch0, again, strict=False))
+    assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(epoch0, epoch1, strict=False))
 
 
 @pytest.mark.timeout(300)

@@ -27,7 +27,6 @@ from feedline.proto import InvalidOptions, InvalidSample
 from feedline.proto._codec import decode_batch, encode_batch, float32_to_bfloat16
 from feedline.service import Processor
 from feedline.service.server import Limits
-from feedline.service.server import create_server
 from feedline.service.server import ProcessorRegistry, ServingState
 
 from tests.support.reliability_harness import wait_for
@@ -41,14 +40,11 @@ def _rows(n: int = N_ROWS) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def server(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any) -> str:
     root = tmp_path_factory.mktemp("offload-data")
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()), encoding="utf-8")
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(), data_roots=[root])
-    srv, port = create_server("127.0.0.1:0", state.registry, state=state)
-    srv.start()
-    yield f"127.0.0.1:{port}"
-    srv.stop(0)
+    return str(in_process(state).grpc_target)
 
 
 def _loader(server: str, mode: str, **kw: Any) -> RemoteLoader:
@@ -168,7 +164,7 @@ def test_an_abandoned_epoch_does_not_leak_into_the_next(server: str, mode: str) 
 
 def test_bad_input_is_the_servers_error_through_the_receiver(server: str) -> None:
     rows = _rows(6) + [{"messages": [{"role": "robot", "content": "x"}]}]
-    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=4)
+    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=4, shuffle=False)
     with pytest.raises(InvalidSample) as info:
         list(loader)
     assert info.value.sample == 2 and info.value.field == "messages[0].role"
@@ -218,7 +214,7 @@ def _zombie(pid: int) -> bool:
 def test_a_row_that_cannot_travel_is_an_invalid_sample(server: str, offload: bool, content: Any) -> None:
     """bytes pass msgpack (trainer) and fail JSON (receiver); object() fails msgpack: both name the row."""
     rows = _rows(3) + [{"messages": [{"role": "user", "content": content}]}] + _rows(2)
-    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=5, offload=offload)
+    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=5, offload=offload, shuffle=False)
     with pytest.raises(InvalidSample) as info:
         list(loader)
     assert info.value.sample == 3 and "serialis" in info.value.message

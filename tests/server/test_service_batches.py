@@ -7,9 +7,6 @@ processor; every case is collated in process and over gRPC (unary and stream), H
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +15,11 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from feedline.proto import DecodedBatch, FrameAssembler, decode_batch, decode_frames, unwrap_frame
 from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2 as pb, feedline_pb2_grpc, frame_stream_calls
 from feedline.service import CollatedBatch, CollateOptions, Processor, collate
-from feedline.service.server import create_server
-from feedline.service.server import BATCH_MEDIA_TYPE, create_app
+from feedline.service.server import BATCH_MEDIA_TYPE
 from feedline.service.media._loading import MediaPolicy
 from feedline.proto import bfloat16_to_float32 as from_bf16_bits
 from feedline.service.server import ProcessorRegistry, ServingState
@@ -52,27 +47,16 @@ def _cases(media_root: Path) -> list[tuple[str, str, list[dict[str, Any]], dict[
 
 
 @pytest.fixture(scope="module")
-def servers(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def servers(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any) -> Iterator[dict[str, Any]]:
     media_root = tmp_path_factory.mktemp("media")
     cases = _cases(media_root)
     state = ServingState(ProcessorRegistry.of(qwen_processor, processor("qwen2.5-vl")), media_roots=[media_root])
-    grpc_server, port = create_server("127.0.0.1:0", state.registry, state=state)
-    grpc_server.start()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    http_server = uvicorn.Server(uvicorn.Config(create_app(state), log_config=None, lifespan="off"))
-    thread = threading.Thread(target=http_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not http_server.started:
-        time.sleep(0.02)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-    with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=60) as http:
+    served = in_process(state, http=True)
+    channel = grpc.insecure_channel(str(served.grpc_target), options=CHANNEL_OPTIONS)
+    with httpx.Client(base_url=served.http_url, timeout=60) as http:
         yield {"cases": {c[0]: c[1:] for c in cases}, "state": state, "channel": channel, "http": http,
                "media": MediaPolicy(roots=(media_root,))}
     channel.close()
-    grpc_server.stop(0)
-    http_server.should_exit = True
-    thread.join(5)
 
 
 _CASE_NAMES = ["text", "packed", "packed-thd", "multimodal", "multimodal-bf16"]

@@ -44,20 +44,18 @@ def _assert_engine_output(decoded: DecodedBatch, processor: Processor, rows: lis
 
 
 @pytest.fixture(scope="module")
-def served(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def served(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any) -> Iterator[dict[str, Any]]:
     data_root = tmp_path_factory.mktemp("data")
     (data_root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS * 5))
     (data_root / "bad.jsonl").write_text((json.dumps(ROWS[0]) + "\n") * 3 + "{not json\n")
     (data_root / "invalid.jsonl").write_text((json.dumps(ROWS[0]) + "\n") * 3 + '{"messages": []}\n')
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(max_in_flight_per_stream=2,
                          max_samples_per_request=8), data_roots=[data_root])
-    server, port = create_server("127.0.0.1:0", state.registry, state=state)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
-    yield {"target": f"127.0.0.1:{port}", "channel": channel, "stub": feedline_pb2_grpc.FeedlineStub(channel), "state": state,
+    target = str(in_process(state).grpc_target)
+    channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    yield {"target": target, "channel": channel, "stub": feedline_pb2_grpc.FeedlineStub(channel), "state": state,
            "processor": qwen_processor, "data_root": data_root}
     channel.close()
-    server.stop(0)
 
 
 @pytest.mark.parametrize("options", OPTION_CASES)
@@ -258,7 +256,8 @@ def test_list_processors(served: dict[str, Any]) -> None:
     (info,) = response.processors
     assert info.name == "qwen2.5" and info.fingerprint == served["processor"].fingerprint
     assert json.loads(info.info_json)["fingerprint"] == info.fingerprint
-    assert dict(info.defaults)["label_format"] == "shifted"
+    # No format chosen: it follows the request's label_policy (unshifted for assistant, shifted for nemo).
+    assert dict(info.defaults)["label_format"] is None and dict(info.defaults)["label_policy"] == "assistant"
 
 
 def test_health_and_drain(qwen_processor: Processor) -> None:
@@ -322,7 +321,7 @@ def test_stream_dataset_follows_the_plan_and_resumes_from_a_cursor(served: dict[
     expected = [batch_rows(len(rows), plan, i) for i in range(num_batches(len(rows), plan))]
     batches = _dataset_batches(served, _dataset_request())
     assert [b.meta["batch_index"] for b in batches] == list(range(len(expected)))
-    for batch, indices in zip(batches, expected):
+    for batch, indices in zip(batches, expected, strict=False):
         _assert_engine_output(batch, served["processor"], [rows[i] for i in indices], {})
     resumed = _dataset_batches(served, _dataset_request(start_batch_index=2, max_batches=1))
     assert [b.meta["batch_index"] for b in resumed] == [2]
@@ -357,4 +356,7 @@ def test_stream_dataset_sends_an_empty_batch_for_an_empty_share(served: dict[str
     """20 rows over 3 ranks of 3: the last global step has 2 rows, so rank 0 gets nothing in it."""
     batches = _dataset_batches(served, _dataset_request(batch_size=3, world_size=3, rank=0))
     sizes = [b.tensors["input_ids"].shape[0] if b.tensors else 0 for b in batches]
-    assert sizes == [3, 3, 0] and batches[-1].meta == {"batch_index": 2, "reports": []}
+    fingerprint = batches[0].meta["dataset_fingerprint"]  # every batch names the data (the client's state keeps it)
+    assert sizes == [3, 3, 0]
+    assert batches[-1].meta == {"batch_index": 2, "reports": [], "dataset_fingerprint": fingerprint}
+    assert len(fingerprint) == 64 and {b.meta["dataset_fingerprint"] for b in batches} == {fingerprint}

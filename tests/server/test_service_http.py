@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from feedline.proto import decode_batch
 from feedline.service import CollateOptions, Processor, collate
@@ -23,21 +19,12 @@ from tests.support.rows import OPTION_CASES, ROWS
 
 
 @pytest.fixture(scope="module")
-def http(qwen_processor: Processor) -> Iterator[dict[str, Any]]:
+def http(qwen_processor: Processor, in_process: Any) -> Iterator[dict[str, Any]]:
     state = ServingState(ProcessorRegistry.of(qwen_processor),
                          limits=Limits(max_request_bytes=200_000, max_samples_per_request=16))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30) as client:
+    served = in_process(state, grpc=False, http=True)
+    with httpx.Client(base_url=served.http_url, timeout=30) as client:
         yield {"client": client, "state": state, "processor": qwen_processor}
-    server.should_exit = True
-    thread.join(5)
 
 
 def _expected(processor: Processor, rows: list[dict[str, Any]], options: dict[str, Any]) -> Any:
