@@ -44,7 +44,8 @@ _TAGGED_TURN = (
 )
 _CALL_TURN_START = (
     "{{- '<|im_start|>' + message.role }}\n        {%- if message.content %}\n"
-    "            {{- '\\n' + message.content }}\n        {%- endif %}\n        {%- for tool_call in message.tool_calls %}"
+    "            {{- '\\n' + message.content }}\n        {%- endif %}\n"
+    "        {%- for tool_call in message.tool_calls %}"
 )
 _CALL_TURN_END = "            {{- '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}"
 # The same text, the newline after the role outside the block: content, calls and <|im_end|> are generated.
