@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import _quiet  # noqa: F401  (first: before any module imports transformers)
 from feedline.proto import IGNORE_INDEX, LabelFormat, LabelPolicy, LabelStrategy
 
 from ._batch import CollatedBatch, SampleReport, collate, pad_samples, tokenize_rows

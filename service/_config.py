@@ -9,13 +9,14 @@ A YAML file::
     media_roots: [/data/media]
     data_roots: [/data/datasets]
     grace_period_s: 30
+    allow_hub: false       # processors by hub id (off: directories and built-in names only, nothing fetched)
     limits: {max_request_bytes: 67108864, max_samples_per_request: 4096, max_in_flight_per_stream: 4}
     processors:
       qwen2.5: {source: qwen2.5, defaults: {max_length: 4096, truncation: right}}
       my-vlm: {source: /models/my-vlm, trust_remote_code: false}
 
 Environment variables (12-factor, for containers) override the file: ``FEEDLINE_HOST``, ``FEEDLINE_GRPC_PORT``,
-``FEEDLINE_HTTP_PORT``, ``FEEDLINE_WORKERS``, ``FEEDLINE_GRACE_PERIOD_S``, ``FEEDLINE_LOG_LEVEL``,
+``FEEDLINE_HTTP_PORT``, ``FEEDLINE_WORKERS``, ``FEEDLINE_GRACE_PERIOD_S``, ``FEEDLINE_LOG_LEVEL``, ``FEEDLINE_ALLOW_HUB``,
 ``FEEDLINE_MEDIA_ROOTS`` / ``FEEDLINE_DATA_ROOTS`` (os.pathsep-separated), and one per limit,
 ``FEEDLINE_<LIMIT NAME IN CAPITALS>`` (e.g. ``FEEDLINE_MAX_REQUEST_BYTES``). Security (service/_auth.py):
 ``FEEDLINE_AUTH_TOKEN_FILE``, ``FEEDLINE_TLS_CERT``, ``FEEDLINE_TLS_KEY``, ``FEEDLINE_TLS_CLIENT_CA``.
@@ -83,6 +84,7 @@ class ServeConfig:
     keepalive_time_s: float = 30.0
     max_connection_age_s: float = 300.0
     log_level: str = "info"
+    allow_hub: bool = False
     limits: Limits = field(default_factory=Limits)
     auth_token_file: Path | None = None
     tls_cert: Path | None = None
@@ -107,8 +109,9 @@ class ServeConfig:
 
 
 _SCALARS = {"host": str, "grpc_port": int, "http_port": int, "workers": int, "grace_period_s": float,
-            "keepalive_time_s": float, "max_connection_age_s": float, "log_level": str}
+            "keepalive_time_s": float, "max_connection_age_s": float, "log_level": str, "allow_hub": bool}
 _PATH_LISTS = ("media_roots", "data_roots")
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _PATHS = ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca")
 
 
@@ -164,6 +167,10 @@ def _from_env(env: Mapping[str, str], file_limits: Any) -> dict[str, Any]:
 
 
 def _convert(kind: type, raw: str, name: str) -> Any:
+    if kind is bool:
+        if raw.strip().lower() not in _BOOLS:
+            raise ConfigError(f"{name}={raw!r} is not a boolean (one of {sorted(_BOOLS)})")
+        return _BOOLS[raw.strip().lower()]
     try:
         return kind(raw)
     except ValueError:

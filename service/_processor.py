@@ -1,8 +1,8 @@
 """A loaded tokenizer or multimodal processor, with the facts derived from it once and cached.
 
-Loading goes through transformers' Auto classes (local directories; hub ids where the operator's machine has a
-hub), or through the built-in tokenizers rebuilt from packaged vocabularies. Remote code stays off unless the
-operator enables it.
+Loading goes through transformers' Auto classes: local directories, the built-in tokenizers and processors
+rebuilt from packaged files, and hub ids only where the operator enables the hub (``_sources``). Remote code
+stays off unless the operator enables it.
 """
 
 from __future__ import annotations
@@ -138,32 +138,34 @@ def load_processor(
     trust_remote_code: bool = False,
     defaults: Mapping[str, Any] | None = None,
     encoder_mode: str = "auto",
+    allow_hub: bool | None = None,
 ) -> Processor:
-    """Load a processor from a builtin name or a local directory/hub id through transformers' Auto classes."""
+    """Load a processor from a local directory, a built-in name, or (``allow_hub`` only) a hub id.
+
+    ``allow_hub=None`` reads ``FEEDLINE_ALLOW_HUB``; with the hub off nothing is fetched (``local_files_only``)
+    and an unknown name fails at once with what was tried (``_sources.resolve_source``).
+    """
+    from ._sources import resolve_source
+
+    resolved = resolve_source(source, allow_hub=allow_hub)  # before importing transformers: fails in a moment
     from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
-    source_str = str(source)
-    path = Path(source_str).expanduser()
-    if not path.exists():
-        from ._vocab import BUILTIN_TOKENIZERS, builtin_tokenizer_dir
-
-        if source_str in BUILTIN_TOKENIZERS:
-            path = builtin_tokenizer_dir(source_str)
-    location = str(path) if path.exists() else source_str
     from ._vlm_compat import videoless_class_for
 
-    videoless = videoless_class_for(location) if path.is_dir() else None
+    location = resolved.location
+    offline = {"local_files_only": True} if resolved.local_only else {}
+    videoless = videoless_class_for(location) if Path(location).is_dir() else None
     try:
         if videoless is not None:  # a processor class transformers refuses without a video processor here
-            loaded = videoless.from_pretrained(location)
+            loaded = videoless.from_pretrained(location, **offline)
         else:
-            loaded = AutoProcessor.from_pretrained(location, trust_remote_code=trust_remote_code)
+            loaded = AutoProcessor.from_pretrained(location, trust_remote_code=trust_remote_code, **offline)
     except (OSError, ValueError, TypeError, KeyError, ImportError):
-        loaded = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        loaded = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **offline)
     if isinstance(loaded, PreTrainedTokenizerBase):
         tokenizer, hf_processor = loaded, None
     else:
         tokenizer, hf_processor = loaded.tokenizer, loaded
     base = CollateOptions.from_mapping(defaults) if defaults else None
-    return Processor(name, tokenizer, hf_processor=hf_processor, source=source_str, defaults=base,
+    return Processor(name, tokenizer, hf_processor=hf_processor, source=str(source), defaults=base,
                      encoder_mode=encoder_mode)
