@@ -10,7 +10,8 @@ A YAML file::
     data_roots: [/data/datasets]
     grace_period_s: 30
     allow_hub: false       # processors by hub id (off: directories and built-in names only, nothing fetched)
-    limits: {max_request_bytes: 67108864, max_samples_per_request: 4096, max_in_flight_per_stream: 4}
+    limits: {max_request_bytes: 67108864, max_samples_per_request: 4096, max_chars_per_sample: 1000000,
+             max_tokens_per_sample: 262144, max_request_seconds: 300}
     processors:
       qwen2.5: {source: qwen2.5, defaults: {max_length: 4096, truncation: right}}
       my-vlm: {source: /models/my-vlm, trust_remote_code: false}
@@ -54,10 +55,22 @@ class ProcessorSpec:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request bounds; a request past one is refused with RequestTooLarge."""
+    """Per-request bounds, each checked before the work it bounds (``_caps``); a request past one is refused
+    with RequestTooLarge (HTTP 413, gRPC RESOURCE_EXHAUSTED) naming the limit, or RequestTimeout (HTTP 504,
+    gRPC DEADLINE_EXCEEDED) past its time budget.
+
+    The defaults fit long-context fine-tuning (a 256k-token sample, 4096 samples or 2M tokens in one request)
+    and keep one request to seconds of work per core: characters are counted before any rendering (media parts
+    excluded; ``MediaPolicy`` bounds those), tokens after tokenizing and before any tensor is built.
+    """
 
     max_request_bytes: int = 64 << 20
     max_samples_per_request: int = 4096
+    max_chars_per_sample: int = 1_000_000
+    max_chars_per_request: int = 32_000_000
+    max_tokens_per_sample: int = 262_144
+    max_tokens_per_request: int = 2_097_152
+    max_request_seconds: int = 300
     max_in_flight_per_stream: int = 4
     max_frame_bytes: int = 1 << 20
     max_message_bytes: int = 256 << 20

@@ -28,6 +28,7 @@ from feedline.proto import CodecError, FeedlineError, FingerprintMismatch, Inval
 from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
+from ._caps import Deadline
 from ._config import Limits
 from ._cpus import available_cpus
 from ._dataset import DatasetPlan, batch_rows, num_batches, open_dataset
@@ -35,7 +36,7 @@ from ._errors_map import brief, error_body, status_for
 from ._logging import new_request_id, request_id
 from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
-from ._requests import CollateResult, parse_rows, run_collate
+from ._requests import CollateResult, from_first_row, parse_rows, run_collate
 
 __all__ = ["ERROR_METADATA_KEY", "collate_threads_for", "create_server", "drain_server", "options_from_proto"]
 
@@ -221,11 +222,10 @@ class _FeedlineServicer:
                     yield from split_frames(empty, batch_id=batch_index, max_frame_bytes=frame_bytes, wrap=True)
                     continue
                 rows = source.rows(indices)  # a row that is not JSON names its dataset row already
-                try:
-                    result = run_collate(self.state, rows, processor=request.processor,
-                                         fingerprint=request.processor_fingerprint, options=options)
-                except FeedlineError as exc:  # name the dataset row, not the position in the batch
-                    raise exc.at_sample(int(indices[exc.sample])) if exc.sample is not None else exc from None
+                result = run_collate(self.state, rows, processor=request.processor,
+                                     fingerprint=request.processor_fingerprint, options=options,
+                                     row_of=lambda position: int(indices[position]),
+                                     deadline=Deadline(self.state.limits, context.time_remaining()))
                 yield from result.frames(batch_index, frame_bytes, wrap=True)
                 call["batches"] = call.get("batches", 0) + 1
 
@@ -237,17 +237,20 @@ class _FeedlineServicer:
 
     # --- work ---------------------------------------------------------------------------------------------------
 
-    def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext) -> CollateResult:
+    def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext,
+                 deadline: Deadline | None = None) -> CollateResult:
         _check_live(context)
-        rows = parse_rows(request.samples, self.state.limits)
+        deadline = deadline or Deadline(self.state.limits, context.time_remaining())
+        row_of = from_first_row(request.first_row if request.HasField("first_row") else None)
+        rows = parse_rows(request.samples, self.state.limits, row_of=row_of)
         return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
-                           options=options_from_proto(request.options))
+                           options=options_from_proto(request.options), row_of=row_of, deadline=deadline)
 
-    def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event
-                ) -> list[bytes]:
+    def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event,
+                deadline: Deadline) -> list[bytes]:
         if stop.is_set():
             raise _Cancelled()
-        result = self._collate(request, context)
+        result = self._collate(request, context, deadline)
         return result.frames(request.batch_index, self._frame_bytes(request.max_frame_bytes), wrap=True)
 
     def _read(self, requests: Iterator[pb.CollateRequest], context: grpc.ServicerContext,
@@ -262,7 +265,8 @@ class _FeedlineServicer:
                         return
                 if stop.is_set():
                     return
-                pending.put((request.batch_index, self.pool.submit(self._frames, request, context, stop)))
+                deadline = Deadline(self.state.limits, context.time_remaining())  # from the time it was read
+                pending.put((request.batch_index, self.pool.submit(self._frames, request, context, stop, deadline)))
             end = None
         except grpc.RpcError as exc:  # the client cancelled or the connection broke while we read
             end = _Cancelled(str(exc))

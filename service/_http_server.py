@@ -25,7 +25,7 @@ from ._errors_map import error_body, status_for
 from ._logging import new_request_id, request_id
 from ._metrics import CONTENT_TYPE, observe_error, render, track_request
 from ._registry import ServingState
-from ._requests import run_collate, run_mask
+from ._requests import from_first_row, run_collate, run_mask
 
 __all__ = ["BATCH_MEDIA_TYPE", "create_app"]
 
@@ -44,6 +44,8 @@ class CollateBody(BaseModel):
     fingerprint: str | None = Field(None, description="pin: refused with 412 if the processor's differs")
     options: dict[str, Any] = Field(default_factory=dict, description="collate options over the processor defaults")
     samples: list[dict[str, Any]] = Field(min_length=1, description="conversation rows (OpenAI messages, ShareGPT, prompt/completion)")
+    first_row: int | None = Field(None, ge=0, description="index of the first sample in your dataset: errors then "
+                                                          "name the row as well as the position in the batch")
 
 
 class MaskBody(BaseModel):
@@ -70,7 +72,7 @@ def create_app(state: ServingState, *, auth: TokenAuth | None = None) -> FastAPI
     def collate(body: CollateBody, request: Request) -> Response:
         """Collate samples into tensors: JSON lists, or the binary batch format if the client accepts it."""
         result = run_collate(state, body.samples, processor=body.processor, fingerprint=body.fingerprint,
-                             options=body.options)
+                             options=body.options, row_of=from_first_row(body.first_row))
         if BATCH_MEDIA_TYPE in request.headers.get("accept", ""):
             return Response(bytes(result.encode()), media_type=BATCH_MEDIA_TYPE)
         return JSONResponse(result.to_json())
