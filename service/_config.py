@@ -70,7 +70,7 @@ class Limits:
     max_chars_per_request: int = 32_000_000
     max_tokens_per_sample: int = 262_144
     max_tokens_per_request: int = 2_097_152
-    max_request_seconds: int = 300
+    max_request_seconds: float = 300.0
     max_in_flight_per_stream: int = 4
     max_frame_bytes: int = 1 << 20
     max_message_bytes: int = 256 << 20
@@ -78,8 +78,11 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"limits.{f.name} must be a positive integer, not {value!r}")
+            seconds = f.name == "max_request_seconds"  # the one limit that may be fractional
+            kinds = (int, float) if seconds else (int,)
+            if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+                raise ConfigError(f"limits.{f.name} must be a positive {'number' if seconds else 'integer'}, "
+                                  f"not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,8 @@ def _from_env(env: Mapping[str, str], file_limits: Any) -> dict[str, Any]:
     for f in dataclasses.fields(Limits):
         raw = env.get(f"FEEDLINE_{f.name.upper()}")
         if raw:
-            limits[f.name] = _convert(int, raw, f"FEEDLINE_{f.name.upper()}")
+            limits[f.name] = _convert(float if f.name == "max_request_seconds" else int, raw,
+                                      f"FEEDLINE_{f.name.upper()}")
     if limits:
         out["limits"] = limits
     return out

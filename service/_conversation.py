@@ -147,9 +147,9 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
     reasoning = raw.get("reasoning_content")
     if reasoning is not None and not isinstance(reasoning, str):
         raise InvalidSample("must be a string", sample=index, field=f"{where}.reasoning_content")
-    tool_call_id = raw.get("tool_call_id")
-    if role == "tool" and not (isinstance(tool_call_id, str) and tool_call_id):
-        raise InvalidSample("a tool message needs a tool_call_id", sample=index, field=f"{where}.tool_call_id")
+    tool_call_id = raw.get("tool_call_id")  # optional: required only by templates that use it (``_tool_ids``)
+    if tool_call_id is not None and not isinstance(tool_call_id, str):
+        raise InvalidSample("must be a string", sample=index, field=f"{where}.tool_call_id")
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         raise InvalidSample("must be a string", sample=index, field=f"{where}.name")
@@ -161,7 +161,7 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
         parts=_parse_content(raw.get("content"), index, f"{where}.content"),
         reasoning_content=reasoning or None,
         tool_calls=_parse_tool_calls(raw.get("tool_calls"), index, f"{where}.tool_calls"),
-        tool_call_id=tool_call_id if role == "tool" else None,
+        tool_call_id=(tool_call_id or None) if role == "tool" else None,
         name=name,
     )
 
@@ -240,12 +240,12 @@ def _parse_tools(raw: Any, index: int, key: str) -> tuple[Mapping[str, Any], ...
 
 
 def _check_tool_links(messages: tuple[Message, ...], index: int) -> None:
-    """A tool result must answer a call made earlier in the conversation (when calls carry ids)."""
+    """A tool result that names a call must answer one made earlier in the conversation (when calls carry ids)."""
     seen: set[str] = set()
     for i, msg in enumerate(messages):
         for call in msg.tool_calls or ():
             seen.add(str(call["id"]))
-        if msg.role == "tool" and seen and msg.tool_call_id not in seen:
+        if msg.role == "tool" and seen and msg.tool_call_id is not None and msg.tool_call_id not in seen:
             raise InvalidSample(
                 f"tool_call_id {msg.tool_call_id!r} answers no earlier tool call",
                 sample=index,

@@ -32,6 +32,7 @@ from ._processor import Processor
 from ._sample import TokenizedSample
 from ._spans import TurnLayout, generation_layout, marker_layout, prefix_layout, reasoning_holes
 from ._text_labels import TextLabels
+from ._tool_ids import require_tool_call_ids
 from ._tokenmask import spans_to_token_mask, token_regions
 
 __all__ = ["TextLabels", "check_sample", "label_conversation", "label_row", "label_rows", "tokenize_row"]
@@ -71,13 +72,13 @@ def label_rows(
     if processor.hf_processor is not None:
         from ._vlm import tokenize_multimodal_rows
 
-        parsed = [(i, _catch(lambda: _parse(row, options, i))) for i, row in indexed]
+        parsed = [(i, _catch(lambda: _parse(processor, row, options, i))) for i, row in indexed]
         return tokenize_multimodal_rows(processor, parsed, options, policy=media)
     if options.label_policy is LabelPolicy.NEMO:
         from ._nemo import nemo_tokenize
 
-        return [_catch(lambda: nemo_tokenize(processor, _parse(row, options, i), options, index=i)) for i, row in indexed]
-    prepared = [_catch(lambda: _prepare(processor, _parse(row, options, i), options, i)) for i, row in indexed]
+        return [_catch(lambda: nemo_tokenize(processor, _parse(processor, row, options, i), options, index=i)) for i, row in indexed]
+    prepared = [_catch(lambda: _prepare(processor, _parse(processor, row, options, i), options, i)) for i, row in indexed]
     ready = [p for p in prepared if not isinstance(p, FeedlineError)]
     encoded = iter(processor.encoder.encode_batch_with_offsets([p[1].text for p in ready]))
     return [p if isinstance(p, FeedlineError) else _truncate(_finish(processor, p, *next(encoded)), options)
@@ -103,8 +104,9 @@ def _catch(fn: Callable[[], _T]) -> _T | FeedlineError:
         return exc
 
 
-def _parse(row: Mapping[str, Any], options: CollateOptions, index: int) -> Row:
-    return parse_row(row, index=index, require_assistant=options.answer_only)
+def _parse(processor: Processor, row: Mapping[str, Any], options: CollateOptions, index: int) -> Row:
+    parsed = parse_row(row, index=index, require_assistant=options.answer_only)
+    return require_tool_call_ids(parsed, processor.uses_tool_call_id, index)
 
 
 def _prepare(processor: Processor, parsed: Row, options: CollateOptions, index: int) -> tuple[Row, TextLabels]:

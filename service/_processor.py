@@ -75,6 +75,13 @@ class Processor:
             return exc
 
     @cached_property
+    def uses_tool_call_id(self) -> bool:
+        """Whether the chat template uses a tool message's ``tool_call_id`` (derived by rendering, once)."""
+        from ._tool_ids import template_uses_tool_call_id
+
+        return bool(self.chat_template) and template_uses_tool_call_id(self.renderer)
+
+    @cached_property
     def bos_prefix(self) -> list[int]:
         """The tokens the tokenizer itself puts before text (usually BOS), read once from an encode of one letter."""
         with_special = self.tokenizer("a", add_special_tokens=True)["input_ids"]
