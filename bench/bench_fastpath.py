@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from bench._corpus import chat_rows  # noqa: E402
 from feedline.service import CollateOptions, Processor, collate, load_processor  # noqa: E402
-from feedline.service._encoders import select_encoder  # noqa: E402
+from feedline.service.tokenizers._encoders import select_encoder  # noqa: E402
 
 BATCH = 32
 

@@ -34,7 +34,7 @@ from PIL import Image
 
 from bench._progress import steps
 from feedline.service import CollateOptions, collate, load_processor
-from feedline.service._vlm_builtin import builtin_processor_dir
+from feedline.service.tokenizers.builtin._multimodal import builtin_processor_dir
 
 __all__ = ["measure", "run"]
 
