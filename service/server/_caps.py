@@ -54,14 +54,19 @@ def check_chars(rows: Sequence[Any], limits: Limits, row_of: Callable[[int], int
 
 
 def check_sample_chars(
-    row: Any, limits: Limits, *, position: int | None = None, row_of: Callable[[int], int] | None = None,
+    row: Any,
+    limits: Limits,
+    *,
+    position: int | None = None,
+    row_of: Callable[[int], int] | None = None,
     field: str = "samples",
 ) -> int:
     """The row's characters, refused over ``max_chars_per_sample`` (naming its position and row when given)."""
     chars = count_chars(row)
     if chars > limits.max_chars_per_sample:
-        raise _too_large(f"{chars} characters in one sample", "max_chars_per_sample", limits, position, row_of,
-                         field=field)
+        raise _too_large(
+            f"{chars} characters in one sample", "max_chars_per_sample", limits, position, row_of, field=field
+        )
     return chars
 
 
@@ -74,8 +79,9 @@ def token_gate(
         total = 0
         for report in reports:
             if report.num_tokens > limits.max_tokens_per_sample:
-                raise _too_large(f"{report.num_tokens} tokens in one sample", "max_tokens_per_sample", limits,
-                                 report.index, row_of)
+                raise _too_large(
+                    f"{report.num_tokens} tokens in one sample", "max_tokens_per_sample", limits, report.index, row_of
+                )
             total += report.num_tokens
         if total > limits.max_tokens_per_request:
             raise _too_large(f"{total} tokens in one request", "max_tokens_per_request", limits)
@@ -106,12 +112,19 @@ class Deadline:
 
 
 def _too_large(
-    what: str, name: str, limits: Limits, position: int | None = None, row_of: Callable[[int], int] | None = None,
-    *, field: str = "samples",
+    what: str,
+    name: str,
+    limits: Limits,
+    position: int | None = None,
+    row_of: Callable[[int], int] | None = None,
+    *,
+    field: str = "samples",
 ) -> RequestTooLarge:
     row = row_of(position) if row_of and position is not None else None
     return RequestTooLarge(
         f"{what}; the limit is {name}={getattr(limits, name)}. Split the work into smaller requests or samples, or "
         f"raise {name} ({setting(name)})",
-        sample=position, row=row, field=field,
+        sample=position,
+        row=row,
+        field=field,
     )

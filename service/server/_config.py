@@ -17,7 +17,8 @@ A YAML file::
       my-vlm: {source: /models/my-vlm, trust_remote_code: false}
 
 Environment variables (12-factor, for containers) override the file: ``FEEDLINE_HOST``, ``FEEDLINE_GRPC_PORT``,
-``FEEDLINE_HTTP_PORT``, ``FEEDLINE_WORKERS``, ``FEEDLINE_GRACE_PERIOD_S``, ``FEEDLINE_LOG_LEVEL``, ``FEEDLINE_ALLOW_HUB``,
+``FEEDLINE_HTTP_PORT``, ``FEEDLINE_WORKERS``, ``FEEDLINE_GRACE_PERIOD_S``, ``FEEDLINE_LOG_LEVEL``,
+``FEEDLINE_ALLOW_HUB``,
 ``FEEDLINE_MEDIA_ROOTS`` / ``FEEDLINE_DATA_ROOTS`` (os.pathsep-separated), and one per limit,
 ``FEEDLINE_<LIMIT NAME IN CAPITALS>`` (e.g. ``FEEDLINE_MAX_REQUEST_BYTES``). Security (service/server/_auth.py):
 ``FEEDLINE_AUTH_TOKEN_FILE``, ``FEEDLINE_TLS_CERT``, ``FEEDLINE_TLS_KEY``, ``FEEDLINE_TLS_CLIENT_CA``.

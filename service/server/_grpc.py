@@ -223,7 +223,7 @@ class _FeedlineServicer:
                 rows = source.rows(indices)  # a row that is not JSON names its dataset row already
                 result = run_collate(self.state, rows, processor=request.processor,
                                      fingerprint=request.processor_fingerprint, options=options,
-                                     row_of=lambda position: int(indices[position]),
+                                     row_of=_rows_of(indices),
                                      deadline=Deadline(self.state.limits, context.time_remaining()))
                 yield from result.frames(batch_index, frame_bytes, wrap=True)
                 call["batches"] = call.get("batches", 0) + 1
@@ -277,6 +277,11 @@ class _FeedlineServicer:
     def _frame_bytes(self, requested: int) -> int:
         limit = self.state.limits.max_frame_bytes
         return min(requested, limit) if requested else limit
+
+
+def _rows_of(indices: Any) -> Callable[[int], int]:
+    """``row_of`` for a dataset batch: a batch position to the dataset row the plan put there."""
+    return lambda position: int(indices[position])
 
 
 class _Undecodable:

@@ -122,8 +122,8 @@ def create_app(state: ServingState, *, auth: TokenAuth | None = None) -> FastAPI
 
 
 def _install_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs with its assets served from the installed ``swagger-ui-bundle-v2`` package (Swagger UI 5, Apache-2.0):
-    no request leaves the server, so the page works on an offline cluster."""
+    """Swagger UI at /docs, its assets served from the installed ``swagger-ui-bundle-v2`` package (Swagger UI 5,
+    Apache-2.0): no request leaves the server, so the page works on an offline cluster."""
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles

@@ -26,8 +26,12 @@ def _probe(tool_call_id: str | None) -> list[dict[str, Any]]:
     tool: dict[str, Any] = {"role": "tool", "content": "42"}
     if tool_call_id is not None:
         tool["tool_call_id"] = tool_call_id
-    return [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [call]}, tool,
-            {"role": "assistant", "content": "a"}]
+    return [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        tool,
+        {"role": "assistant", "content": "a"},
+    ]
 
 
 def template_uses_tool_call_id(renderer: ChatRenderer) -> bool:

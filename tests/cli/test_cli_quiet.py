@@ -27,8 +27,9 @@ def _command(*args: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("FEEDLINE_", "PROMETHEUS_", "TRANSFORMERS_", "HF_"))}
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_", "TRANSFORMERS_", "HF_"))
+    }
 
 
 def test_torch_is_hidden_in_these_runs() -> None:
@@ -68,8 +69,13 @@ def _wait_ready(port: int) -> None:
 
 
 def test_serve_prints_only_json_log_lines(tmp_path: Path) -> None:
-    proc = subprocess.Popen(_command("serve", "--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        _command("serve", "--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     assert proc.stderr is not None
     lines = []
     try:

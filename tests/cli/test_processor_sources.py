@@ -18,7 +18,6 @@ import yaml
 
 from feedline.proto import UnknownProcessor
 from feedline.service.tokenizers._sources import ALLOW_HUB_ENV, builtin_names, resolve_source
-
 from tests.support.servers import Served
 
 ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
@@ -29,8 +28,13 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "feedline.service._cli", *args], capture_output=True, text=True,
-                          env=_env(), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "feedline.service._cli", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=timeout,
+    )
 
 
 def test_an_unknown_name_fails_at_once_saying_what_was_tried(tmp_path: Path) -> None:
@@ -67,27 +71,40 @@ def test_serve_refuses_to_start_on_a_missing_directory(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     config = tmp_path / "feedline.yaml"
     config.write_text(yaml.safe_dump({"processors": {"qwen2.5": "qwen2.5", "mine": str(missing)}}))
-    done = _cli("serve", "--config", str(config), "--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1",
-                timeout=60)
+    done = _cli(
+        "serve", "--config", str(config), "--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1", timeout=60
+    )
     assert done.returncode == 2
     assert "processors.mine" in done.stderr and str(missing) in done.stderr and "qwen3" in done.stderr
-    done = _cli("serve", "--processor", "qwen4", "--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1",
-                timeout=60)
+    done = _cli(
+        "serve", "--processor", "qwen4", "--grpc-port", "0", "--http-port", "0", "--host", "127.0.0.1", timeout=60
+    )
     assert done.returncode == 2 and "no processor 'qwen4'" in done.stderr
 
 
 def test_serve_and_collate_accept_the_same_builtin_names(tmp_path: Path) -> None:
     rows = tmp_path / "rows.jsonl"
     rows.write_text(ROW)
-    offline = _cli("collate", "--processor", "qwen3", "--input", str(rows), "--output", "-", "--no-progress",
-                   "--label-format", "unshifted")
+    offline = _cli(
+        "collate",
+        "--processor",
+        "qwen3",
+        "--input",
+        str(rows),
+        "--output",
+        "-",
+        "--no-progress",
+        "--label-format",
+        "unshifted",
+    )
     assert offline.returncode == 0, offline.stderr
     served = Served("--processor", "qwen3")
     try:
         listed = served.http.get("/v1/processors").json()
         assert [p["name"] for p in listed["processors"]] == ["qwen3"]
-        reply = served.http.post("/v1/collate", json={"samples": [yaml.safe_load(ROW)],
-                                                      "options": {"label_format": "unshifted"}})
+        reply = served.http.post(
+            "/v1/collate", json={"samples": [yaml.safe_load(ROW)], "options": {"label_format": "unshifted"}}
+        )
         assert reply.status_code == 200, reply.text
     finally:
         served.close()
