@@ -25,7 +25,8 @@ __all__ = ["CASES", "GRPC_CODE", "HTTP_STATUS", "LIMITS", "OK", "PNG", "Case", "
 HTTP_STATUS = {
     "invalid_request": 400, "invalid_sample": 400, "media_error": 400, "invalid_options": 400, "codec_error": 400,
     "http": 400, "template_error": 422, "sample_too_long": 422, "no_supervised_tokens": 422,
-    "unknown_processor": 404, "fingerprint_mismatch": 412, "request_too_large": 413, "service_unavailable": 503,
+    "unknown_processor": 404, "fingerprint_mismatch": 412, "request_too_large": 413, "request_timeout": 504,
+    "service_unavailable": 503,
 }
 """HTTP status per error kind (``service/server/_errors.py``; the table in RELIABILITY.md)."""
 
@@ -34,7 +35,7 @@ GRPC_CODE = {
     "codec_error": "INVALID_ARGUMENT", "template_error": "INVALID_ARGUMENT", "sample_too_long": "INVALID_ARGUMENT",
     "no_supervised_tokens": "INVALID_ARGUMENT", "unknown_processor": "NOT_FOUND",
     "fingerprint_mismatch": "FAILED_PRECONDITION", "request_too_large": "RESOURCE_EXHAUSTED",
-    "service_unavailable": "UNAVAILABLE",
+    "request_timeout": "DEADLINE_EXCEEDED", "service_unavailable": "UNAVAILABLE",
 }
 """gRPC status per error kind (the same table, as gRPC codes)."""
 
