@@ -32,16 +32,22 @@ def setting(name: str) -> str:
 
 
 def count_chars(value: Any) -> int:
-    """Characters of every string in a row (keys included), skipping media content parts."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, Mapping):
-        if value.get("type") in _MEDIA_PARTS:
-            return 0
-        return sum(len(str(k)) + count_chars(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return sum(count_chars(v) for v in value)
-    return 0
+    """Characters of every string in a row (keys included), skipping media content parts.
+
+    Iterative, so a deeply nested row costs no recursion (and cannot overflow the stack).
+    """
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            if item.get("type") not in _MEDIA_PARTS:
+                total += sum(len(str(k)) for k in item)
+                stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
 
 
 def check_chars(rows: Sequence[Any], limits: Limits, row_of: Callable[[int], int] | None = None) -> None:

@@ -242,3 +242,17 @@ def test_tool_messages_need_ids_only_where_the_template_uses_them(qwen_processor
     assert (error["row"], error["field"]) == (4, "messages[2].tool_call_id") and "template" in error["message"]
     with_id = {"messages": [*TOOL_ROWS[:2], {**TOOL_ROWS[2], "tool_call_id": "abcdefghi"}, TOOL_ROWS[3]]}
     assert stub.Collate(_request([with_id], processor="mistral-nemo"), timeout=60).frames
+
+
+def test_characters_are_counted_without_media_payloads() -> None:
+    from feedline.service.server._caps import count_chars
+
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 2_000_000}}
+    row = {"messages": [{"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}]}
+    assert count_chars(row) == sum(
+        map(len, ("messages", "role", "user", "content", "type", "text", "text", "What is this?"))
+    )
+    nested: list[Any] = []
+    for _ in range(50_000):  # deeper than any recursion limit
+        nested = [nested]
+    assert count_chars({"x": [nested, "abc"]}) == 4
