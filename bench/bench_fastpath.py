@@ -48,7 +48,7 @@ def run(rows: int, repeats: int) -> dict[str, object]:
     tokens = sum(len(ids) for ids in fast.tokenizer(texts, add_special_tokens=False)["input_ids"])
     options = CollateOptions()
 
-    for a, b in zip(*([collate(p, batch, options) for batch in batches] for p in (fast, hf))):
+    for a, b in zip(*([collate(p, batch, options) for batch in batches] for p in (fast, hf)), strict=False):
         assert a.tensors.keys() == b.tensors.keys()
         for key in a.tensors:
             if not np.array_equal(a.tensors[key], b.tensors[key]):

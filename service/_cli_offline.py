@@ -157,7 +157,7 @@ def _read_jsonl(path: Path) -> Iterator[Any]:
 
 def _open_output(path: Path) -> TextIO:
     if str(path) == "-":
-        return _NoClose(sys.stdout)
+        return _NoClose(sys.stdout)  # type: ignore[return-value]  # a TextIO in every way the caller uses
     return path.open("w", encoding="utf-8")
 
 

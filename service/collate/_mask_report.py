@@ -42,7 +42,7 @@ def mask_report(
     supervised[keep] = full.supervised[keep]
     if options.label_format is LabelFormat.SHIFTED and full.num_tokens:
         supervised[keep.start] = False  # the first token is never a target once labels are shifted
-    roles = [m.role for m in parsed.messages] if isinstance(parsed, Conversation) else []
+    roles: list[str] = [m.role for m in parsed.messages] if isinstance(parsed, Conversation) else []
     tokens = _tokens(processor, full, supervised, roles, keep)
     warnings = list(full.warnings)
     count = int(supervised.sum())

@@ -35,7 +35,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +58,7 @@ __all__ = [
 _POSITIONS_KEY = "position_ids"  # per-sample mRoPE positions [3, L] in TokenizedSample.media
 _TOKEN_MEDIA = TOKEN_AXIS_KEYS - {_POSITIONS_KEY}  # other per-token media (mm_token_type_ids ...), 1D
 
-SampleSource = Union[Sequence[TokenizedSample], Mapping[int, TokenizedSample]]
+SampleSource = Sequence[TokenizedSample] | Mapping[int, TokenizedSample]
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def _best_fit_decreasing(members: np.ndarray, slots: np.ndarray, capacity: int) 
     free: list[int] = []  # free slots of the open packs, ascending, paired with ...
     owner: list[int] = []  # ... the pack holding them
     contents: list[list[int]] = []
-    for index, size in zip(by_size.tolist(), slots[by_size].tolist()):
+    for index, size in zip(by_size.tolist(), slots[by_size].tolist(), strict=False):
         pos = bisect.bisect_left(free, size)
         if pos < len(free):
             b = owner.pop(pos)
@@ -292,7 +292,7 @@ def _assemble(
     label_key = "loss_mask" if fmt is LabelFormat.LOSS_MASK else "labels"
     fills = {"input_ids": pad_id, "labels": IGNORE_INDEX, "loss_mask": 0}
     token_keys = ["input_ids", label_key, *sorted(set().union(*(d.arrays for d in docs)) & _TOKEN_MEDIA)]
-    out = {k: np.empty((len(rows), width), dtype=np.int64) for k in token_keys}
+    out: dict[str, np.ndarray] = {k: np.empty((len(rows), width), dtype=np.int64) for k in token_keys}
     mrope = any(d.positions is not None for d in docs)
     positions = np.empty((3, len(rows), width) if mrope else (len(rows), width), dtype=np.int64)
     document_ids = np.empty((len(rows), width), dtype=np.int32)
@@ -302,7 +302,7 @@ def _assemble(
         for key in token_keys:
             _concat_into(out[key][r], [d.arrays.get(key) for d in row], sizes[r], padded[r], fills.get(key, 0))
         if mrope:
-            np.concatenate([_positions(d, int(p)) for d, p in zip(row, padded[r])], axis=1, out=positions[:, r, :used])
+            np.concatenate([_positions(d, int(p)) for d, p in zip(row, padded[r], strict=False)], axis=1, out=positions[:, r, :used])
         elif row:
             np.concatenate([count[:p] for p in padded[r].tolist()], out=positions[r, :used])
         positions[..., r, used:] = 0
@@ -318,7 +318,7 @@ def _concat_into(
 ) -> None:
     """Write the documents' arrays one after another into ``dest``; missing parts and padding get ``fill``."""
     pieces: list[np.ndarray] = []
-    for part, n, p in zip(parts, sizes.tolist(), padded.tolist()):
+    for part, n, p in zip(parts, sizes.tolist(), padded.tolist(), strict=False):
         pieces.append(part if part is not None else np.full(n, fill, dtype=np.int64))
         if p > n:
             pieces.append(np.full(p - n, fill, dtype=np.int64))

@@ -53,7 +53,7 @@ class Policy:
 
 def _nemo_text(processor: Processor, parsed: Sequence[tuple[int, Row | FeedlineError]],
                options: CollateOptions) -> list[TokenizedSample | FeedlineError]:
-    return [row if isinstance(row, FeedlineError) else capture(lambda: nemo_tokenize(processor, row, options, index=i))
+    return [row if isinstance(row, FeedlineError) else capture(nemo_tokenize, processor, row, options, index=i)
             for i, row in parsed]
 
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, Union
+from typing import Any, Literal, cast
 
 from feedline.proto import InvalidSample
 
@@ -30,7 +30,7 @@ Role = Literal["system", "user", "assistant", "tool"]
 ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
 MEDIA_TYPES: frozenset[str] = frozenset({"image", "audio", "video"})
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SHAREGPT_ROLES = {
+_SHAREGPT_ROLES: dict[str, Role] = {
     "system": "system",
     "human": "user",
     "user": "user",
@@ -97,7 +97,7 @@ class PromptCompletion:
     completion: str
 
 
-Row = Union[Conversation, PromptCompletion]
+Row = Conversation | PromptCompletion
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
     role = raw.get("role")
     if not isinstance(role, str) or role not in ROLES:
         raise InvalidSample(f"unknown role {role!r}; expected one of {sorted(ROLES)}", sample=index, field=f"{where}.role")
+    role = cast(Role, role)
     reasoning = raw.get("reasoning_content")
     if reasoning is not None and not isinstance(reasoning, str):
         raise InvalidSample("must be a string", sample=index, field=f"{where}.reasoning_content")

@@ -133,10 +133,7 @@ def _regions_from_spans(text: str, messages: Sequence[Message], spans: Sequence[
     it = iter(spans)
     for msg in messages:
         regions.append(cursor)
-        if msg.role == "assistant":
-            cursor = max(cursor, next(it)[1])
-        else:
-            cursor = _skip_verbatim(text, msg.text, cursor)
+        cursor = max(cursor, next(it)[1]) if msg.role == "assistant" else _skip_verbatim(text, msg.text, cursor)
     return tuple(regions)
 
 
@@ -144,7 +141,7 @@ def reasoning_holes(text: str, messages: Sequence[Message], layout: TurnLayout) 
     """Character spans of each assistant message's reasoning_content inside its own turn."""
     holes: list[Span] = []
     assistant = [m for m in messages if m.role == "assistant"]
-    for msg, (start, stop) in zip(assistant, layout.assistant):
+    for msg, (start, stop) in zip(assistant, layout.assistant, strict=False):
         reasoning = (msg.reasoning_content or "").strip()
         if not reasoning:
             continue

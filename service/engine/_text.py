@@ -37,13 +37,13 @@ Parsed = Sequence[tuple[int, "Row | FeedlineError"]]
 
 def parse_rows(rows: Sequence[Mapping[str, Any]], options: CollateOptions, first_index: int = 0) -> list[tuple[int, Row | FeedlineError]]:
     """Each row parsed into the conversation model, paired with its index; a row's error stands in its place."""
-    return [(i, capture(lambda: parse_row(row, index=i, require_assistant=options.answer_only)))
+    return [(i, capture(parse_row, row, index=i, require_assistant=options.answer_only))
             for i, row in enumerate(rows, start=first_index)]
 
 
 def label_text_rows(processor: Processor, parsed: Parsed, options: CollateOptions) -> list[TokenizedSample | FeedlineError]:
     """The default policy on text rows: render each, encode all texts in one call, label, cut to max_length."""
-    prepared = [row if isinstance(row, FeedlineError) else capture(lambda: _prepare(processor, row, options, i))
+    prepared = [row if isinstance(row, FeedlineError) else capture(_prepare, processor, row, options, i)
                 for i, row in parsed]
     ready = [p for p in prepared if not isinstance(p, FeedlineError)]
     encoded = iter(processor.encoder.encode_batch_with_offsets([p[1].text for p in ready]))
@@ -57,10 +57,10 @@ def label_text_rows(processor: Processor, parsed: Parsed, options: CollateOption
     return out
 
 
-def capture(fn: Callable[[], _T]) -> _T | FeedlineError:
-    """``fn()``, or the FeedlineError it raised: one row's error is returned in its place, the others go on."""
+def capture(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | FeedlineError:
+    """``fn(*args, **kwargs)``, or the FeedlineError it raised: one row's error is returned in its place."""
     try:
-        return fn()
+        return fn(*args, **kwargs)
     except FeedlineError as exc:
         return exc
 

@@ -46,7 +46,8 @@ MediaSupervision = Callable[[Processor, TextLabels, ProcessorCall, np.ndarray], 
 
 def default_supervision(processor: Processor, plan: TextLabels, call: ProcessorCall, media_tokens: np.ndarray) -> np.ndarray:
     """The default policy: the plan's supervised text in the processor's tokens, never a media token."""
-    return _shifted(plan, call).token_mask(call.text, call.starts) & ~media_tokens
+    mask: np.ndarray = _shifted(plan, call).token_mask(call.text, call.starts) & ~media_tokens
+    return mask
 
 
 def tokenize_multimodal_rows(
@@ -61,19 +62,19 @@ def tokenize_multimodal_rows(
     ``supervision`` is the label policy's rule for what the processor's tokens train on."""
     family = family_for(processor.hf_processor)
     policy = policy or DEFAULT_MEDIA_POLICY
-    staged = [row if isinstance(row, FeedlineError) else capture(lambda: _stage(processor, family, row, options, i, policy))
+    staged = [row if isinstance(row, FeedlineError) else capture(_stage, processor, family, row, options, i, policy)
               for i, row in rows]
-    ready = [(i, s) for (i, _), s in zip(rows, staged) if not isinstance(s, FeedlineError)]
+    ready = [(i, s) for (i, _), s in zip(rows, staged, strict=False) if not isinstance(s, FeedlineError)]
     calls = iter(family.call_batch(processor, [s[0].text for _, s in ready], [s[1] for _, s in ready],
                                    [i for i, _ in ready]))
     out: list[TokenizedSample | FeedlineError] = []
-    for (i, _), s in zip(rows, staged):
+    for (i, _), s in zip(rows, staged, strict=False):
         if isinstance(s, FeedlineError):
             out.append(s)
             continue
         call = next(calls)
         out.append(call if isinstance(call, FeedlineError)
-                   else capture(lambda: _label(processor, family, s, call, options, i, supervision)))
+                   else capture(_label, processor, family, s, call, options, i, supervision))
     return out
 
 
@@ -157,14 +158,17 @@ def _insert(plan: TextLabels, edits: list[tuple[int, str]]) -> TextLabels:
 
     def move(positions: Any) -> list[int]:
         pos = np.asarray(positions, dtype=np.int64).reshape(-1)
-        return (pos + np.concatenate([[0], added])[np.searchsorted(at, pos, side="right")]).tolist()
+        moved: list[int] = (pos + np.concatenate([[0], added])[np.searchsorted(at, pos, side="right")]).tolist()
+        return moved
 
     pieces, cursor = [], 0
     for p, t in edits:
         pieces += [plan.text[cursor:p], t]
         cursor = p
     pieces.append(plan.text[cursor:])
-    spans = lambda ss: tuple((a, b) for a, b in zip(move([s[0] for s in ss]), move([s[1] for s in ss])))  # noqa: E731
+    def spans(ss: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        return tuple(zip(move([s[0] for s in ss]), move([s[1] for s in ss]), strict=True))
+
     return dataclasses.replace(plan, text="".join(pieces), supervise=spans(plan.supervise), holes=spans(plan.holes),
                                regions=tuple(move(plan.regions)))
 
@@ -183,7 +187,7 @@ def _shifted(plan: TextLabels, call: ProcessorCall) -> TextLabels:
 def _media_token_spans(call: ProcessorCall) -> list[tuple[int, int, str]]:
     """Token index ranges [lo, hi) of each media expansion, with its kind."""
     out = []
-    for (a, b), kind in zip(call.media_spans, call.media_kinds):
+    for (a, b), kind in zip(call.media_spans, call.media_kinds, strict=False):
         lo, hi = np.searchsorted(call.starts, a), np.searchsorted(call.starts, b)
         out.append((int(lo), int(hi), kind))
     return out

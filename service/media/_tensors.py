@@ -74,7 +74,7 @@ def _token_axis(key: str, samples: Sequence[TokenizedSample], fmt: LabelFormat, 
 
 def _concatenate(key: str, samples: Sequence[TokenizedSample]) -> np.ndarray:
     """Per-item tensors stacked along axis 0 in at most one copy, trailing axes zero-padded."""
-    parts = [s.media[key] if key in s.media else None for s in samples]
+    parts = [s.media.get(key, None) for s in samples]
     if key == "n_images_per_sample":
         parts = [p if p is not None else np.zeros(1, dtype=np.int64) for p in parts]
     present = [p for p in parts if p is not None]
@@ -87,7 +87,7 @@ def _concatenate(key: str, samples: Sequence[TokenizedSample]) -> np.ndarray:
     out = np.zeros((sum(p.shape[0] for p in present), *trailing), dtype=np.result_type(*present))
     at = 0
     for p in present:
-        out[(slice(at, at + p.shape[0]), *(slice(0, d) for d in p.shape[1:]))] = p
+        out[(slice(at, at + p.shape[0]),) + tuple(slice(0, d) for d in p.shape[1:])] = p
         at += p.shape[0]
     return out
 

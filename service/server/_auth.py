@@ -160,18 +160,23 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.auth = auth
         self.error_key = error_key
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-                          details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+                          details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None or details.method in AUTH_EXEMPT_METHODS:
             return handler
-        metadata = dict(details.invocation_metadata or ())
+        metadata = {key: _text(value) for key, value in details.invocation_metadata or ()}
         if self.auth.accepts(metadata.get("authorization")):
             return handler
         return _refusing(handler, details.method, new_request_id(metadata.get("x-request-id")), self.error_key)
 
 
-def _refusing(handler: grpc.RpcMethodHandler, method: str, rid: str, error_key: str) -> grpc.RpcMethodHandler:
+def _text(value: str | bytes) -> str:
+    """A metadata value as text (binary ``-bin`` values arrive as bytes)."""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _refusing(handler: grpc.RpcMethodHandler[Any, Any], method: str, rid: str, error_key: str) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that aborts every call with UNAUTHENTICATED."""
     exc = Unauthenticated("missing or unaccepted bearer token (metadata 'authorization: Bearer <token>')")
 

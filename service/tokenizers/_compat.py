@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ VIDEOLESS_CLASSES: tuple[str, ...] = (
 )
 
 
-@lru_cache(maxsize=None)
-def without_video(parent: type) -> type:
+@cache
+def without_video(parent: Any) -> type:
     """A subclass of ``parent`` (same name) whose constructor has no ``video_processor`` slot."""
     from transformers.processing_utils import ProcessorMixin
 
@@ -43,14 +43,14 @@ def without_video(parent: type) -> type:
 
     class _DropVideoSlot(ProcessorMixin):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            given = dict(zip(slots, args))
+            given = dict(zip(slots, args, strict=False))
             given.update(kwargs)
             given.pop("video_processor", None)
-            ProcessorMixin.__init__(self, **given)
+            ProcessorMixin.__init__(self, **given)  # type: ignore[no-untyped-call]  # unannotated upstream
 
     # The upstream parameters minus the video slot, as real parameters: transformers reads both the signature
     # (slots) and ``__code__.co_varnames`` (which saved options to pass back) of ``__init__``.
-    upstream = [p for p in inspect.signature(parent.__init__).parameters.values()
+    upstream = [p for p in inspect.signature(parent).parameters.values()
                 if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name not in ("self", "video_processor")]
     defaults = {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in upstream}
     names = list(defaults)
@@ -72,7 +72,7 @@ def videoless_class_for(directory: str | Path) -> type | None:
     None when the directory names no processor class, a class not in VIDEOLESS_CLASSES, or when torchvision is
     importable (then transformers builds the real class with its video processor).
     """
-    from transformers.utils import is_torchvision_available
+    from transformers.utils.import_utils import is_torchvision_available
 
     config = Path(directory) / "processor_config.json"
     if is_torchvision_available() or not config.is_file():

@@ -174,9 +174,9 @@ class TiktokenEncoder:
         direct = [i for i, text in enumerate(texts) if not self.hands_over(text)]
         if self.separator is not None and len(direct) > 1:
             parts = self.split_joined([texts[i] for i in direct])
-            for i, part in zip(direct, parts or ()):
+            for i, part in zip(direct, parts or (), strict=False):
                 out[i] = part
-        return [got if got is not None else self.encode_with_offsets(text) for got, text in zip(out, texts)]
+        return [got if got is not None else self.encode_with_offsets(text) for got, text in zip(out, texts, strict=False)]
 
     def split_joined(self, texts: Sequence[str]) -> list[Encoded] | None:
         """Encode ``texts`` joined by the separator and cut the result back into one (ids, starts) per text, or
@@ -196,7 +196,7 @@ class TiktokenEncoder:
             return None
         bounds = [0, *(at + 1).tolist()]
         ends = [*at.tolist(), ids.size]
-        return [(ids[lo:hi], starts[lo:hi] - first) for lo, hi, first in zip(bounds, ends, firsts.tolist())]
+        return [(ids[lo:hi], starts[lo:hi] - first) for lo, hi, first in zip(bounds, ends, firsts.tolist(), strict=False)]
 
     def hands_over(self, text: str) -> bool:
         """Whether ``text`` goes to the tokenizer's own encoder by design: NFC normalisation would change it
@@ -275,7 +275,7 @@ def verify_fast_encoder(fast: TiktokenEncoder, hf: HFEncoder, texts: Sequence[st
     """Encode ``texts`` both ways; raise _Ineligible at the first different id or start, else summarise."""
     expected = hf.encode_batch_with_offsets(texts)
     tokens, direct = 0, []
-    for index, (text, (want_ids, want_starts)) in enumerate(zip(texts, expected)):
+    for index, (text, (want_ids, want_starts)) in enumerate(zip(texts, expected, strict=False)):
         got = fast.encode_core(text)
         if got is None:
             if fast.hands_over(text):
@@ -302,7 +302,7 @@ def _verify_batching(fast: TiktokenEncoder, direct: Sequence[tuple[str, Encoded]
         return "batches encoded text by text (no added token can join them)"
     joined = fast.split_joined([text for text, _ in direct])
     if joined is None or not all(np.array_equal(ids, want[0]) and np.array_equal(starts, want[1])
-                                 for (ids, starts), (_, want) in zip(joined, direct)):
+                                 for (ids, starts), (_, want) in zip(joined, direct, strict=False)):
         fast.separator = None
         return "batches encoded text by text (joined verification texts did not split back into their own tokens)"
     return f"batches encoded in one call, joined by {fast.separator[0]!r}"
@@ -416,7 +416,7 @@ def _byte_decoder_table() -> dict[int, str]:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     table = {cp: "\uffff" for cp in range(0x144)}
-    table.update({ord(char): chr(byte) for byte, char in bytes_to_unicode().items()})
+    table.update({ord(char): chr(byte) for byte, char in bytes_to_unicode().items()})  # type: ignore[no-untyped-call]
     return table
 
 
@@ -494,7 +494,7 @@ def _check_added_matching(tokens: Mapping[str, int], normalized: Mapping[str, bo
     token is a prefix of another. With a normaliser, HF splits the non-normalised tokens first and the normalised
     ones afterwards; that equals one pass unless a token of one kind can overlap a token of the other."""
     contents = sorted(tokens)
-    for a, b in zip(contents, contents[1:]):  # sorted order puts a prefix right before its extensions
+    for a, b in zip(contents, contents[1:], strict=False):  # sorted order puts a prefix right before its extensions
         if b.startswith(a):
             raise _Ineligible(f"added token {a!r} is a prefix of {b!r}")
     raw = [t for t in contents if not normalized.get(t, False)]

@@ -36,7 +36,7 @@ def test_collate_writes_one_line_per_row_and_reports_bad_rows(tmp_path: Path, qw
     ok = records[2]
     assert ok["label_strategy"] == "turn_markers"
     assert len(ok["input_ids"]) == len(ok["labels"]) == len(ok["attention_mask"])
-    supervised = [l for l in ok["labels"] if l != IGNORE_INDEX]
+    supervised = [label for label in ok["labels"] if label != IGNORE_INDEX]
     assert len(supervised) == ok["num_label_tokens"]
     assert qwen_processor.tokenizer.decode(supervised) == "4<|im_end|>"
     assert "2 errors" in capsys.readouterr().err

@@ -103,7 +103,7 @@ def test_samples_mode_resumes_from_state_dict(server: str) -> None:
     second.load_state_dict(state)
     tail = [b["input_ids"] for b in second]
     assert len(head) + len(tail) == len(full)
-    for got, want in zip(head + tail, full):
+    for got, want in zip(head + tail, full, strict=False):
         assert torch.equal(got, want)
 
 
@@ -136,7 +136,7 @@ def test_dataset_mode_resume_and_elastic_world_size(server: str) -> None:
     head = [next(it)["input_ids"].clone() for _ in range(3)]
     resumed = dataset_loader(server, batch_size=4, seed=2)
     resumed.load_state_dict(first.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(head + run(resumed), whole))
+    assert all(torch.equal(a, b) for a, b in zip(head + run(resumed), whole, strict=False))
     # 3 batches x 4 samples = 12 = 3 global batches of 2 x 2: continue on two ranks with batch size 2.
     ranks = [dataset_loader(server, batch_size=2, seed=2, rank=r, world_size=2) for r in range(2)]
     for loader in ranks:
@@ -155,8 +155,8 @@ def test_set_epoch_reshuffles_deterministically(server: str) -> None:
     again = [b["input_ids"].clone() for b in a]
     a.set_epoch(1)
     epoch1 = [b["input_ids"].clone() for b in a]
-    assert all(torch.equal(x, y) for x, y in zip(epoch0, again))
-    assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(epoch0, epoch1))
+    assert all(torch.equal(x, y) for x, y in zip(epoch0, again, strict=False))
+    assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(epoch0, epoch1, strict=False))
 
 
 @pytest.mark.timeout(300)

@@ -220,7 +220,7 @@ def test_context_parallel_padding_per_document(layout: str) -> None:
     np.testing.assert_array_equal(out["seq_lens_padded"].reshape(-1)[: len(order)], slots)
     np.testing.assert_array_equal(out["cu_seqlens"].reshape(-1)[: len(order) + 1], np.cumsum([0, *slots]))
     start = 0
-    for k, (i, n, s) in enumerate(zip(order, sizes, slots)):
+    for k, (i, n, s) in enumerate(zip(order, sizes, slots, strict=False)):
         own = format_labels(samples[i].input_ids, samples[i].supervised, LabelFormat.SHIFTED)
         np.testing.assert_array_equal(out["input_ids"][row, start : start + n], own["input_ids"])
         assert (out["input_ids"][row, start + n : start + s] == PAD).all()

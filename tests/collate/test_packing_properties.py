@@ -70,7 +70,7 @@ def test_rows_concatenate_documents_and_restart_positions(case: tuple[np.ndarray
     out = materialise(samples, plan, range(len(plan)), pad_id=0)
     label_key = "loss_mask" if fmt is LabelFormat.LOSS_MASK else "labels"
     rows = [plan.pack(p) for p in range(len(plan))] if options.layout == "padded" else [plan.indices]
-    keep = dict(zip(plan.indices.tolist(), plan.keep.tolist()))
+    keep = dict(zip(plan.indices.tolist(), plan.keep.tolist(), strict=False))
     for r, members in enumerate(rows):
         start = 0
         for d, i in enumerate(members.tolist(), start=1):

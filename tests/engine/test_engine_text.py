@@ -182,7 +182,7 @@ def test_padding_and_attention(qwen_processor: Processor) -> None:
     n0 = batch.reports[0].num_tokens - 1
     assert att[0, :n0].all() and not att[0, n0:].any()
     assert (ids[0, n0:] == qwen_processor.pad_token_id).all() and (labels[0, n0:] == IGNORE_INDEX).all()
-    assert [r.num_label_tokens for r in batch.reports] == [int((l != IGNORE_INDEX).sum()) for l in labels]
+    assert [r.num_label_tokens for r in batch.reports] == [int((row != IGNORE_INDEX).sum()) for row in labels]
     fixed = collate(qwen_processor, rows, CollateOptions(max_length=128, padding="max_length"))
     assert fixed.tensors["input_ids"].shape == (2, 127)
 

@@ -174,7 +174,7 @@ def test_one_processor_call_per_batch_gives_the_per_sample_results() -> None:
             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
             vqa_row(image_part(112, 112, "WEBP", seed=2), answer="Grey.")]
     batched, _ = tokenize_rows(proc, rows, OPTS)
-    for row, got in zip(rows, batched):
+    for row, got in zip(rows, batched, strict=False):
         alone = tokenize_row(proc, row, OPTS)  # a single row: its own processor call
         assert np.array_equal(got.input_ids, alone.input_ids)
         assert np.array_equal(got.supervised, alone.supervised)

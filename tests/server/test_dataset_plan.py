@@ -45,8 +45,8 @@ def test_plan_properties(n: int, world: int, batch: int, drop_last: bool) -> Non
 
 def test_epochs_reshuffle_deterministically() -> None:
     a, b, c = _epoch(50, 1, 5, epoch=0)[0], _epoch(50, 1, 5, epoch=0)[0], _epoch(50, 1, 5, epoch=1)[0]
-    assert all((x == y).all() for x, y in zip(a, b))
-    assert any((x != y).any() for x, y in zip(a, c))
+    assert all((x == y).all() for x, y in zip(a, b, strict=False))
+    assert any((x != y).any() for x, y in zip(a, c, strict=False))
 
 
 def test_elastic_resume_keeps_the_global_order() -> None:

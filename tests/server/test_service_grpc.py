@@ -320,7 +320,7 @@ def test_stream_dataset_follows_the_plan_and_resumes_from_a_cursor(served: dict[
     expected = [batch_rows(len(rows), plan, i) for i in range(num_batches(len(rows), plan))]
     batches = _dataset_batches(served, _dataset_request())
     assert [b.meta["batch_index"] for b in batches] == list(range(len(expected)))
-    for batch, indices in zip(batches, expected):
+    for batch, indices in zip(batches, expected, strict=False):
         _assert_engine_output(batch, served["processor"], [rows[i] for i in indices], {})
     resumed = _dataset_batches(served, _dataset_request(start_batch_index=2, max_batches=1))
     assert [b.meta["batch_index"] for b in resumed] == [2]

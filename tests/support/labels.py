@@ -10,7 +10,7 @@ import numpy as np
 def supervised_runs(tokenizer: Any, ids: np.ndarray, mask: np.ndarray) -> list[str]:
     """Decoded text of each contiguous run of True in ``mask``."""
     runs, current = [], []
-    for tid, on in zip(ids.tolist(), mask.tolist()):
+    for tid, on in zip(ids.tolist(), mask.tolist(), strict=False):
         if on:
             current.append(tid)
         elif current:

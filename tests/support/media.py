@@ -9,7 +9,7 @@ import os
 import struct
 import zlib
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ def processor_dir(name: str) -> Path:
     return builtin_processor_dir(name, _CACHE)
 
 
-@lru_cache(maxsize=None)
+@cache
 def processor(name: str) -> Processor:
     """A built-in multimodal processor, saved under a per-session cache and loaded through load_processor."""
     return load_processor(name, processor_dir(name))

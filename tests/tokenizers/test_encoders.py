@@ -263,7 +263,7 @@ def test_leftover_tokenizer_settings_do_not_leak_into_the_hf_encoder(qwen_tokeni
 def test_batch_and_single_agree_and_empty_text(encoders: dict[str, tuple[Any, Any]]) -> None:
     fast, hf = encoders["qwen2.5"]
     texts = ["", "a", "<|im_start|>", " \n ", "日本"]
-    for got, want in zip(fast.encode_batch_with_offsets(texts), hf.encode_batch_with_offsets(texts)):
+    for got, want in zip(fast.encode_batch_with_offsets(texts), hf.encode_batch_with_offsets(texts), strict=False):
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     ids, starts = fast.encode_with_offsets("")
     assert ids.shape == starts.shape == (0,)
@@ -286,7 +286,7 @@ def test_a_batch_is_encoded_in_one_joined_call(encoders: dict[str, tuple[Any, An
     finally:
         del fast._enc.encode_to_numpy
     assert len(calls) == 1  # texts handed over go to the tokenizer's own encoder, not to tiktoken
-    for text, got, want in zip(texts, batch, hf.encode_batch_with_offsets(texts)):
+    for text, got, want in zip(texts, batch, hf.encode_batch_with_offsets(texts), strict=False):
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), text
 
 
@@ -304,7 +304,7 @@ def test_fast_encoder_pickles(encoders: dict[str, tuple[Any, Any]]) -> None:
     clone = pickle.loads(pickle.dumps(fast))
     text = "pickled <|im_start|>user\nnaïve 😀 text<|im_end|>"
     assert isinstance(clone, TiktokenEncoder)
-    assert all(np.array_equal(a, b) for a, b in zip(clone.encode_with_offsets(text), fast.encode_with_offsets(text)))
+    assert all(np.array_equal(a, b) for a, b in zip(clone.encode_with_offsets(text), fast.encode_with_offsets(text), strict=False))
 
 
 @pytest.mark.parametrize("name", ["qwen2.5", "qwen3.5", "tekken"])
@@ -325,7 +325,7 @@ def test_every_regular_token_encodes_identically(encoders: dict[str, tuple[Any, 
             entries.append(text)
     separator = min(fast.spec.special_tokens, key=len)
     texts = [separator.join(entries[i : i + 2000]) for i in range(0, len(entries), 2000)]
-    for text, (ids, starts) in zip(texts, hf.encode_batch_with_offsets(texts)):
+    for text, (ids, starts) in zip(texts, hf.encode_batch_with_offsets(texts), strict=False):
         got = fast.encode_core(text)
         assert got is not None
         assert np.array_equal(got[0], ids) and np.array_equal(got[1], starts)
@@ -337,7 +337,7 @@ def test_verification_corpus_covers_the_brief() -> None:
     needles = ("     ", "\t\t", "\r\n", "\u3000", "1234567890", "٠١٢", "👨‍👩‍👧‍👦", "\u0301", "def ", "<|im_start|>", "'ſ")
     for needle in needles:
         assert needle in joined, needle
-    assert sum(f"x<|im_end|>y" in t or "end<|im_end|>" in t for t in texts) >= 1
+    assert sum("x<|im_end|>y" in t or "end<|im_end|>" in t for t in texts) >= 1
     assert len(joined) < 60_000
 
 
@@ -397,6 +397,6 @@ def test_random_batches_match_text_by_text(encoders: dict[str, tuple[Any, Any]],
     fast, _ = encoders[name]
     specials = sorted(fast.spec.special_tokens)[:64]
     texts = data.draw(st.lists(_texts(specials), min_size=2, max_size=6))
-    for text, (ids, starts) in zip(texts, fast.encode_batch_with_offsets(texts)):
+    for text, (ids, starts) in zip(texts, fast.encode_batch_with_offsets(texts), strict=False):
         want = fast.encode_with_offsets(text)
         assert np.array_equal(ids, want[0]) and np.array_equal(starts, want[1]), text

@@ -44,7 +44,7 @@ def test_one_supervised_run_per_assistant_turn(processor, pairs, system) -> None
     runs = _runs(processor.tokenizer, sample)
     end = processor.markers.end
     assert len(runs) == len(pairs)
-    for run, (question, answer) in zip(runs, pairs):
+    for run, (_question, answer) in zip(runs, pairs, strict=True):
         assert run.endswith(end)
         assert answer in run or unicodedata.normalize("NFC", answer) in run  # some tokenizers normalise
     roles = [m["role"] for m in messages]

@@ -48,7 +48,8 @@ class ProcessorCall:
     def shift(self, positions: np.ndarray) -> np.ndarray:
         """Rendered-prompt character positions mapped into the expanded ``text``."""
         idx = np.searchsorted(self.placeholder_ends, positions, side="right")
-        return positions + np.concatenate([[0], self.added])[idx]
+        shifted: np.ndarray = positions + np.concatenate([[0], self.added])[idx]
+        return shifted
 
 
 class Family(Protocol):

@@ -84,7 +84,7 @@ class GenericFamily:
     def call_batch(self, processor: Any, texts: Sequence[str], media: Sequence[LoadedMedia],
                    indices: Sequence[int]) -> list[ProcessorCall | FeedlineError]:
         """One ``call`` per sample: the generic rule does not know how to split a batched output."""
-        return [capture(lambda: self.call(processor, t, m, i)) for t, m, i in zip(texts, media, indices)]
+        return [capture(self.call, processor, t, m, i) for t, m, i in zip(texts, media, indices, strict=False)]
 
     def media_token_ids(self, processor: Any) -> frozenset[int]:
         return _media_token_ids(processor.hf_processor, self.extra_media_tokens)
@@ -167,12 +167,12 @@ def verified_call(processor: Any, text: str, out: dict[str, Any], expand: dict[i
         raise TemplateError(f"{type(processor.hf_processor).__name__} tokenizes the prompt differently from its "
                             "tokenizer; its labels cannot be aligned")
     ends = np.append(starts[1:], len(text))
-    replacements = []
+    replacements: list[dict[str, Any]] = []  # in the processor's own text_replacement_offsets form
     for token_id, counts in (expand or {}).items():
         at = np.flatnonzero(ids == token_id)
         if at.shape[0] != np.asarray(counts).shape[0]:
             raise TemplateError(f"{at.shape[0]} placeholders (id {token_id}) for {len(counts)} media items")
-        for pos, n in zip(at, counts):
+        for pos, n in zip(at, counts, strict=False):
             a, b = int(starts[pos]), int(ends[pos])
             replacements.append({"span": (a, b), "replacement": text[a:b] * int(n), "type": "image"})
     replacements.sort(key=lambda r: r["span"])

@@ -47,7 +47,7 @@ class QwenVLFamily(GenericFamily):
         hf = processor.hf_processor
         token = getattr(hf, "image_token", None)
         if len(texts) < 2 or not isinstance(token, str) or any(
-                m.audio or t.count(token) != len(m.images) for t, m in zip(texts, media)):
+                m.audio or t.count(token) != len(m.images) for t, m in zip(texts, media, strict=False)):
             return super().call_batch(processor, texts, media, indices)
         images = [im for m in media for im in m.images]
         try:
@@ -62,11 +62,11 @@ class QwenVLFamily(GenericFamily):
         first_row = np.cumsum(np.concatenate([[0], np.prod(grids, axis=1)]))
         calls: list[ProcessorCall | FeedlineError] = []
         for k, text in enumerate(texts):
-            part = {key: [out[key][k]] for key in _PER_TEXT_KEYS if key in out}
+            part: dict[str, Any] = {key: [out[key][k]] for key in _PER_TEXT_KEYS if key in out}
             a, b = first_image[k], first_image[k + 1]
             if b > a:
                 part.update(pixel_values=out["pixel_values"][first_row[a]:first_row[b]], image_grid_thw=grids[a:b])
-            calls.append(capture(lambda: normalise_call(hf, text, part)))
+            calls.append(capture(normalise_call, hf, text, part))
         return calls
 
     def select_media(self, tensors: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
@@ -105,7 +105,7 @@ def mrope_position_ids(mm_token_type_ids: np.ndarray, image_grid_thw: np.ndarray
     bounds = [0, *change.tolist(), n]
     grids = iter(np.asarray(image_grid_thw, dtype=np.int64).tolist())
     pos = 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=False):
         if types[a] == 0:
             out[:, a:b] = np.arange(pos, pos + (b - a))
             pos += b - a

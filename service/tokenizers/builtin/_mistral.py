@@ -39,7 +39,7 @@ def _sentencepiece_tables(model_file: Path) -> tuple[dict[str, int], list[tuple[
     """Vocabulary, score-ordered merges, and the pieces matched whole (control: special; user-defined: not)."""
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module
     proto.ParseFromString(model_file.read_bytes())
     pieces = proto.pieces
     vocab = {p.piece: i for i, p in enumerate(pieces)}
@@ -70,7 +70,7 @@ def build_sentencepiece(model_file: Path, template: str) -> PreTrainedTokenizerF
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
     )
     backend.add_tokens([AddedToken(piece, special=special, normalized=False) for piece, special in whole])
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # unannotated upstream
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         clean_up_tokenization_spaces=False,
     )

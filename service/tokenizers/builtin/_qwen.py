@@ -147,7 +147,7 @@ def build_qwen(vocab_file: Path, template: str, specials: Sequence[tuple[str, bo
     from transformers import PreTrainedTokenizerFast
 
     flagged_special = [content for content, special in specials if special]
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # unannotated upstream
         tokenizer_object=_backend(vocab_file, specials),
         bos_token=None,
         eos_token="<|im_end|>",
