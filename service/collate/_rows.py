@@ -42,7 +42,7 @@ def label_rows(
 
 def _with_tool_call_ids(row: Row | FeedlineError, index: int) -> Row | FeedlineError:
     """The parsed row, or its error when a tool message lacks the id this processor's template uses."""
-    return row if isinstance(row, FeedlineError) else capture(lambda: require_tool_call_ids(row, index))
+    return row if isinstance(row, FeedlineError) else capture(require_tool_call_ids, row, index)
 
 
 def label_row(

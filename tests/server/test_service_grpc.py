@@ -342,7 +342,9 @@ def test_stream_dataset_refusals(served: dict[str, Any], fields: dict[str, Any],
 
 
 @pytest.mark.parametrize(("path", "row"), [("bad.jsonl", 3), ("invalid.jsonl", 3)])
-def test_stream_dataset_error_names_the_dataset_row_and_batch_position(served: dict[str, Any], path: str, row: int) -> None:
+def test_stream_dataset_error_names_the_dataset_row_and_batch_position(
+    served: dict[str, Any], path: str, row: int
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _dataset_batches(served, _dataset_request(dataset=pb.DatasetRef(path=path), shuffle=False,
                                                   batch_size=2, rank=0, world_size=1))
