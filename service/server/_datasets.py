@@ -166,9 +166,10 @@ class _JsonlRows(Sequence[Mapping[str, Any]]):
             fh.seek(int(self._offsets[i]))
             line = fh.readline()
         try:
-            return json.loads(line)
+            row: Mapping[str, Any] = json.loads(line)
         except ValueError as exc:
             raise InvalidSample(f"dataset line is not JSON: {exc}", row=i) from exc
+        return row
 
 
 class _TableRows(Sequence[Mapping[str, Any]]):
@@ -181,7 +182,8 @@ class _TableRows(Sequence[Mapping[str, Any]]):
         return int(self._table.num_rows)
 
     def __getitem__(self, i: int) -> Mapping[str, Any]:  # type: ignore[override]
-        return self._table.slice(i, 1).to_pylist()[0]
+        row: Mapping[str, Any] = self._table.slice(i, 1).to_pylist()[0]
+        return row
 
 
 class _ArrowRows(_TableRows):

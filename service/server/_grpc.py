@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -220,7 +221,7 @@ class _FeedlineServicer:
                     empty = encode_batch({}, {"batch_index": batch_index, "reports": []})
                     yield from split_frames(empty, batch_id=batch_index, max_frame_bytes=frame_bytes, wrap=True)
                     continue
-                rows = source.rows(indices)  # a row that is not JSON names its dataset row already
+                rows = source.rows(indices.tolist())  # a row that is not JSON names its dataset row already
                 result = run_collate(self.state, rows, processor=request.processor,
                                      fingerprint=request.processor_fingerprint, options=options,
                                      row_of=_rows_of(indices),
@@ -279,7 +280,7 @@ class _FeedlineServicer:
         return min(requested, limit) if requested else limit
 
 
-def _rows_of(indices: Any) -> Callable[[int], int]:
+def _rows_of(indices: np.ndarray) -> Callable[[int], int]:
     """``row_of`` for a dataset batch: a batch position to the dataset row the plan put there."""
     return lambda position: int(indices[position])
 
@@ -345,7 +346,8 @@ def _processor_info(info: Any) -> pb.ProcessorInfo:
 def _rpc(context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]:
     """Request id, metrics and one log line per call; FeedlineErrors become status codes with JSON details."""
     metadata = dict(context.invocation_metadata() or ())
-    token = request_id.set(new_request_id(metadata.get("x-request-id")))
+    given = metadata.get("x-request-id")
+    token = request_id.set(new_request_id(given.decode("latin-1") if isinstance(given, bytes) else given))
     start = time.perf_counter()
     call: dict[str, Any] = {}
     with track_request("grpc", method) as outcome:
@@ -358,7 +360,7 @@ def _rpc(context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]
             body = {**error_body(exc), "batch_index": call.get("batch_index")}
             context.set_trailing_metadata(((ERROR_METADATA_KEY, json.dumps(body)),))
             _log(method, code.name, start, call, error=body)
-            context.abort(code, brief(str(exc)))
+            context.abort(code, brief(str(exc)) or "")
         except _DeadlineExceeded:
             outcome["code"] = "DEADLINE_EXCEEDED"
             _log(method, outcome["code"], start, call)

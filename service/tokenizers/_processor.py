@@ -161,12 +161,14 @@ def load_processor(
 
     location = resolved.location
     offline = {"local_files_only": True} if resolved.local_only else {}
-    videoless = videoless_class_for(location) if Path(location).is_dir() else None
+    videoless: Any = videoless_class_for(location) if Path(location).is_dir() else None  # a ProcessorMixin class
     try:
         if videoless is not None:  # a processor class transformers refuses without a video processor here
             loaded = videoless.from_pretrained(location, **offline)
         else:
-            loaded = AutoProcessor.from_pretrained(location, trust_remote_code=trust_remote_code, **offline)
+            loaded = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]  # unannotated upstream
+                location, trust_remote_code=trust_remote_code, **offline
+            )
     except (OSError, ValueError, TypeError, KeyError, ImportError):
         loaded = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **offline)
     if isinstance(loaded, PreTrainedTokenizerBase):
