@@ -42,7 +42,8 @@ def count_chars(value: Any) -> int:
         if isinstance(item, str):
             total += len(item)
         elif isinstance(item, Mapping):
-            if item.get("type") not in _MEDIA_PARTS:
+            kind = item.get("type")
+            if not (isinstance(kind, str) and kind in _MEDIA_PARTS):  # a malformed type is the parser's to refuse
                 total += sum(len(str(k)) for k in item)
                 stack.extend(item.values())
         elif isinstance(item, (list, tuple)):

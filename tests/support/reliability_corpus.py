@@ -223,8 +223,8 @@ CASES: list[Case] = [
     both("roles", "sharegpt-unknown-speaker",
          samples({"conversations": [{"from": "alien", "value": "q"}, {"from": "gpt", "value": "a"}]}),
          "invalid_sample", 0, "conversations[0].from"),
-    both("roles", "tool-without-call-id",
-         samples({"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"},
+    both("roles", "tool-call-id-not-a-string",  # a missing id is fine where the template never uses it
+         samples({"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r", "tool_call_id": 5},
                                {"role": "assistant", "content": "a"}]}),
          "invalid_sample", 0, "messages[1].tool_call_id"),
     both("roles", "no-assistant-turn", samples({"messages": [{"role": "user", "content": "q"}]}), "invalid_sample", 0,
@@ -238,8 +238,10 @@ CASES: list[Case] = [
     # --- empty and huge strings -------------------------------------------------------------------------------
     both("strings", "completion-empty", samples({"prompt": "a", "completion": ""}), "invalid_sample", 0,
          "completion"),
-    both("strings", "huge-string-over-max-length", samples(chat("word " * 200_000, "a"), options={"max_length": 4096}),
+    both("strings", "huge-string-over-max-length", samples(chat("word " * 150_000, "a"), options={"max_length": 4096}),
          "sample_too_long", 0, None),
+    both("strings", "huge-string-over-char-limit", samples(OK, chat("word " * 220_000, "a")), "request_too_large", 1,
+         "samples"),
     Case("strings", "huge-body-over-request-limit", samples({"prompt": "x" * (5 << 20), "completion": "y"}),
          Expect(413, "request_too_large", None, "body"), Expect("RESOURCE_EXHAUSTED", None)),
     both("strings", "huge-processor-name", samples(OK, processor="p" * 100_000), "unknown_processor", None,
