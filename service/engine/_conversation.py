@@ -23,6 +23,7 @@ __all__ = [
     "PromptCompletion",
     "Row",
     "parse_row",
+    "require_tool_call_ids",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -158,9 +159,9 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
     reasoning = raw.get(key)
     if reasoning is not None and not isinstance(reasoning, str):
         raise InvalidSample("must be a string", sample=index, field=f"{where}.{key}")
-    tool_call_id = raw.get("tool_call_id")
-    if role == "tool" and not (isinstance(tool_call_id, str) and tool_call_id):
-        raise InvalidSample("a tool message needs a tool_call_id", sample=index, field=f"{where}.tool_call_id")
+    tool_call_id = raw.get("tool_call_id")  # optional: required only by templates that use it (``_tool_ids``)
+    if tool_call_id is not None and not isinstance(tool_call_id, str):
+        raise InvalidSample("must be a string", sample=index, field=f"{where}.tool_call_id")
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         raise InvalidSample("must be a string", sample=index, field=f"{where}.name")
@@ -172,7 +173,7 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
         parts=_parse_content(raw.get("content"), index, f"{where}.content"),
         reasoning_content=reasoning,
         tool_calls=_parse_tool_calls(raw.get("tool_calls"), index, f"{where}.tool_calls"),
-        tool_call_id=tool_call_id if role == "tool" else None,
+        tool_call_id=(tool_call_id or None) if role == "tool" else None,
         name=name,
         source=raw,
     )
@@ -255,17 +256,30 @@ def _parse_tools(raw: Any, index: int, key: str) -> tuple[Mapping[str, Any], ...
 
 
 def _check_tool_links(messages: tuple[Message, ...], index: int) -> None:
-    """A tool result must answer a call made earlier in the conversation (when calls carry ids)."""
+    """A tool result that names a call must answer one made earlier in the conversation (when calls carry ids)."""
     seen: set[str] = set()
     for i, msg in enumerate(messages):
         for call in msg.tool_calls or ():
             seen.add(str(call["id"]))
-        if msg.role == "tool" and seen and msg.tool_call_id not in seen:
+        if msg.role == "tool" and seen and msg.tool_call_id is not None and msg.tool_call_id not in seen:
             raise InvalidSample(
                 f"tool_call_id {msg.tool_call_id!r} answers no earlier tool call",
                 sample=index,
                 field=f"messages[{i}].tool_call_id",
             )
+
+
+def require_tool_call_ids(row: Row, index: int) -> Row:
+    """Refuse a tool message without ``tool_call_id``: for processors whose chat template uses the id
+    (``Processor.uses_tool_call_id``); other templates take tool results without one."""
+    if isinstance(row, Conversation):
+        for i, message in enumerate(row.messages):
+            if message.role == "tool" and not message.tool_call_id:
+                raise InvalidSample(
+                    "a tool message needs a tool_call_id for this processor: its chat template writes the id of the "
+                    "call a tool result answers", sample=index, field=f"messages[{i}].tool_call_id",
+                )
+    return row
 
 
 def _parse_sharegpt(raw: Any, index: int, key: str) -> tuple[Message, ...]:

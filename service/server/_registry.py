@@ -12,6 +12,7 @@ from feedline.proto import FingerprintMismatch, ServiceUnavailable, UnknownProce
 
 from ..media._loading import MediaPolicy
 from ..tokenizers._processor import Processor, load_processor
+from ..tokenizers._sources import resolve_source
 from ._config import Limits, ProcessorSpec
 
 __all__ = ["ProcessorRegistry", "ServingState"]
@@ -27,9 +28,11 @@ class ProcessorRegistry:
     The first configured processor is the default one (used when a request names none).
     """
 
-    def __init__(self, specs: Iterable[ProcessorSpec], *, loader: Loader = load_processor) -> None:
+    def __init__(self, specs: Iterable[ProcessorSpec], *, loader: Loader = load_processor,
+                 allow_hub: bool = False) -> None:
         self._specs = {spec.name: spec for spec in specs}
         self._loader = loader
+        self._allow_hub = allow_hub
         self._loaded: dict[str, Processor] = {}
         self._failed: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -40,6 +43,15 @@ class ProcessorRegistry:
         registry = cls(ProcessorSpec(p.name, p.source or p.name) for p in processors)
         registry._loaded = {p.name: p for p in processors}
         return registry
+
+    def check_sources(self) -> None:
+        """Resolve every spec's source without loading it: an unknown name or a missing directory raises
+        UnknownProcessor naming the processor, so a server refuses to start instead of staying unready."""
+        for name, spec in self._specs.items():
+            try:
+                resolve_source(spec.source, allow_hub=self._allow_hub)
+            except UnknownProcessor as exc:
+                raise UnknownProcessor(f"processors.{name}: {exc.message}", field="processor") from None
 
     def load_all(self) -> bool:
         """Load every processor not loaded yet; return readiness. Failures are logged and kept, not raised."""
@@ -54,6 +66,7 @@ class ProcessorRegistry:
                     defaults=spec.defaults or None,
                     encoder_mode=spec.encoder_mode,
                     template_date=spec.template_date,
+                    allow_hub=self._allow_hub,
                 )
             # The boundary where any loader failure (transformers raises many kinds) becomes "not ready, because".
             except Exception as exc:  # noqa: BLE001

@@ -1,8 +1,8 @@
 """A loaded tokenizer or multimodal processor, with the facts derived from it once and cached.
 
-Loading goes through transformers' Auto classes (local directories; hub ids where the operator's machine has a
-hub), or through the built-in tokenizers rebuilt from packaged vocabularies. Remote code stays off unless the
-operator enables it.
+Loading goes through transformers' Auto classes: local directories, the built-in tokenizers and processors
+rebuilt from packaged files, and hub ids only where the operator enables the hub (``_sources``). Remote code
+stays off unless the operator enables it.
 """
 
 from __future__ import annotations
@@ -81,6 +81,13 @@ class Processor:
             return exc
 
     @cached_property
+    def uses_tool_call_id(self) -> bool:
+        """Whether the chat template uses a tool message's ``tool_call_id`` (derived by rendering, once)."""
+        from ._tool_ids import template_uses_tool_call_id
+
+        return bool(self.chat_template) and template_uses_tool_call_id(self.renderer)
+
+    @cached_property
     def bos_prefix(self) -> list[int]:
         """The tokens the tokenizer itself puts before text (usually BOS), read once from an encode of one letter."""
         with_special = self.tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -157,28 +164,32 @@ def load_processor(
     defaults: Mapping[str, Any] | None = None,
     encoder_mode: str = "auto",
     template_date: str | None = None,
+    allow_hub: bool | None = None,
 ) -> Processor:
-    """Load a processor from a builtin name or a local directory/hub id through transformers' Auto classes."""
+    """Load a processor from a local directory, a built-in name, or (``allow_hub`` only) a hub id.
+
+    ``allow_hub=None`` reads ``FEEDLINE_ALLOW_HUB``; with the hub off nothing is fetched (``local_files_only``)
+    and an unknown name fails at once with what was tried (``_sources.resolve_source``).
+    """
+    from ._sources import resolve_source
+
+    resolved = resolve_source(source, allow_hub=allow_hub)  # before importing transformers: fails in a moment
     from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
-    source_str = str(source)
-    path = Path(source_str).expanduser()
-    if not path.exists():
-        from .builtin._vocab import BUILTIN_TOKENIZERS, builtin_tokenizer_dir
-
-        if source_str in BUILTIN_TOKENIZERS:
-            path = builtin_tokenizer_dir(source_str)
-    location = str(path) if path.exists() else source_str
     from ._compat import videoless_class_for
 
-    videoless = videoless_class_for(location) if path.is_dir() else None
+    location = resolved.location
+    offline = {"local_files_only": True} if resolved.local_only else {}
+    videoless: Any = videoless_class_for(location) if Path(location).is_dir() else None  # a ProcessorMixin class
     try:
         if videoless is not None:  # a processor class transformers refuses without a video processor here
-            loaded = videoless.from_pretrained(location)
+            loaded = videoless.from_pretrained(location, **offline)
         else:
-            loaded = AutoProcessor.from_pretrained(location, trust_remote_code=trust_remote_code)
+            loaded = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]  # unannotated upstream
+                location, trust_remote_code=trust_remote_code, **offline
+            )
     except (OSError, ValueError, TypeError, KeyError, ImportError):
-        loaded = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        loaded = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **offline)
     if isinstance(loaded, PreTrainedTokenizerBase):
         tokenizer, hf_processor = loaded, None
     else:
@@ -188,7 +199,7 @@ def load_processor(
         name,
         tokenizer,
         hf_processor=hf_processor,
-        source=source_str,
+        source=str(source),
         defaults=base,
         encoder_mode=encoder_mode,
         template_date=template_date,

@@ -20,7 +20,8 @@ def _err(row: object, **kw: object) -> InvalidSample:
     ("row", "field"),
     [
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r"}]}, "messages[1].tool_call_id"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r", "tool_call_id": 5}]},
+         "messages[1].tool_call_id"),
         ({"messages": [{"role": "assistant", "content": "x", "reasoning_content": 5}]}, "messages[0].reasoning_content"),
         ({"messages": [{"role": "user", "content": "only a question"}]}, "messages"),
         ({"messages": []}, "messages"),
