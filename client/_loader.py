@@ -43,7 +43,10 @@ class RemoteLoader:
 
     ``RemoteLoader(endpoints, "qwen2.5", samples=rows, batch_size=8)`` sends rows;
     ``RemoteLoader(endpoints, "qwen2.5", dataset="train.jsonl", batch_size=8, rank=r, world_size=w)`` names a
-    dataset under the servers' data roots. ``state_dict()`` is a few integers plus the plan;
+    dataset under the servers' data roots (a file, a directory or glob of shards, a saved HF dataset, or an
+    object-store URL the servers allow); ``dataset=[{"path": "a.jsonl", "weight": 0.7}, {"path": "b/*.parquet",
+    "weight": 0.3}]`` mixes several (or ``"repeat": passes`` per dataset instead of weights), and each batch
+    then carries ``dataset_index`` and ``dataset_row`` per sample. ``state_dict()`` is a few integers plus the plan;
     ``load_state_dict()`` makes the next ``iter()`` continue where the saved run stopped.
 
     With ``offload`` (the default on POSIX without a credentials object) a receiver process does the gRPC
@@ -58,7 +61,7 @@ class RemoteLoader:
         processor: str = "qwen2.5",
         *,
         samples: Iterable[Mapping[str, Any]] | None = None,
-        dataset: str | None = None,
+        dataset: str | Sequence[Mapping[str, Any]] | None = None,
         dataset_fingerprint: str = "",
         batch_size: int = 8,
         seed: int = 0,
@@ -90,7 +93,7 @@ class RemoteLoader:
         self._receiver_process: Receiver | None = None
         self._closer: Any = lambda: None
         self._samples = samples
-        self.dataset = dataset
+        self.dataset = dataset if dataset is None or isinstance(dataset, str) else [_mixture_part(p) for p in dataset]
         self.dataset_fingerprint = dataset_fingerprint
         self.plan = DatasetPlan(seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank,
                                 world_size=world_size)
@@ -186,8 +189,10 @@ class RemoteLoader:
 
     def _dataset_request(self, start: int) -> pb.StreamDatasetRequest:
         remote = self._remote
+        single = isinstance(self.dataset, str)
         return pb.StreamDatasetRequest(
-            dataset=pb.DatasetRef(path=self.dataset or "", fingerprint=self.dataset_fingerprint),
+            dataset=pb.DatasetRef(path=self.dataset if single else "", fingerprint=self.dataset_fingerprint),
+            mixture=[] if single else [pb.DatasetRef(**part) for part in self.dataset or ()],
             processor=remote.processor,
             processor_fingerprint=remote.fingerprint,
             options=remote._options_msg,
@@ -206,6 +211,16 @@ class RemoteLoader:
             self._receiver_process = Receiver()
             self._closer = weakref.finalize(self, self._receiver_process.close)
         return self._receiver_process
+
+
+def _mixture_part(part: Mapping[str, Any] | str) -> dict[str, Any]:
+    """One dataset of a mixture as DatasetRef fields: a path, or a mapping with path, weight, repeat, fingerprint."""
+    entry = {"path": part} if isinstance(part, str) else dict(part)
+    unknown = set(entry) - {"path", "weight", "repeat", "fingerprint"}
+    if unknown or not isinstance(entry.get("path"), str):
+        raise InvalidOptions(f"a mixture entry needs a 'path' and may set weight, repeat, fingerprint; got {part!r}",
+                             field="dataset")
+    return entry
 
 
 def _prefetched(blobs: Iterator[tuple[int, Any]], prefetch: int, max_bytes: int) -> Iterator[Any]:

@@ -12,7 +12,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,7 +20,7 @@ import numpy as np
 
 from feedline.proto import ServiceUnavailable
 from feedline.proto._framing import FrameAssembler, join_frames
-from feedline.proto.v1 import feedline_pb2 as pb
+from feedline.proto.v1 import RESUME_METADATA_KEY, feedline_pb2 as pb
 
 from ._replicas import RETRYABLE, map_rpc_error
 from ._requests import FRAME_STREAM, check_fingerprint, collate_call, collate_request
@@ -41,17 +41,24 @@ def dataset_blobs(
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream, or one that waits
-    ``retry.timeout`` seconds for a frame, resumes on another replica from the next undelivered index. ``stop``
-    ends the retries (the caller closed the run)."""
+    ``retry.timeout`` seconds for a frame, resumes on another replica from the next undelivered index. A call
+    the server ends early (it serves in time-bounded chunks) is continued with a new call from the index it
+    names. ``stop`` ends the retries (the caller closed the run)."""
     policy = remote.retry
-    next_index, failures = request.start_batch_index, 0
+    next_index, failures, idle = request.start_batch_index, 0, 0
     while True:
         target = remote._replicas.rotation()[0]
+        started = next_index
         try:
-            for blob in _stream(remote, target, request, next_index, allocate):
+            stream = _stream(remote, target, request, next_index, allocate)
+            while True:
+                try:
+                    blob = next(stream)
+                except StopIteration as end:
+                    resume = end.value
+                    break
                 yield next_index, blob
                 next_index, failures = next_index + 1, 0
-            return
         except grpc.RpcError as err:
             mapped = map_rpc_error(err)
             if stop is not None and stop.is_set():
@@ -63,13 +70,24 @@ def dataset_blobs(
                 raise ServiceUnavailable(f"batch {next_index}: no replica answered") from None
             _LOGGER.warning("stream broke at batch %d (%s); resuming on another replica", next_index, err.code().name)
             time.sleep(policy.backoff(failures))
+            continue
+        if resume is None:  # the requested range is done
+            return
+        if resume != next_index:
+            raise ServiceUnavailable(f"the server asked to resume at batch {resume} after sending up to {next_index}")
+        idle = idle + 1 if next_index == started else 0
+        if idle:  # a call that served nothing: do not spin
+            time.sleep(policy.backoff(min(idle, policy.attempts)))
 
 
 def _stream(remote: RemoteCollate, target: str, template: pb.StreamDatasetRequest, start: int,
-            allocate: Allocate | None) -> Iterator[np.ndarray]:
+            allocate: Allocate | None) -> Generator[np.ndarray, None, int | None]:
+    """Blobs of one call from ``start``; returns the batch index the server asks to continue from, if any."""
     request = pb.StreamDatasetRequest()
     request.CopyFrom(template)
     request.start_batch_index = start
+    if template.max_batches:  # the same end, wherever this call begins
+        request.max_batches = template.start_batch_index + template.max_batches - start
     method = remote._replicas.channel(target).unary_stream(
         FRAME_STREAM, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
     )
@@ -89,6 +107,8 @@ def _stream(remote: RemoteCollate, target: str, template: pb.StreamDatasetReques
                 yield blob
                 assembler = FrameAssembler(allocate=allocate)
         assembler.check_complete()
+        resume = dict(call.trailing_metadata() or ()).get(RESUME_METADATA_KEY)
+        return int(resume) if resume is not None else None
     finally:
         watch.close()
         call.cancel()  # a consumer that stops early must not leave the server streaming

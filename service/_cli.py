@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory media files may be read from; repeatable")
     serve.add_argument("--data-root", action="append", default=[], type=Path, metavar="DIR",
                        help="directory StreamDataset may read datasets from; repeatable")
+    serve.add_argument("--data-url", action="append", default=[], metavar="URL",
+                       help="object-store prefix StreamDataset may read (s3://bucket/prefix; credentials from the "
+                            "environment as the AWS SDK reads them); repeatable (env FEEDLINE_DATA_URLS)")
+    serve.add_argument("--dataset-cache-dir", type=Path, metavar="DIR",
+                       help="where JSONL line indexes are kept (env FEEDLINE_DATASET_CACHE_DIR; ~/.cache/feedline)")
     serve.add_argument("--grace-period", type=float, dest="grace_period_s",
                        help="seconds in-flight work may take after SIGTERM (env FEEDLINE_GRACE_PERIOD_S; 30)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -84,7 +89,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     base = load_config(args.config)
     overrides: dict[str, Any] = {
         key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "workers", "grace_period_s", "log_level",
-                                            "auth_token_file", "tls_cert", "tls_key", "tls_client_ca")
+                                            "auth_token_file", "tls_cert", "tls_key", "tls_client_ca",
+                                            "dataset_cache_dir")
     }
     if args.processor:
         flagged = {spec.name for spec in args.processor}
@@ -93,6 +99,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         overrides["media_roots"] = (*base.media_roots, *args.media_root)
     if args.data_root:
         overrides["data_roots"] = (*base.data_roots, *args.data_root)
+    if args.data_url:
+        overrides["data_urls"] = (*base.data_urls, *args.data_url)
     return load_config(args.config, overrides=overrides)
 
 
@@ -121,7 +129,8 @@ def _serve(config: ServeConfig) -> int:
     ready = registry.load_all()
     _LOGGER.info("processors", extra={"ready": ready, "status": registry.status()})
     state = ServingState(registry, limits=config.limits, data_roots=config.data_roots,
-                         media_roots=config.media_roots)
+                         media_roots=config.media_roots, data_urls=config.data_urls,
+                         dataset_cache_dir=config.dataset_cache_dir)
     http_sock = _listen(config.host, config.http_port)
     with _reserve_port(config.host, config.grpc_port, enabled=config.workers > 1) as grpc_port:
         if config.workers == 1:

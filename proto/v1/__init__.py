@@ -14,6 +14,7 @@ from . import feedline_pb2, feedline_pb2_grpc
 __all__ = [
     "CHANNEL_OPTIONS",
     "COLLATE_STREAM",
+    "RESUME_METADATA_KEY",
     "SERVICE_NAME",
     "STREAM_DATASET",
     "feedline_pb2",
@@ -24,6 +25,8 @@ __all__ = [
 SERVICE_NAME = "feedline.v1.Feedline"
 COLLATE_STREAM = f"/{SERVICE_NAME}/CollateStream"
 STREAM_DATASET = f"/{SERVICE_NAME}/StreamDataset"
+RESUME_METADATA_KEY = "feedline-resume-batch"
+"""Trailing metadata of a StreamDataset call that ended before its range did: the batch index to continue from."""
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 256 << 20),
