@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 CACHE_BYTES = 64 << 20
-"""Decoded blocks (Parquet row groups, remote byte ranges) kept per process; windows of the epoch order fit half."""
+"""Decoded blocks (Parquet row groups, remote byte ranges) kept per process; windows of the epoch order fit in it."""
 
 _BLOCKS = BlockCache(CACHE_BYTES)
 _REVALIDATE_S = 5.0
@@ -113,8 +113,10 @@ class RowSource:
         self._block_rows = np.concatenate([r.block_rows for r in self._readers] or [np.zeros(0, np.int64)])
         block_bytes = float(sum(int(r.block_bytes.sum()) for r in self._readers))
         self.random_access = all(r.random_access for r in self._readers)
+        # Windows of the epoch order hold a quarter of the block cache by the footers' byte counts: decoded
+        # Arrow tables measure up to ~2x Parquet's uncompressed sizes, so a window's blocks stay cached.
         per_row = block_bytes / max(1, len(self))
-        self._window = None if self.random_access else max(1, int(blocks.max_bytes // 2 / max(per_row, 1.0)))
+        self._window = None if self.random_access else max(1, int(blocks.max_bytes // 4 / max(per_row, 1.0)))
         self._orders: OrderedDict[tuple[Any, ...], EpochOrder] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -231,7 +233,9 @@ def open_dataset(path: str, roots: Sequence[Path], *, urls: Sequence[str] = (),
 
 
 def _located(path: str, roots: tuple[Path, ...], urls: tuple[str, ...]) -> Location:
-    """``locate``'s answer, listed again at most every few seconds (an object-store listing is a round trip)."""
+    """``locate``'s answer; an object-store listing (a round trip) is reused for a few seconds."""
+    if "://" not in path:
+        return locate(path, roots, urls)
     key = (path, roots, urls)
     now = time.monotonic()
     with _LOCATED_LOCK:

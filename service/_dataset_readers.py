@@ -57,6 +57,7 @@ class BlockCache:
         self._loading: dict[Hashable, Future[Any]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+        self.loads = 0  # blocks decoded so far (an epoch over a windowed order decodes each about once)
 
     def get(self, key: Hashable, load: Callable[[], tuple[Any, int]]) -> Any:
         with self._lock:
@@ -70,6 +71,7 @@ class BlockCache:
         assert pending is not None
         if not owner:
             return pending.result()
+        self.loads += 1
         try:
             value, nbytes = load()
         except BaseException as exc:

@@ -241,8 +241,9 @@ class DatasetStream:
         else:
             part = np.zeros_like(positions)
             rows = self._sources[0].order(plan.seed, plan.epoch, plan.shuffle).rows(positions)
+        extra = {"dataset_index": part.astype(np.int32), "dataset_row": rows} if self._mixture is not None else {}
         if not len(rows):  # this rank's share of the last, partial global step is empty
-            empty = encode_batch({}, {"batch_index": batch_index, "reports": []})
+            empty = encode_batch(extra, {"batch_index": batch_index, "reports": []})
             return split_frames(empty, batch_id=batch_index, max_frame_bytes=request.frame_bytes, wrap=True)
         samples: list[Any] = [None] * len(rows)
         for d in np.unique(part).tolist():
@@ -257,5 +258,4 @@ class DatasetStream:
                 raise
             where = f"{request.parts[int(part[exc.sample])].path}: " if self._mixture is not None else ""
             raise type(exc)(where + exc.message, sample=int(rows[exc.sample]), field=exc.field) from None
-        extra = {"dataset_index": part.astype(np.int32), "dataset_row": rows} if self._mixture is not None else None
         return result.frames(batch_index, request.frame_bytes, wrap=True, extra=extra)
