@@ -53,6 +53,7 @@ BENCHES: dict[str, tuple[str, Callable[[Any, bool], dict[str, Any]]]] = {
     "wire": ("bench.bench_wire", _plain),
     "client": ("bench.bench_client", _plain),
     "scaling": ("bench.bench_scaling", _plain),
+    "datasets": ("bench.bench_datasets", _plain),
 }
 
 

@@ -187,6 +187,37 @@ def _scaling(f: Mapping[str, Any]) -> str:
                       "vs 1 worker on 1 CPU", "vs 1 worker"], rows))
 
 
+def _datasets(f: Mapping[str, Any]) -> str:
+    head = ["rows", "format", "open cold / warm s", "dataset CPU ms/batch start / middle / end",
+            "engine CPU ms/batch", "dataset / engine (worst)", "random row us"]
+    served = ["rows", "format", "first batch (cold open) s", "server CPU ms/batch start / middle / end",
+              "first batch resuming at 90% s", "server RSS growth MB"]
+    split, serve, hf = [], [], []
+    for n, r in f["sizes"].items():
+        for kind, x in r["in process"].items():
+            split.append([n, kind, f"{x['open cold s']:.3f} / {x['open warm s']:.3f}",
+                          " / ".join(f"{x[f'dataset CPU ms/batch, {p}']:.3f}" for p in ("start", "middle", "end")),
+                          f"{x['engine CPU ms/batch, middle']:.2f}", _pct(x["dataset / engine, worst"]),
+                          x["random row us"]])
+        for kind, x in r["server"].items():
+            serve.append([n, kind, x["first batch (cold open) s"],
+                          " / ".join(f"{x[f'server CPU ms/batch, {p}']:.1f}" for p in ("start", "middle", "end")),
+                          x["first batch, resume at 90% s"], x["server RSS growth MB"]])
+        if "hf datasets" in r:
+            h = r["hf datasets"]
+            hf.append([n, h["open s"], h["RSS growth MB"], h["random row us"], h["random batch of 8 ms"]])
+    return (f"Batches of {f['batch_size']} short chats; per-batch figures are means over {f['span_batches']} "
+            "batches at each place of the epoch. In this process (CPU time, the same rows):\n\n"
+            + _table(head, split)
+            + "\n\nA real `feedline serve` per size (its CPU from /proc covers gRPC, dataset and engine; RSS growth "
+              "over all requests to that format, after the others):\n\n" + _table(served, serve)
+            + ("\n\nHF `datasets` on the same saved directory (`load_from_disk`, `ds[i]`, `ds[list]`):\n\n"
+               + _table(["rows", "open s", "RSS growth MB", "random row us", "random batch of 8 ms"], hf)
+               if hf else "")
+            + f"\n\nWorst dataset / engine CPU per batch: {_pct(f['dataset / engine CPU per batch, worst'])} "
+              "(target: at most 10%).")
+
+
 def _generic(f: Any) -> str:
     """Any other bench's figures: scalars as a key/value table, lists of records as tables."""
     if not isinstance(f, Mapping):
@@ -219,6 +250,10 @@ _SECTIONS: dict[str, tuple[str, str, str, Callable[[Mapping[str, Any]], str]]] =
                "python -m bench.bench_client", _client),
     "scaling": ("Scaling: worker processes and replicas", "", "python -m bench.bench_scaling", _scaling),
     "packing": ("Packing: fill ratio and cost at 4096/8192/16384", "", "python -m bench.bench_packing", _packing),
+    "datasets": ("Dataset mode at 10^5, 10^6 and 10^7 rows: open, first batch, memory, cost per batch",
+                 "JSONL, Parquet shards, a saved HF dataset and S3 (moto) through a real server, beside HF "
+                 "`datasets` random access (bench/bench_datasets.py's docstring says what is measured).",
+                 "python -m bench.bench_datasets", _datasets),
 }
 
 
@@ -257,6 +292,9 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
         rows.append(["service throughput: 2 workers / 1 worker (free to use both CPUs)",
                      _ratio(f["ratio 2 workers / 1 worker"])])
         rows.append(["service throughput: 2 replicas / 1 replica", _ratio(f["ratio 2 replicas / 1 replica"])])
+    if (f := fig("datasets")) and "dataset / engine CPU per batch, worst" in f:
+        rows.append(["dataset mode: dataset work / engine work per batch, worst size and format",
+                     _pct(f["dataset / engine CPU per batch, worst"])])
     if (f := fig("packing")) and "pack_sizes" in f:
         for size, p in f["pack_sizes"].items():
             rows.append([f"packing {size}: fill (sequential first-fit)",

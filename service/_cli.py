@@ -127,6 +127,8 @@ def _serve(config: ServeConfig) -> int:
 
     registry = ProcessorRegistry(config.processor_specs)
     ready = registry.load_all()
+    if config.data_roots or config.data_urls:  # the dataset readers' imports before ready, not in a first request
+        import pyarrow.parquet  # noqa: F401
     _LOGGER.info("processors", extra={"ready": ready, "status": registry.status()})
     state = ServingState(registry, limits=config.limits, data_roots=config.data_roots,
                          media_roots=config.media_roots, data_urls=config.data_urls,

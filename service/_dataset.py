@@ -139,18 +139,22 @@ class RowSource:
     def rows(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
         """The rows at ``indices``; a row that cannot be decoded raises InvalidSample naming its dataset row."""
         indices = np.asarray(indices, dtype=np.int64)
+        if len(self._readers) == 1:
+            return self._read(0, indices)
         which = np.searchsorted(self._starts, indices, side="right") - 1
         out: list[Any] = [None] * len(indices)
         for f in np.unique(which).tolist():
             sel = np.flatnonzero(which == f)
-            base = int(self._starts[f])
-            try:
-                got = self._readers[f].rows(indices[sel] - base)
-            except FeedlineError as exc:
-                raise exc.at_sample(base + exc.sample) if exc.sample is not None else exc from None
-            for pos, row in zip(sel.tolist(), got):
+            for pos, row in zip(sel.tolist(), self._read(f, indices[sel])):
                 out[pos] = row
         return out
+
+    def _read(self, file: int, indices: np.ndarray) -> list[Any]:
+        base = int(self._starts[file])
+        try:
+            return self._readers[file].rows(indices - base)
+        except FeedlineError as exc:
+            raise exc.at_sample(base + exc.sample) if exc.sample is not None else exc from None
 
 
 @dataclass(frozen=True)

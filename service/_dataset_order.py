@@ -19,6 +19,8 @@ a run resumed with another world size continues the same global order.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +28,8 @@ import numpy as np
 __all__ = ["EpochOrder", "Permutation"]
 
 _ROUNDS = 6
+_SPAN_BITS = 16
+_SPANS_KEPT = 4
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
@@ -95,15 +99,44 @@ class EpochOrder:
             self._block_pos = np.concatenate([[0], np.cumsum(sizes[perm])[:-1]])
             self._windows = _window_bounds(sizes[perm], int(window_rows), self.size)
         self._perms: dict[int, Permutation] = {}
+        self._spans: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.size
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
-        """The rows visited at ``positions`` (int64 array of epoch positions)."""
+        """The rows visited at ``positions`` (int64 array of epoch positions).
+
+        Computed a span of 65,536 positions at a time (vectorised, ~1 us per position) and kept for the next
+        batches, which lie in the same span: a batch then costs a lookup, whatever the dataset's size.
+        """
         positions = np.asarray(positions, dtype=np.int64)
         if not self._shuffle or positions.size == 0:
             return positions.copy()
+        span = positions >> _SPAN_BITS
+        first = int(span[0])
+        if (span == first).all():
+            return self._span(first)[positions - (first << _SPAN_BITS)]
+        return np.concatenate([self._span(int(s))[p - (int(s) << _SPAN_BITS)]
+                               for s, p in ((s, positions[span == s]) for s in np.unique(span))])[
+            np.argsort(np.argsort(span, kind="stable"), kind="stable")]
+
+    def _span(self, index: int) -> np.ndarray:
+        with self._lock:
+            cached = self._spans.get(index)
+            if cached is not None:
+                self._spans.move_to_end(index)
+                return cached
+        lo = index << _SPAN_BITS
+        rows = self._compute(np.arange(lo, min(self.size, lo + (1 << _SPAN_BITS)), dtype=np.int64))
+        with self._lock:
+            self._spans[index] = rows
+            while len(self._spans) > _SPANS_KEPT:
+                self._spans.popitem(last=False)
+        return rows
+
+    def _compute(self, positions: np.ndarray) -> np.ndarray:
         window = np.searchsorted(self._windows, positions, side="right") - 1
         shuffled = np.empty_like(positions)
         for w in np.unique(window):

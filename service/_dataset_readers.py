@@ -231,18 +231,16 @@ class _ParquetReader:
 
     def rows(self, local: np.ndarray) -> list[Any]:
         group = np.searchsorted(self._starts, local, side="right") - 1
-        out: list[Any] = [None] * len(local)
-        for g in np.unique(group).tolist():
-            sel = np.flatnonzero(group == g)
-            table = self._cache.get((*self._key, g), lambda g=g: self._read(g))
-            for pos, row in zip(sel.tolist(), table.take(local[sel] - self._starts[g]).to_pylist()):
-                out[pos] = row
+        out = []
+        for i, g in zip(local.tolist(), group.tolist()):
+            columns = self._cache.get((*self._key, g), lambda g=g: self._read(g))
+            out.append(_row(columns, i - int(self._starts[g])))
         return out
 
     def _read(self, group: int) -> tuple[Any, int]:
         with self._lock:  # one decode at a time per file handle
-            table = self._file.read_row_group(group)
-        return table, int(table.nbytes)
+            table = self._file.read_row_group(group).combine_chunks()
+        return (table.schema.names, table.columns), int(table.nbytes)
 
 
 class _ArrowReader:
@@ -257,8 +255,9 @@ class _ArrowReader:
         except pa.ArrowInvalid:
             reader = pa.ipc.open_file(source)
             batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-        self._batches = [b for b in batches if b.num_rows]
-        sizes = np.array([b.num_rows for b in self._batches], dtype=np.int64)
+        kept = [b for b in batches if b.num_rows]
+        self._columns = [(b.schema.names, b.columns) for b in kept]
+        sizes = np.array([b.num_rows for b in kept], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.num_rows = int(sizes.sum())
         self.block_rows = np.array([self.num_rows], dtype=np.int64)
@@ -266,9 +265,10 @@ class _ArrowReader:
 
     def rows(self, local: np.ndarray) -> list[Any]:
         batch = np.searchsorted(self._starts, local, side="right") - 1
-        out: list[Any] = [None] * len(local)
-        for b in np.unique(batch).tolist():
-            sel = np.flatnonzero(batch == b)
-            for pos, row in zip(sel.tolist(), self._batches[b].take(local[sel] - self._starts[b]).to_pylist()):
-                out[pos] = row
-        return out
+        return [_row(self._columns[b], i - int(self._starts[b])) for i, b in zip(local.tolist(), batch.tolist())]
+
+
+def _row(columns: tuple[list[str], list[Any]], i: int) -> dict[str, Any]:
+    """Row ``i`` of Arrow columns as Python objects (per-column scalars: cheaper than ``take`` for a few rows)."""
+    names, arrays = columns
+    return {name: array[i].as_py() for name, array in zip(names, arrays)}
