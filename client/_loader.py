@@ -93,7 +93,8 @@ class RemoteLoader:
         self._receiver_process: Receiver | None = None
         self._closer: Any = lambda: None
         self._samples = samples
-        self.dataset = dataset if dataset is None or isinstance(dataset, str) else [_mixture_part(p) for p in dataset]
+        self.dataset: str | list[dict[str, Any]] | None = (
+            dataset if dataset is None or isinstance(dataset, str) else [_mixture_part(p) for p in dataset])
         self.dataset_fingerprint = dataset_fingerprint
         self.plan = DatasetPlan(seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank,
                                 world_size=world_size)
@@ -189,10 +190,10 @@ class RemoteLoader:
 
     def _dataset_request(self, start: int) -> pb.StreamDatasetRequest:
         remote = self._remote
-        single = isinstance(self.dataset, str)
+        path, parts = (self.dataset, []) if isinstance(self.dataset, str) else ("", self.dataset or [])
         return pb.StreamDatasetRequest(
-            dataset=pb.DatasetRef(path=self.dataset if single else "", fingerprint=self.dataset_fingerprint),
-            mixture=[] if single else [pb.DatasetRef(**part) for part in self.dataset or ()],
+            dataset=pb.DatasetRef(path=path, fingerprint=self.dataset_fingerprint),
+            mixture=[pb.DatasetRef(**part) for part in parts],
             processor=remote.processor,
             processor_fingerprint=remote.fingerprint,
             options=remote._options_msg,

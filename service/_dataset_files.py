@@ -85,6 +85,8 @@ def locate(path: str, roots: Sequence[Path], urls: Sequence[str] = ()) -> Locati
     base, pattern = _split_glob(path)
     resolved = resolve_inside(base, roots, field=_FIELD)
     root = next(Path(os.path.realpath(r)) for r in roots if resolved.is_relative_to(os.path.realpath(r)))
+    if resolved == root and not pattern:
+        raise InvalidSample("name a file, directory or glob inside the data root, not the root itself", field=_FIELD)
     from pyarrow import fs as pafs
 
     local = pafs.LocalFileSystem()

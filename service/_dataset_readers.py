@@ -14,6 +14,7 @@ Every reader has ``num_rows``, ``block_rows`` (rows per unit of reading), ``bloc
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import mmap
@@ -146,7 +147,7 @@ class _JsonlReader:
             _, first, counts = np.unique(block_of, return_index=True, return_counts=True)
             self._block_starts = first.astype(np.int64)
             self.block_rows = counts.astype(np.int64)
-            ends = np.asarray(self._index[1, np.concatenate([first[1:], [self.num_rows]]) - 1]) if len(first) else []
+            ends: Any = np.asarray(self._index[1, np.concatenate([first[1:], [self.num_rows]]) - 1]) if len(first) else []
             self.block_bytes = np.asarray(ends, dtype=np.int64) - np.asarray(self._index[0, first], dtype=np.int64)
 
     def _load_index(self, index_dir: Path | None) -> np.ndarray:
@@ -233,7 +234,7 @@ class _ParquetReader:
         group = np.searchsorted(self._starts, local, side="right") - 1
         out = []
         for i, g in zip(local.tolist(), group.tolist()):
-            columns = self._cache.get((*self._key, g), lambda g=g: self._read(g))
+            columns = self._cache.get((*self._key, g), functools.partial(self._read, g))
             out.append(_row(columns, i - int(self._starts[g])))
         return out
 

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from feedline.client import RemoteLoader, RetryPolicy
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service._config import Limits
-from feedline.service._dataset import DatasetPlan, MixturePart, batch_positions, num_batches, open_mixture
+from feedline.service._dataset import DatasetPlan, MixturePart, batch_rows, num_batches, open_mixture
 from feedline.service._grpc_server import create_server
 from feedline.service._registry import ProcessorRegistry, ServingState
 
@@ -117,7 +117,6 @@ def test_a_url_outside_the_allowed_prefix_is_refused(server: str, s3_url: str) -
 def test_chunked_calls_deliver_the_plan_exactly(server: str, qwen_processor: Processor) -> None:
     """Every call ends after ~10 ms and the client continues: each rank still gets exactly its batches."""
     rows = _rows(37, "t")
-    from feedline.service._dataset import batch_rows
 
     for rank in range(2):
         plan = DatasetPlan(seed=5, batch_size=3, rank=rank, world_size=2)

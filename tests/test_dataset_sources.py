@@ -152,7 +152,7 @@ def test_sources_stay_inside_roots_and_urls_need_permission(tmp_path: Path) -> N
     _jsonl(root / "ok.jsonl", _rows(2))
     (root / "link.jsonl").symlink_to(tmp_path / "secret.jsonl")
     assert _all(open_dataset("*.jsonl", [root])) == _rows(2)  # the link out of the root is not matched
-    for bad in ("../*.jsonl", "../secret.jsonl", "link.jsonl", "s3://bucket/train.jsonl", "none/*.jsonl"):
+    for bad in ("../*.jsonl", "../secret.jsonl", "link.jsonl", "s3://bucket/train.jsonl", "none/*.jsonl", "", "."):
         with pytest.raises(InvalidSample) as info:
             open_dataset(bad, [root])
         assert info.value.field == "dataset.path"

@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "shared-service": ("shared-service", None),
     "sidecar": ("sidecar", None),  # the sidecar component, through the overlay
     "shared-service+tls": ("shared-service", "tls"),
+    "shared-service+datasets": ("shared-service", "datasets"),
 }
 """What gets rendered and checked: each overlay, and the overlays with the optional components added."""
 EXIT_SECONDS = 5
@@ -329,6 +330,25 @@ def test_container_runs_unprivileged_on_a_read_only_root(overlay_pod: Any) -> No
 
 
 # --- overlay-specific wiring -----------------------------------------------------------------------------------
+
+
+def test_datasets_come_from_a_read_only_volume_and_index_into_a_writable_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = rendered("shared-service+datasets")
+    (pod,) = [p for p in _pod_specs(docs) if any(c["name"] == "feedline" for c in _containers(p))]
+    config = serve_config(pod, docs, tmp_path, monkeypatch)
+    container = _feedline_container(pod)
+    mounts = {Path(m["mountPath"]): m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert config.data_roots and config.data_urls
+    for root in config.data_roots:
+        mount = mounts[root]
+        claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim)
+        assert mount["readOnly"] and pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+    cache = mounts[config.dataset_cache_dir]
+    assert not cache.get("readOnly") and "emptyDir" in volumes[cache["name"]]
+    assert all(ref["secretRef"]["optional"] for ref in container["envFrom"])
 
 
 def test_shared_service_wiring() -> None:
