@@ -159,3 +159,19 @@ def test_sources_stay_inside_roots_and_urls_need_permission(tmp_path: Path) -> N
     for bad in ("s3://other/x.jsonl", "s3://bucket/data/../secret/x.jsonl", "s3://bucket/database/x.jsonl"):
         with pytest.raises(InvalidSample, match="not under an allowed"):
             open_dataset(bad, [root], urls=["s3://bucket/data"])
+
+
+def test_other_schemes_go_through_fsspec(tmp_path: Path) -> None:
+    """A scheme pyarrow has no filesystem for (fsspec's in-memory one here) is read through fsspec."""
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    rows = _rows(9)
+    with memory.open("/feedline-test/shards/a.jsonl", "wb") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows[:4]).encode())
+    with memory.open("/feedline-test/shards/b.jsonl", "wb") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows[4:]).encode())
+    try:
+        source = open_dataset("memory://feedline-test/shards", [tmp_path], urls=["memory://feedline-test"])
+        assert _all(source) == rows and not source.random_access
+    finally:
+        memory.rm("/feedline-test", recursive=True)
