@@ -140,8 +140,8 @@ def serve_side(server: Server, paths: dict[str, str], n: int) -> dict[str, Any]:
 def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dict[str, Any]:
     """In this process: open cold and warm, dataset vs engine CPU per batch at three places, random row access."""
     from feedline.service import CollateOptions, collate
-    from feedline.service._dataset import DatasetPlan, RowSource, batch_positions
-    from feedline.service._dataset_files import locate
+    from feedline.service.server._datasets import DatasetPlan, RowSource, batch_positions
+    from feedline.service.server.datasets._files import locate
 
     out: dict[str, Any] = {}
     plan = DatasetPlan(seed=1, batch_size=BATCH)

@@ -13,7 +13,10 @@ from . import feedline_pb2, feedline_pb2_grpc
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "COLLATE",
     "COLLATE_STREAM",
+    "ERROR_METADATA_KEY",
+    "LIST_PROCESSORS",
     "RESUME_METADATA_KEY",
     "SERVICE_NAME",
     "STREAM_DATASET",
@@ -23,8 +26,12 @@ __all__ = [
 ]
 
 SERVICE_NAME = "feedline.v1.Feedline"
+COLLATE = f"/{SERVICE_NAME}/Collate"
 COLLATE_STREAM = f"/{SERVICE_NAME}/CollateStream"
 STREAM_DATASET = f"/{SERVICE_NAME}/StreamDataset"
+LIST_PROCESSORS = f"/{SERVICE_NAME}/ListProcessors"
+ERROR_METADATA_KEY = "feedline-error"
+"""Trailing-metadata key of a failed call: the error body (kind, message, sample, field) as JSON."""
 RESUME_METADATA_KEY = "feedline-resume-batch"
 """Trailing metadata of a StreamDataset call that ended before its range did: the batch index to continue from."""
 
