@@ -12,7 +12,9 @@ dataset directory, and, when moto is installed, the Parquet shards in a bucket o
   index built), CPU per batch at the start, middle and end of an epoch (40 batches of 8 rows each), the
   first batch when resuming at 90%, RSS growth;
 - in this process, the dataset's share of a batch (order + reading rows) against the engine's (collate of the
-  same rows), at the same three places, CPU time;
+  same rows), at the same three places, CPU time; where rows come from decoded blocks (Parquet row groups), a
+  batch's share of decoding every block once per epoch is added (measured per block, times blocks / batches),
+  and the spans start after one batch that decodes their window (in the server too);
 - HF ``datasets`` (``load_from_disk``, memory-mapped Arrow): open time, RSS, random access per row, next to
   ours on the same rows.
 """
@@ -51,20 +53,24 @@ def _chunks(n: int) -> Iterator[tuple[Any, Any]]:
         idx = np.arange(start, min(n, start + _SHARD_ROWS))
         s = pc.cast(pa.array(idx), pa.string())
         k = pc.cast(pa.array((idx * 7919) % 1_000_003), pa.string())
-        yield (pc.binary_join_element_wise("Question ", s, ": what is the checksum of item ", k, "?", ""),
-               pc.binary_join_element_wise("The checksum of item ", k, " is ", s, ".", ""))
+        yield (
+            pc.binary_join_element_wise("Question ", s, ": what is the checksum of item ", k, "?", ""),
+            pc.binary_join_element_wise("The checksum of item ", k, " is ", s, ".", ""),
+        )
 
 
 def _table(user: Any, assistant: Any) -> Any:
     import pyarrow as pa
 
     n = len(user)
-    contents = pa.concat_arrays([user, assistant]).take(pa.array(np.stack([np.arange(n), np.arange(n) + n], 1)
-                                                                 .reshape(-1)))
+    contents = pa.concat_arrays([user, assistant]).take(
+        pa.array(np.stack([np.arange(n), np.arange(n) + n], 1).reshape(-1))
+    )
     roles = pa.array(["user", "assistant"]).take(pa.array(np.tile([0, 1], n)))
     messages = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
-    return pa.table({"messages": pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)),
-                                                          messages)})
+    return pa.table(
+        {"messages": pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), messages)}
+    )
 
 
 def generate(root: Path, n: int) -> dict[str, float]:
@@ -77,11 +83,19 @@ def generate(root: Path, n: int) -> dict[str, float]:
     t0 = time.perf_counter()
     with open(root / "train.jsonl", "wb") as out:
         for i, (user, assistant) in enumerate(_chunks(n)):
-            lines = pc.binary_join_element_wise('{"messages": [{"role": "user", "content": "', user,
-                                                '"}, {"role": "assistant", "content": "', assistant, '"}]}\n', "")
+            lines = pc.binary_join_element_wise(
+                '{"messages": [{"role": "user", "content": "',
+                user,
+                '"}, {"role": "assistant", "content": "',
+                assistant,
+                '"}]}\n',
+                "",
+            )
             offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
             out.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
-            pq.write_table(_table(user, assistant), root / "parquet" / f"part-{i:05d}.parquet", row_group_size=_ROW_GROUP)
+            pq.write_table(
+                _table(user, assistant), root / "parquet" / f"part-{i:05d}.parquet", row_group_size=_ROW_GROUP
+            )
     took["write jsonl + parquet s"] = time.perf_counter() - t0
     try:
         import datasets
@@ -106,8 +120,14 @@ def _stream(channel: Any, path: str, start: int, count: int) -> tuple[float, int
     from feedline.proto.v1 import frame_stream_calls
 
     _, stream_dataset = frame_stream_calls(channel)
-    request = pb.StreamDatasetRequest(dataset=pb.DatasetRef(path=path), batch_size=BATCH, seed=1, shuffle=True,
-                                      start_batch_index=start, max_batches=count)
+    request = pb.StreamDatasetRequest(
+        dataset=pb.DatasetRef(path=path),
+        batch_size=BATCH,
+        seed=1,
+        shuffle=True,
+        start_batch_index=start,
+        max_batches=count,
+    )
     t0 = time.perf_counter()
     first, frames = 0.0, 0
     for _ in stream_dataset(request, timeout=600):
@@ -128,6 +148,7 @@ def serve_side(server: Server, paths: dict[str, str], n: int) -> dict[str, Any]:
             first, _ = _stream(channel, path, 0, 1)
             row: dict[str, Any] = {"first batch (cold open) s": first}
             for place, start in (("start", 1), ("middle", batches // 2), ("end", batches - SPAN - 1)):
+                _stream(channel, path, start - 1, 1)  # the window's blocks decoded: amortized, counted apart
                 cpu0 = server.cpu_seconds()
                 _stream(channel, path, start, SPAN)
                 row[f"server CPU ms/batch, {place}"] = (server.cpu_seconds() - cpu0) / SPAN * 1e3
@@ -159,7 +180,11 @@ def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dic
             warm = time.perf_counter() - t0
             row: dict[str, Any] = {"open cold s": cold, "open warm s": warm, "files": len(source.location.files)}
             ratios = []
-            for place, start in (("start", 0), ("middle", n // BATCH // 2), ("end", n // BATCH - SPAN)):
+            decode = _block_decode_ms(source, root / path) * len(source._block_rows) / (n / BATCH)
+            row["block decode amortized ms/batch"] = decode
+            order = source.order(plan.seed, plan.epoch, plan.shuffle)
+            for place, start in (("start", 1), ("middle", n // BATCH // 2), ("end", n // BATCH - SPAN)):
+                source.rows(order.rows(batch_positions(n, plan, start - 1)))  # decodes the window's blocks
                 data_cpu = engine_cpu = 0.0
                 for b in range(start, start + SPAN):
                     c0 = time.process_time()
@@ -169,7 +194,7 @@ def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dic
                     collate(processor, rows, CollateOptions())
                     data_cpu, engine_cpu = data_cpu + c1 - c0, engine_cpu + time.process_time() - c1
                 row[f"dataset CPU ms/batch, {place}"] = data_cpu / SPAN * 1e3
-                ratios.append(data_cpu / engine_cpu)
+                ratios.append((data_cpu / SPAN + decode / 1e3) / (engine_cpu / SPAN))
                 row[f"engine CPU ms/batch, {place}"] = engine_cpu / SPAN * 1e3
             row["dataset / engine, worst"] = max(ratios)
             picks = rng.integers(0, n, 2000)
@@ -181,6 +206,21 @@ def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dic
         finally:
             shutil.rmtree(cache, ignore_errors=True)
     return out
+
+
+def _block_decode_ms(source: Any, path: Path) -> float:
+    """CPU ms to decode one block (a Parquet row group; 0 where rows are read one by one), mean of 3."""
+    if source.random_access:
+        return 0.0
+    import pyarrow.parquet as pq
+
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    reader = pq.ParquetFile(files[0])
+    groups = list(range(min(3, reader.metadata.num_row_groups)))
+    c0 = time.process_time()
+    for g in groups:
+        reader.read_row_group(g).combine_chunks()
+    return (time.process_time() - c0) / len(groups) * 1e3
 
 
 def hf_side(root: Path, n: int) -> dict[str, Any]:
@@ -202,8 +242,12 @@ def hf_side(root: Path, n: int) -> dict[str, Any]:
     for k in range(0, len(picks), BATCH):
         ds[picks[k : k + BATCH]]
     per_batch = (time.perf_counter() - t0) / (len(picks) / BATCH) * 1e3
-    return {"open s": opened, "RSS growth MB": (proc.memory_info().rss - rss0) / 2**20, "random row us": per_row,
-            "random batch of 8 ms": per_batch}
+    return {
+        "open s": opened,
+        "RSS growth MB": (proc.memory_info().rss - rss0) / 2**20,
+        "random row us": per_row,
+        "random batch of 8 ms": per_batch,
+    }
 
 
 def _s3(root: Path, n: int) -> tuple[Any, str] | None:
@@ -217,8 +261,14 @@ def _s3(root: Path, n: int) -> tuple[Any, str] | None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": f"http://{host}:{port}"})
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }
+    )
     s3 = fs.S3FileSystem(allow_bucket_creation=True, endpoint_override=f"http://{host}:{port}")
     s3.create_dir("bench")
     fs.copy_files(str(root / "parquet"), f"bench/{n}/parquet", destination_filesystem=s3)
@@ -277,4 +327,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -83,21 +83,34 @@ class RemoteLoader:
             raise InvalidOptions("give exactly one of samples= or dataset=", field="samples")
         if prefetch < 1:
             raise InvalidOptions("must be >= 1", field="prefetch")
-        self._remote = RemoteCollate(endpoints, processor, fingerprint=fingerprint, retry=retry,
-                                     pin_memory=pin_memory, credentials=credentials, metadata=metadata, **options)
+        self._remote = RemoteCollate(
+            endpoints,
+            processor,
+            fingerprint=fingerprint,
+            retry=retry,
+            pin_memory=pin_memory,
+            credentials=credentials,
+            metadata=metadata,
+            **options,
+        )
         can_offload = os.name == "posix" and credentials is None
         if offload and not can_offload:
-            raise InvalidOptions("offload=True needs a POSIX system and no grpc credentials object (it cannot "
-                                 "cross into the receiver process)", field="offload")
+            raise InvalidOptions(
+                "offload=True needs a POSIX system and no grpc credentials object (it cannot "
+                "cross into the receiver process)",
+                field="offload",
+            )
         self.offload = can_offload if offload is None else offload
         self._receiver_process: Receiver | None = None
         self._closer: Any = lambda: None
         self._samples = samples
         self.dataset: str | list[dict[str, Any]] | None = (
-            dataset if dataset is None or isinstance(dataset, str) else [_mixture_part(p) for p in dataset])
+            dataset if dataset is None or isinstance(dataset, str) else [_mixture_part(p) for p in dataset]
+        )
         self.dataset_fingerprint = dataset_fingerprint
-        self.plan = DatasetPlan(seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank,
-                                world_size=world_size)
+        self.plan = DatasetPlan(
+            seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank, world_size=world_size
+        )
         self.prefetch = prefetch
         self.max_prefetch_bytes = max_prefetch_bytes
         self.epoch = 0
@@ -170,9 +183,14 @@ class RemoteLoader:
         request = self._dataset_request(start) if self.dataset is not None else None
         pin = self._remote.pin_memory
         if self.offload:
-            spec = {"mode": "samples" if request is None else "dataset", "remote": self._remote,
-                    "request": request.SerializeToString() if request is not None else b"",
-                    "prefetch": self.prefetch, "max_bytes": self.max_prefetch_bytes, "start": start}
+            spec = {
+                "mode": "samples" if request is None else "dataset",
+                "remote": self._remote,
+                "request": request.SerializeToString() if request is not None else b"",
+                "prefetch": self.prefetch,
+                "max_bytes": self.max_prefetch_bytes,
+                "start": start,
+            }
             return self._receiver().batches(spec, chunks, pin_memory=pin)
         if request is not None:
             blobs = _prefetched(dataset_blobs(self._remote, request), self.prefetch, self.max_prefetch_bytes)
@@ -219,8 +237,9 @@ def _mixture_part(part: Mapping[str, Any] | str) -> dict[str, Any]:
     entry = {"path": part} if isinstance(part, str) else dict(part)
     unknown = set(entry) - {"path", "weight", "repeat", "fingerprint"}
     if unknown or not isinstance(entry.get("path"), str):
-        raise InvalidOptions(f"a mixture entry needs a 'path' and may set weight, repeat, fingerprint; got {part!r}",
-                             field="dataset")
+        raise InvalidOptions(
+            f"a mixture entry needs a 'path' and may set weight, repeat, fingerprint; got {part!r}", field="dataset"
+        )
     return entry
 
 
@@ -267,8 +286,10 @@ class _PrefetchBuffer:
     def put(self, item: Any, nbytes: int = 0) -> bool:
         """Wait for room (one item always fits); False if the consumer closed the buffer."""
         with self._cond:
-            while not self.closed and self._items and (
-                len(self._items) >= self._max_items or self._bytes + nbytes > self._max_bytes
+            while (
+                not self.closed
+                and self._items
+                and (len(self._items) >= self._max_items or self._bytes + nbytes > self._max_bytes)
             ):
                 self._cond.wait()
             if self.closed:

@@ -20,7 +20,8 @@ import numpy as np
 
 from feedline.proto import ServiceUnavailable
 from feedline.proto._framing import FrameAssembler, join_frames
-from feedline.proto.v1 import RESUME_METADATA_KEY, feedline_pb2 as pb
+from feedline.proto.v1 import RESUME_METADATA_KEY
+from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._replicas import RETRYABLE, map_rpc_error
 from ._requests import FRAME_STREAM, check_fingerprint, collate_call, collate_request
@@ -37,7 +38,10 @@ Chunk = tuple[int, Sequence[Mapping[str, Any]]]
 
 
 def dataset_blobs(
-    remote: RemoteCollate, request: pb.StreamDatasetRequest, *, allocate: Allocate | None = None,
+    remote: RemoteCollate,
+    request: pb.StreamDatasetRequest,
+    *,
+    allocate: Allocate | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream, or one that waits
@@ -80,18 +84,19 @@ def dataset_blobs(
             time.sleep(policy.backoff(min(idle, policy.attempts)))
 
 
-def _stream(remote: RemoteCollate, target: str, template: pb.StreamDatasetRequest, start: int,
-            allocate: Allocate | None) -> Generator[np.ndarray, None, int | None]:
+def _stream(
+    remote: RemoteCollate, target: str, template: pb.StreamDatasetRequest, start: int, allocate: Allocate | None
+) -> Generator[np.ndarray, None, int | None]:
     """Blobs of one call from ``start``; returns the batch index the server asks to continue from, if any."""
     request = pb.StreamDatasetRequest()
     request.CopyFrom(template)
     request.start_batch_index = start
     if template.max_batches:  # the same end, wherever this call begins
         request.max_batches = template.start_batch_index + template.max_batches - start
-    method = remote._replicas.channel(target).unary_stream(
+    method: Any = remote._replicas.channel(target).unary_stream(
         FRAME_STREAM, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
     )
-    call = method(request, timeout=None, metadata=list(remote._replicas.metadata) or None)
+    call = method(request, timeout=None, metadata=tuple(remote._replicas.metadata) or None)
     watch = _IdleWatch(call, remote.retry.timeout, target)
     frames = iter(call)
     try:
@@ -138,7 +143,11 @@ class _IdleWatch:
 
 
 def sample_blobs(
-    remote: RemoteCollate, chunks: Iterable[Chunk], prefetch: int, *, allocate: Allocate | None = None,
+    remote: RemoteCollate,
+    chunks: Iterable[Chunk],
+    prefetch: int,
+    *,
+    allocate: Allocate | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """One unary Collate per chunk, ``prefetch`` in flight; each batch is retried on another replica under
@@ -162,8 +171,14 @@ def _submit(remote: RemoteCollate, index: int, rows: Sequence[Mapping[str, Any]]
     return collate_call(remote._replicas.channel(target), request, remote.retry.timeout, remote._replicas.metadata)
 
 
-def _collect(remote: RemoteCollate, index: int, rows: Sequence[Mapping[str, Any]], future: Any,
-             allocate: Allocate | None, stop: threading.Event | None) -> tuple[int, np.ndarray]:
+def _collect(
+    remote: RemoteCollate,
+    index: int,
+    rows: Sequence[Mapping[str, Any]],
+    future: Any,
+    allocate: Allocate | None,
+    stop: threading.Event | None,
+) -> tuple[int, np.ndarray]:
     policy = remote.retry
     for attempt in range(policy.attempts):
         try:

@@ -33,7 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUILTIN_DEFAULT", "ConfigError", "Limits", "ProcessorSpec", "ServeConfig", "default_cache_dir", "load_config"]
+__all__ = [
+    "BUILTIN_DEFAULT",
+    "ConfigError",
+    "Limits",
+    "ProcessorSpec",
+    "ServeConfig",
+    "default_cache_dir",
+    "load_config",
+]
 
 BUILTIN_DEFAULT = "qwen2.5"
 """Name and source of the processor served when none is configured."""
@@ -112,8 +120,16 @@ class ServeConfig:
         return self.processors or (ProcessorSpec(BUILTIN_DEFAULT, BUILTIN_DEFAULT),)
 
 
-_SCALARS = {"host": str, "grpc_port": int, "http_port": int, "workers": int, "grace_period_s": float,
-            "keepalive_time_s": float, "max_connection_age_s": float, "log_level": str}
+_SCALARS = {
+    "host": str,
+    "grpc_port": int,
+    "http_port": int,
+    "workers": int,
+    "grace_period_s": float,
+    "keepalive_time_s": float,
+    "max_connection_age_s": float,
+    "log_level": str,
+}
 _PATH_LISTS = ("media_roots", "data_roots")
 _PATHS = ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca", "dataset_cache_dir")
 

@@ -32,8 +32,19 @@ from .datasets._order import EpochOrder, Permutation
 from .datasets._readers import BlockCache, Reader, open_reader
 
 __all__ = [
-    "DataAccess", "DatasetPlan", "Mixture", "MixturePart", "RowSource", "batch_positions", "batch_rows",
-    "check_fingerprint", "num_batches", "open_dataset", "open_mixture", "resolve_inside", "resume_batch_index",
+    "DataAccess",
+    "DatasetPlan",
+    "Mixture",
+    "MixturePart",
+    "RowSource",
+    "batch_positions",
+    "batch_rows",
+    "check_fingerprint",
+    "num_batches",
+    "open_dataset",
+    "open_mixture",
+    "resolve_inside",
+    "resume_batch_index",
 ]
 
 CACHE_BYTES = 64 << 20
@@ -103,10 +114,16 @@ class RowSource:
         files = location.files
         with ThreadPoolExecutor(min(16, len(files))) as pool:  # object stores: overlap the round trips
             samples = list(pool.map(lambda f: f.head_tail(), files))
-            digests = [hashlib.sha256(f"{f.size}".encode() + s).hexdigest()[:32] for f, s in zip(files, samples)]
+            digests = [
+                hashlib.sha256(f"{f.size}".encode() + s).hexdigest()[:32] for f, s in zip(files, samples, strict=True)
+            ]
             index_dir = cache_dir / "lines" if cache_dir else None
-            self._readers: list[Reader] = list(pool.map(
-                lambda fd: open_reader(location.kind, fd[0], fd[1], blocks, index_dir), zip(files, digests)))
+            self._readers: list[Reader] = list(
+                pool.map(
+                    lambda fd: open_reader(location.kind, fd[0], fd[1], blocks, index_dir),
+                    zip(files, digests, strict=True),
+                )
+            )
         self.fingerprint = fingerprint(location, samples)
         sizes = np.array([r.num_rows for r in self._readers], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -129,8 +146,9 @@ class RowSource:
         with self._lock:
             order = self._orders.get(key)
             if order is None:
-                order = EpochOrder(self._block_rows, seed=seed, epoch=epoch, shuffle=shuffle,
-                                   window_rows=self._window, salt=salt)
+                order = EpochOrder(
+                    self._block_rows, seed=seed, epoch=epoch, shuffle=shuffle, window_rows=self._window, salt=salt
+                )
                 self._orders[key] = order
                 while len(self._orders) > 8:
                     self._orders.popitem(last=False)
@@ -145,7 +163,7 @@ class RowSource:
         out: list[Any] = [None] * len(indices)
         for f in np.unique(which).tolist():
             sel = np.flatnonzero(which == f)
-            for pos, row in zip(sel.tolist(), self._read(f, indices[sel])):
+            for pos, row in zip(sel.tolist(), self._read(f, indices[sel]), strict=True):
                 out[pos] = row
         return out
 
@@ -185,15 +203,16 @@ class Mixture:
         if weights.any():
             scaled = weights / weights.sum() * scaled.sum()
         self.counts = np.rint(scaled).astype(np.int64)
-        for part, size, count in zip(parts, sizes, self.counts):
+        for part, size, count in zip(parts, sizes, self.counts, strict=True):
             if count and not size:
-                raise InvalidSample(f"{part.path!r} is empty but the mixture draws {count} rows from it",
-                                    field="mixture")
+                raise InvalidSample(
+                    f"{part.path!r} is empty but the mixture draws {count} rows from it", field="mixture"
+                )
         total = int(self.counts.sum())
         edges = np.minimum(np.arange(0, total + _MIX_CHUNK, _MIX_CHUNK), total)
         self._before = (self.counts[:, None] * edges[None, :]) // max(total, 1)  # (datasets, chunks + 1)
         self._chunks = self._before.sum(axis=0)
-        described = [(s.fingerprint, p.weight, p.repeat) for s, p in zip(sources, parts)]
+        described = [(s.fingerprint, p.weight, p.repeat) for s, p in zip(sources, parts, strict=True)]
         self.fingerprint = hashlib.sha256(repr(described).encode()).hexdigest()
 
     def __len__(self) -> int:
@@ -227,8 +246,9 @@ class Mixture:
         return part, rows
 
 
-def open_dataset(path: str, roots: Sequence[Path], *, urls: Sequence[str] = (),
-                 cache_dir: Path | None = None) -> RowSource:
+def open_dataset(
+    path: str, roots: Sequence[Path], *, urls: Sequence[str] = (), cache_dir: Path | None = None
+) -> RowSource:
     """Open the dataset ``path`` names inside ``roots`` / ``urls``; each is opened once per process."""
     try:
         return _OPENED.get(_located(path, tuple(roots), tuple(urls)), cache_dir)
@@ -261,15 +281,16 @@ def open_mixture(parts: Sequence[MixturePart], access: DataAccess) -> Mixture:
     if any(p.weight for p in parts) and not all(p.weight for p in parts):
         raise InvalidOptions("give a weight to every dataset of the mixture or to none", field="mixture.weight")
     sources = [open_dataset(p.path, access.roots, urls=access.urls, cache_dir=access.cache_dir) for p in parts]
-    for part, source in zip(parts, sources):
+    for part, source in zip(parts, sources, strict=True):
         check_fingerprint(source.fingerprint, part.fingerprint, part.path)
     return Mixture(sources, parts)
 
 
 def check_fingerprint(actual: str, pinned: str, path: str) -> None:
     if pinned and pinned != actual:
-        raise FingerprintMismatch(f"dataset {path!r} has fingerprint {actual}, the request pinned {pinned}",
-                                  field="dataset.fingerprint")
+        raise FingerprintMismatch(
+            f"dataset {path!r} has fingerprint {actual}, the request pinned {pinned}", field="dataset.fingerprint"
+        )
 
 
 class _OpenDatasets:

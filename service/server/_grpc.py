@@ -25,7 +25,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feedline.proto import CodecError, FeedlineError, ServiceUnavailable
-from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, RESUME_METADATA_KEY, SERVICE_NAME, feedline_pb2 as pb
+from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, RESUME_METADATA_KEY, SERVICE_NAME
+from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
 from ._config import Limits
@@ -91,8 +92,11 @@ def create_server(
     # CHANNEL_OPTIONS' 256 MiB override max_request_bytes and max_message_bytes.
     options = list({**dict(CHANNEL_OPTIONS), **dict(server_options)}.items())
     threads = max_workers + limits.max_dataset_streams  # dataset streams never take the last of max_workers
-    server = grpc.server(futures.ThreadPoolExecutor(threads, thread_name_prefix="grpc"), options=options,
-                         interceptors=[AuthInterceptor(auth, ERROR_METADATA_KEY)] if auth else None)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(threads, thread_name_prefix="grpc"),
+        options=options,
+        interceptors=[AuthInterceptor(auth, ERROR_METADATA_KEY)] if auth else None,
+    )
     collate_pool = futures.ThreadPoolExecutor(collate_threads or collate_threads_for(1), thread_name_prefix="collate")
     servicer = _FeedlineServicer(state, collate_pool, dataset_chunk_s)
     server.add_generic_rpc_handlers((servicer.handler(),))
@@ -139,14 +143,26 @@ def dataset_request(message: pb.StreamDatasetRequest, frame_bytes: int) -> Datas
     """The StreamDataset request as the wire-independent DatasetRequest (plan validated)."""
     mixture = bool(message.mixture)
     refs = list(message.mixture) if mixture else [message.dataset]
-    plan = DatasetPlan(seed=message.seed, epoch=message.epoch, shuffle=message.shuffle,
-                       batch_size=message.batch_size or 1, drop_last=message.drop_last, rank=message.rank,
-                       world_size=message.world_size or 1)
+    plan = DatasetPlan(
+        seed=message.seed,
+        epoch=message.epoch,
+        shuffle=message.shuffle,
+        batch_size=message.batch_size or 1,
+        drop_last=message.drop_last,
+        rank=message.rank,
+        world_size=message.world_size or 1,
+    )
     return DatasetRequest(
-        parts=tuple(MixturePart(r.path, r.fingerprint, r.weight, r.repeat or 1.0) for r in refs), mixture=mixture,
-        plan=plan, start=message.start_batch_index, max_batches=message.max_batches, processor=message.processor,
-        processor_fingerprint=message.processor_fingerprint, options=options_from_proto(message.options),
-        frame_bytes=frame_bytes)
+        parts=tuple(MixturePart(r.path, r.fingerprint, r.weight, r.repeat or 1.0) for r in refs),
+        mixture=mixture,
+        plan=plan,
+        start=message.start_batch_index,
+        max_batches=message.max_batches,
+        processor=message.processor,
+        processor_fingerprint=message.processor_fingerprint,
+        options=options_from_proto(message.options),
+        frame_bytes=frame_bytes,
+    )
 
 
 def _integral(value: Any) -> Any:
@@ -168,16 +184,23 @@ class _FeedlineServicer:
         self._dataset_slots = threading.BoundedSemaphore(state.limits.max_dataset_streams)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "Collate": grpc.unary_unary_rpc_method_handler(
-                self.Collate, _lenient(pb.CollateRequest), pb.CollateResponse.SerializeToString),
-            "CollateStream": grpc.stream_stream_rpc_method_handler(
-                self.CollateStream, _lenient(pb.CollateRequest), None),
-            "StreamDataset": grpc.unary_stream_rpc_method_handler(
-                self.StreamDataset, _lenient(pb.StreamDatasetRequest), None),
-            "ListProcessors": grpc.unary_unary_rpc_method_handler(
-                self.ListProcessors, _lenient(pb.ListProcessorsRequest), pb.ListProcessorsResponse.SerializeToString),
-        })
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Collate": grpc.unary_unary_rpc_method_handler(
+                    self.Collate, _lenient(pb.CollateRequest), pb.CollateResponse.SerializeToString
+                ),
+                "CollateStream": grpc.stream_stream_rpc_method_handler(
+                    self.CollateStream, _lenient(pb.CollateRequest), None
+                ),
+                "StreamDataset": grpc.unary_stream_rpc_method_handler(
+                    self.StreamDataset, _lenient(pb.StreamDatasetRequest), None
+                ),
+                "ListProcessors": grpc.unary_unary_rpc_method_handler(
+                    self.ListProcessors, _lenient(pb.ListProcessorsRequest), pb.ListProcessorsResponse.SerializeToString
+                ),
+            },
+        )
 
     # --- handlers ---------------------------------------------------------------------------------------------
 
@@ -198,8 +221,12 @@ class _FeedlineServicer:
             context.add_callback(stop.set)
             pending: queue.Queue[Any] = queue.Queue()
             window = threading.Semaphore(self.state.limits.max_in_flight_per_stream)
-            reader = threading.Thread(target=self._read, args=(requests, context, window, pending, stop),
-                                      name="collate-stream-reader", daemon=True)
+            reader = threading.Thread(
+                target=self._read,
+                args=(requests, context, window, pending, stop),
+                name="collate-stream-reader",
+                daemon=True,
+            )
             reader.start()
             try:
                 while (item := pending.get()) is not None:
@@ -217,8 +244,12 @@ class _FeedlineServicer:
     def StreamDataset(self, request: pb.StreamDatasetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         with _rpc(context, "StreamDataset") as call, self._dataset_slot():
             request = _decoded(request)
-            stream = DatasetStream(self.state, dataset_request(request, self._frame_bytes(request.max_frame_bytes)),
-                                   self.pool.submit, chunk_s=self.dataset_chunk_s)
+            stream = DatasetStream(
+                self.state,
+                dataset_request(request, self._frame_bytes(request.max_frame_bytes)),
+                self.pool.submit,
+                chunk_s=self.dataset_chunk_s,
+            )
             for frames in stream.serve(on_batch=lambda index: call.update(batch_index=index)):
                 _check_live(context)
                 yield from frames
@@ -226,8 +257,9 @@ class _FeedlineServicer:
             if stream.resume_at is not None:  # the client continues from here with a new call
                 context.set_trailing_metadata(((RESUME_METADATA_KEY, str(stream.resume_at)),))
 
-    def ListProcessors(self, request: pb.ListProcessorsRequest, context: grpc.ServicerContext
-                       ) -> pb.ListProcessorsResponse:
+    def ListProcessors(
+        self, request: pb.ListProcessorsRequest, context: grpc.ServicerContext
+    ) -> pb.ListProcessorsResponse:
         with _rpc(context, "ListProcessors"):
             _decoded(request)
             return pb.ListProcessorsResponse(processors=[_processor_info(i) for i in self.state.registry.infos()])
@@ -237,18 +269,28 @@ class _FeedlineServicer:
     def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext) -> CollateResult:
         _check_live(context)
         rows = parse_rows(request.samples, self.state.limits)
-        return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
-                           options=options_from_proto(request.options))
+        return run_collate(
+            self.state,
+            rows,
+            processor=request.processor,
+            fingerprint=request.fingerprint,
+            options=options_from_proto(request.options),
+        )
 
-    def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event
-                ) -> list[bytes]:
+    def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event) -> list[bytes]:
         if stop.is_set():
             raise _Cancelled()
         result = self._collate(request, context)
         return result.frames(request.batch_index, self._frame_bytes(request.max_frame_bytes), wrap=True)
 
-    def _read(self, requests: Iterator[pb.CollateRequest], context: grpc.ServicerContext,
-              window: threading.Semaphore, pending: queue.Queue[Any], stop: threading.Event) -> None:
+    def _read(
+        self,
+        requests: Iterator[pb.CollateRequest],
+        context: grpc.ServicerContext,
+        window: threading.Semaphore,
+        pending: queue.Queue[Any],
+        stop: threading.Event,
+    ) -> None:
         """Submit each request once a window slot is free; end the queue with None or the reading error."""
         end: Any = _Cancelled("request reader stopped")
         try:
@@ -273,8 +315,10 @@ class _FeedlineServicer:
         """A dataset stream holds a thread of its own pool share; past ``max_dataset_streams`` a call gets
         UNAVAILABLE at once (the client goes to another replica), so health and unary calls keep threads."""
         if not self._dataset_slots.acquire(blocking=False):
-            raise ServiceUnavailable(f"this replica serves its maximum of {self.state.limits.max_dataset_streams} "
-                                     "dataset streams (limits.max_dataset_streams)")
+            raise ServiceUnavailable(
+                f"this replica serves its maximum of {self.state.limits.max_dataset_streams} "
+                "dataset streams (limits.max_dataset_streams)"
+            )
         try:
             yield
         finally:
@@ -295,12 +339,15 @@ class _Undecodable:
 
 def _lenient(message: Any) -> Callable[[bytes], Any]:
     """A request deserializer that hands an undecodable message to the handler as ``_Undecodable``."""
+
     def decode(data: bytes) -> Any:
         try:
             return message.FromString(data)
         except DecodeError as exc:
-            return _Undecodable(CodecError(f"not a valid {message.DESCRIPTOR.full_name} message: {exc}",
-                                           field="request"))
+            return _Undecodable(
+                CodecError(f"not a valid {message.DESCRIPTOR.full_name} message: {exc}", field="request")
+            )
+
     return decode
 
 
@@ -335,7 +382,10 @@ class _DeadlineExceeded(Exception):
 
 def _processor_info(info: Any) -> pb.ProcessorInfo:
     message = pb.ProcessorInfo(
-        name=info["name"], class_name=info["class"], family=info["family"], fingerprint=info["fingerprint"],
+        name=info["name"],
+        class_name=info["class"],
+        family=info["family"],
+        fingerprint=info["fingerprint"],
         info_json=json.dumps(info, default=str).encode(),
     )
     message.defaults.update(info.get("defaults") or {})
@@ -383,12 +433,13 @@ def _rpc(context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]
 
 
 def _log(method: str, code: str, start: float, call: dict[str, Any], **extra: Any) -> None:
-    _LOGGER.info("rpc", extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 2),
-                               **call, **extra})
+    _LOGGER.info(
+        "rpc",
+        extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 2), **call, **extra},
+    )
 
 
 def drain_server(server: grpc.Server, state: ServingState, grace_s: float) -> threading.Event:
     """Stop accepting calls, let in-flight ones finish within ``grace_s``; the event is set once stopped."""
     state.drain()
     return server.stop(grace_s)
-

@@ -10,9 +10,9 @@ from typing import Any
 
 from feedline.proto import FingerprintMismatch, ServiceUnavailable, UnknownProcessor
 
-from ._config import Limits, ProcessorSpec
 from ..media._loading import MediaPolicy
 from ..tokenizers._processor import Processor, load_processor
+from ._config import Limits, ProcessorSpec
 from ._datasets import DataAccess
 
 __all__ = ["ProcessorRegistry", "ServingState"]
@@ -49,7 +49,10 @@ class ProcessorRegistry:
                 continue
             try:
                 processor = self._loader(
-                    name, spec.source, trust_remote_code=spec.trust_remote_code, defaults=spec.defaults or None,
+                    name,
+                    spec.source,
+                    trust_remote_code=spec.trust_remote_code,
+                    defaults=spec.defaults or None,
                     encoder_mode=spec.encoder_mode,
                 )
             # The boundary where any loader failure (transformers raises many kinds) becomes "not ready, because".
@@ -75,9 +78,7 @@ class ProcessorRegistry:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per configured processor: loaded or not, and the failure reason if loading failed."""
-        return {
-            name: {"loaded": name in self._loaded, "error": self._failed.get(name)} for name in self._specs
-        }
+        return {name: {"loaded": name in self._loaded, "error": self._failed.get(name)} for name in self._specs}
 
     def processors(self) -> list[Processor]:
         return list(self._loaded.values())

@@ -26,9 +26,11 @@ from feedline.proto import (
     split_frames,
 )
 
+from .._options import CollateOptions
 from ..collate._batch import CollatedBatch, collate
-from ._config import Limits
 from ..collate._mask_report import mask_report
+from ..tokenizers._processor import Processor
+from ._config import Limits
 from ._datasets import (
     DatasetPlan,
     Mixture,
@@ -40,8 +42,6 @@ from ._datasets import (
     open_mixture,
 )
 from ._metrics import observe_batch
-from .._options import CollateOptions
-from ..tokenizers._processor import Processor
 from ._registry import ServingState
 
 __all__ = ["CollateResult", "DatasetRequest", "DatasetStream", "parse_rows", "run_collate", "run_mask"]
@@ -73,11 +73,18 @@ class CollateResult:
         tensors, tags = self.wire
         return encode_batch({**tensors, **(extra or {})}, self.meta(batch_index), dtype_tags=tags)
 
-    def frames(self, batch_index: int, max_frame_bytes: int, *, wrap: bool = False,
-               extra: Mapping[str, np.ndarray] | None = None) -> list[bytes]:
+    def frames(
+        self,
+        batch_index: int,
+        max_frame_bytes: int,
+        *,
+        wrap: bool = False,
+        extra: Mapping[str, np.ndarray] | None = None,
+    ) -> list[bytes]:
         """The batch as codec frames addressed to ``batch_index`` (``wrap``: as serialized ``Frame`` messages)."""
-        return split_frames(self.encode(batch_index, extra), batch_id=batch_index, max_frame_bytes=max_frame_bytes,
-                            wrap=wrap)
+        return split_frames(
+            self.encode(batch_index, extra), batch_id=batch_index, max_frame_bytes=max_frame_bytes, wrap=wrap
+        )
 
     def to_json(self) -> dict[str, Any]:
         """Tensors as nested lists (bfloat16 as its float values), with dtypes, reports and fingerprint."""
@@ -146,9 +153,7 @@ def _require_samples(count: int) -> None:
 
 def _check_count(count: int, limits: Limits) -> None:
     if count > limits.max_samples_per_request:
-        raise RequestTooLarge(
-            f"{count} samples; at most {limits.max_samples_per_request} per request", field="samples"
-        )
+        raise RequestTooLarge(f"{count} samples; at most {limits.max_samples_per_request} per request", field="samples")
 
 
 @dataclass(frozen=True)
@@ -176,8 +181,15 @@ class DatasetStream:
     a whole epoch and long epochs spread over replicas as they come and go.
     """
 
-    def __init__(self, state: ServingState, request: DatasetRequest,
-                 submit: Callable[..., Future[list[bytes]]], *, ahead: int = 2, chunk_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        state: ServingState,
+        request: DatasetRequest,
+        submit: Callable[..., Future[list[bytes]]],
+        *,
+        ahead: int = 2,
+        chunk_s: float = 30.0,
+    ) -> None:
         self._state, self._request, self._submit = state, request, submit
         self._ahead, self._chunk_s = max(1, ahead), chunk_s
         access = state.data_access
@@ -193,8 +205,10 @@ class DatasetStream:
         self._size = size
         total = num_batches(size, request.plan)
         if request.start > total:  # a stale cursor must not read as an empty epoch
-            raise InvalidOptions(f"start_batch_index {request.start} is past the end of the epoch ({total} batches)",
-                                 field="start_batch_index")
+            raise InvalidOptions(
+                f"start_batch_index {request.start} is past the end of the epoch ({total} batches)",
+                field="start_batch_index",
+            )
         self.end = min(total, request.start + request.max_batches) if request.max_batches else total
         self.batch_index = request.start
         self.resume_at: int | None = None
@@ -240,11 +254,18 @@ class DatasetStream:
         samples: list[Any] = [None] * len(rows)
         for d in np.unique(part).tolist():
             sel = np.flatnonzero(part == d)
-            for pos, row in zip(sel.tolist(), self._sources[d].rows(rows[sel])):  # errors name the dataset row
+            for pos, row in zip(
+                sel.tolist(), self._sources[d].rows(rows[sel]), strict=True
+            ):  # errors name the dataset row
                 samples[pos] = row
         try:
-            result = run_collate(self._state, samples, processor=request.processor,
-                                 fingerprint=request.processor_fingerprint, options=request.options)
+            result = run_collate(
+                self._state,
+                samples,
+                processor=request.processor,
+                fingerprint=request.processor_fingerprint,
+                options=request.options,
+            )
         except FeedlineError as exc:  # name the dataset row, not the position in the batch
             if exc.sample is None:
                 raise

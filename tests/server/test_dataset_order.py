@@ -33,7 +33,7 @@ def test_shuffle_quality_matches_numpy() -> None:
     n = 100_000
     ours = [_quality(Permutation(n, (s, 0))(np.arange(n))) for s in range(8)]
     numpy = [_quality(np.random.default_rng(s).permutation(n)) for s in range(8)]
-    for (corr, near, fixed), (ref_corr, ref_near, _) in zip(ours, numpy):
+    for (corr, near, fixed), (ref_corr, ref_near, _) in zip(ours, numpy, strict=True):
         assert corr < 0.01 and ref_corr < 0.01
         assert abs(near - ref_near) < 0.004  # both ~0.02
         assert fixed < 8
@@ -67,7 +67,8 @@ def test_windows_over_blocks_visit_every_row_once_and_stay_local(window: int) ->
 
 def test_unshuffled_order_is_storage_order() -> None:
     assert EpochOrder([5, 5], seed=1, epoch=0, shuffle=False, window_rows=3).rows(np.arange(10)).tolist() == list(
-        range(10))
+        range(10)
+    )
 
 
 def test_plan_over_a_windowed_order_keeps_every_rank_equal_and_every_row_once() -> None:

@@ -30,8 +30,15 @@ BUCKET = "feedline-test"
 
 
 def _rows(n: int, tag: str) -> list[dict[str, Any]]:
-    return [{"messages": [{"role": "user", "content": f"{tag} question {i}?"},
-                          {"role": "assistant", "content": f"{tag} answer {i} " + "word " * (i % 5)}]} for i in range(n)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"{tag} question {i}?"},
+                {"role": "assistant", "content": f"{tag} answer {i} " + "word " * (i % 5)},
+            ]
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +50,12 @@ def s3_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "feedline", "AWS_SECRET_ACCESS_KEY": "feedline-secret", "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "feedline",
+        "AWS_SECRET_ACCESS_KEY": "feedline-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -70,8 +81,11 @@ def data_root(tmp_path_factory: pytest.TempPathFactory, s3_url: str) -> Path:
     (root / "many.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(1024, "m")), encoding="utf-8")
     (root / "shards").mkdir()
     for i in range(3):
-        pq.write_table(pa.Table.from_pylist(_rows(60, "p")[20 * i : 20 * (i + 1)]), root / "shards" / f"{i}.parquet",
-                       row_group_size=7)
+        pq.write_table(
+            pa.Table.from_pylist(_rows(60, "p")[20 * i : 20 * (i + 1)]),
+            root / "shards" / f"{i}.parquet",
+            row_group_size=7,
+        )
     s3, prefix = fs.FileSystem.from_uri(s3_url)
     fs.copy_files(str(root), prefix, destination_filesystem=s3)
     return root
@@ -84,11 +98,17 @@ def _serve(state: ServingState, **kw: Any) -> tuple[grpc.Server, str]:
 
 
 @pytest.fixture(scope="module")
-def server(qwen_processor: Processor, data_root: Path, s3_url: str, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[str]:
+def server(
+    qwen_processor: Processor, data_root: Path, s3_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """Calls end after ~10 ms of serving, so every epoch below crosses many continuations."""
-    state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(), data_roots=[data_root],
-                         data_urls=[s3_url], dataset_cache_dir=tmp_path_factory.mktemp("cache"))
+    state = ServingState(
+        ProcessorRegistry.of(qwen_processor),
+        limits=Limits(),
+        data_roots=[data_root],
+        data_urls=[s3_url],
+        dataset_cache_dir=tmp_path_factory.mktemp("cache"),
+    )
     srv, target = _serve(state, dataset_chunk_s=0.01)
     yield target
     srv.stop(0)
@@ -106,7 +126,7 @@ def _ids(loader: RemoteLoader) -> list[torch.Tensor]:
 def test_s3_and_local_copies_give_identical_batches(server: str, s3_url: str, local: str, remote: str) -> None:
     here = _ids(_loader(server, local, batch_size=4, seed=7))
     there = _ids(_loader(server, f"{s3_url}/{remote}", batch_size=4, seed=7))
-    assert len(here) == len(there) > 5 and all(torch.equal(a, b) for a, b in zip(here, there))
+    assert len(here) == len(there) > 5 and all(torch.equal(a, b) for a, b in zip(here, there, strict=True))
 
 
 def test_a_url_outside_the_allowed_prefix_is_refused(server: str, s3_url: str) -> None:
@@ -137,20 +157,24 @@ MIX = [{"path": "train.jsonl", "weight": 3.0}, {"path": "shards", "weight": 1.0}
 
 
 def _mixture_rows(batches: list[dict[str, torch.Tensor]]) -> list[tuple[int, int]]:
-    return [(int(d), int(r)) for b in batches for d, r in zip(b["dataset_index"], b["dataset_row"])]
+    return [(int(d), int(r)) for b in batches for d, r in zip(b["dataset_index"], b["dataset_row"], strict=True)]
 
 
 def test_mixture_is_proportional_reported_and_elastic(server: str, data_root: Path, qwen_processor: Processor) -> None:
     whole = list(_loader(server, MIX, batch_size=4, seed=3))
     got = _mixture_rows(whole)
-    mixture = open_mixture([MixturePart(**m) for m in MIX], ServingState(  # type: ignore[arg-type]
-        ProcessorRegistry.of(qwen_processor), data_roots=[data_root]).data_access)
+    mixture = open_mixture(
+        [MixturePart(**m) for m in MIX],
+        ServingState(  # type: ignore[arg-type]
+            ProcessorRegistry.of(qwen_processor), data_roots=[data_root]
+        ).data_access,
+    )
     assert len(got) == len(mixture) == 97  # weights 3:1 over 37 + 60 rows
     counts = np.bincount([d for d, _ in got], minlength=2)
     assert counts.tolist() == mixture.counts.tolist() == [73, 24]
     plan = DatasetPlan(seed=3, batch_size=4)
     part, rows = mixture.locate(np.arange(97), plan)
-    assert got == list(zip(part.tolist(), rows.tolist()))
+    assert got == list(zip(part.tolist(), rows.tolist(), strict=True))
     first = _rows(37, "t")[got[0][1]] if got[0][0] == 0 else _rows(60, "p")[got[0][1]]
     want = collate(qwen_processor, [first], CollateOptions()).tensors["input_ids"][0]
     assert torch.equal(whole[0]["input_ids"][0][: len(want)], torch.from_numpy(want))
@@ -163,7 +187,7 @@ def test_mixture_is_proportional_reported_and_elastic(server: str, data_root: Pa
     for loader in ranks:
         loader.load_state_dict(state)
     tails = [[_mixture_rows([b]) for b in loader] for loader in ranks]
-    steps = [pair for step in zip(*tails) for half in step for pair in half]
+    steps = [pair for step in zip(*tails, strict=True) for half in step for pair in half]
     assert _mixture_rows(head) + steps == got
 
 
@@ -179,7 +203,8 @@ def test_repeats_make_passes_over_a_dataset(qwen_processor: Processor, data_root
 
 @pytest.mark.timeout(240)
 def test_64_ranks_on_one_server_get_first_batches_promptly_and_health_stays_serving(
-        qwen_processor: Processor, data_root: Path) -> None:
+    qwen_processor: Processor, data_root: Path
+) -> None:
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(), data_roots=[data_root])
     srv, target = _serve(state, dataset_chunk_s=0.5)
     world, firsts, counts, errors = 64, [0.0] * 64, [0] * 64, []

@@ -21,8 +21,10 @@ from feedline.service.server.datasets._readers import BlockCache, line_index
 
 
 def _rows(n: int, start: int = 0) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-            for i in range(start, start + n)]
+    return [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(start, start + n)
+    ]
 
 
 def _jsonl(path: Path, rows: list[dict], *, sep: str = "\n") -> None:
@@ -65,14 +67,18 @@ def test_jsonl_line_index_is_built_once_and_cached(tmp_path: Path) -> None:
     data, cache = tmp_path / "data", tmp_path / "cache"
     data.mkdir()
     rows = _rows(50)
-    (data / "t.jsonl").write_bytes(b"\r\n".join(json.dumps(r).encode() for r in rows[:25]) + b"\n\n  \n"
-                                   + b"\n".join(json.dumps(r).encode() for r in rows[25:]))  # no final newline
+    (data / "t.jsonl").write_bytes(
+        b"\r\n".join(json.dumps(r).encode() for r in rows[:25])
+        + b"\n\n  \n"
+        + b"\n".join(json.dumps(r).encode() for r in rows[25:])
+    )  # no final newline
     first = open_dataset("t.jsonl", [data], cache_dir=cache)
     assert _all(first) == rows
     (index_file,) = (cache / "lines").glob("*.lines.npy")
     location = locate("t.jsonl", [data])
     again = RowSource(location, cache)  # a fresh open (another process) maps the cached index
-    assert isinstance(again._readers[0]._index, np.memmap) and _all(again) == rows  # type: ignore[attr-defined]
+    reader = again._readers[0]
+    assert reader._index_map is not None and _all(again) == rows  # type: ignore[attr-defined]
     index_file.unlink()
     RowSource(location, cache)
     assert index_file.exists()
@@ -82,7 +88,7 @@ def test_line_index_matches_a_plain_split() -> None:
     text = b'{"a": 1}\n\n{"b": 2}\r\n{"c": 3}'
     chunks = [np.frombuffer(text[:7], np.uint8), np.frombuffer(text[7:], np.uint8)]  # a line across chunks
     starts, ends = line_index(chunks)
-    assert [text[s:e] for s, e in zip(starts, ends)] == [b'{"a": 1}', b'{"b": 2}\r', b'{"c": 3}']
+    assert [text[s:e] for s, e in zip(starts, ends, strict=True)] == [b'{"a": 1}', b'{"b": 2}\r', b'{"c": 3}']
 
 
 def test_a_bad_line_is_named_by_its_row_across_shards(tmp_path: Path) -> None:
@@ -140,7 +146,7 @@ def test_parquet_epoch_decodes_each_row_group_once_in_a_bounded_cache(tmp_path: 
     rows, expected = order.rows(np.arange(len(source))), _rows(2000)
     assert sorted(rows.tolist()) == list(range(2000)) and rows[:100].tolist() != list(range(100))
     for start in range(0, 2000, 8):  # batches of 8, in epoch order
-        assert source.rows(rows[start:start + 8]) == [expected[i] for i in rows[start:start + 8]]
+        assert source.rows(rows[start : start + 8]) == [expected[i] for i in rows[start : start + 8]]
         assert cache.nbytes <= 9 * group_bytes
     assert cache.loads <= 20 + 2  # 20 row groups: each decoded about once per epoch
 
@@ -175,3 +181,19 @@ def test_other_schemes_go_through_fsspec(tmp_path: Path) -> None:
         assert _all(source) == rows and not source.random_access
     finally:
         memory.rm("/feedline-test", recursive=True)
+
+
+def test_reading_a_whole_file_leaves_rss_flat(tmp_path: Path) -> None:
+    """Pages of the memory-mapped file and index are let go of as rows are read: an epoch over an 80 MB JSONL
+    file grows RSS by far less than the file (without that it grows by the whole file)."""
+    psutil = pytest.importorskip("psutil")
+    filler = "x" * 2000
+    with (tmp_path / "big.jsonl").open("w") as fh:
+        for i in range(40_000):
+            fh.write(json.dumps({"messages": [{"role": "user", "content": f"{i} {filler}"}]}) + "\n")
+    before = psutil.Process().memory_info().rss
+    source = open_dataset("big.jsonl", [tmp_path], cache_dir=tmp_path / "cache")  # the index scan reads it all
+    order = source.order(seed=0, epoch=0, shuffle=True).rows(np.arange(len(source)))
+    for start in range(0, len(source), 64):
+        source.rows(order[start : start + 64])
+    assert (psutil.Process().memory_info().rss - before) / 2**20 < 40

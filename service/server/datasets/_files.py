@@ -95,19 +95,32 @@ def locate(path: str, roots: Sequence[Path], urls: Sequence[str] = ()) -> Locati
         files = [p for p in matched if p.is_file() and p.is_relative_to(root)]
     elif resolved.is_dir():
         saved = _saved_dataset_files(resolved)
-        files = saved if saved is not None else sorted(
-            p for p in resolved.rglob("*") if p.suffix in (".jsonl", ".parquet") and p.is_file())
+        files = (
+            saved
+            if saved is not None
+            else sorted(p for p in resolved.rglob("*") if p.suffix in (".jsonl", ".parquet") and p.is_file())
+        )
         files = [Path(os.path.realpath(p)) for p in files]
         files = [p for p in files if p.is_relative_to(root)]
     else:
         files = [resolved]
     if not files:
-        raise InvalidSample(f"{path!r} matches no dataset files (.jsonl, .parquet, or a saved HF dataset)",
-                            field=_FIELD)
+        raise InvalidSample(
+            f"{path!r} matches no dataset files (.jsonl, .parquet, or a saved HF dataset)", field=_FIELD
+        )
     stats = [p.stat() for p in files]
     named = resolved if resolved.is_dir() else resolved.parent
-    data = tuple(DataFile(local, str(p), str(p.relative_to(named)) if p.is_relative_to(named) else p.name,
-                          s.st_size, s.st_mtime_ns, True) for p, s in zip(files, stats))
+    data = tuple(
+        DataFile(
+            local,
+            str(p),
+            str(p.relative_to(named)) if p.is_relative_to(named) else p.name,
+            s.st_size,
+            s.st_mtime_ns,
+            True,
+        )
+        for p, s in zip(files, stats, strict=True)
+    )
     return Location(f"{resolved}|{pattern}", _kind(path, [p.name for p in files]), data)
 
 
@@ -141,8 +154,9 @@ def _saved_dataset_files(directory: Path) -> list[Path] | None:
         try:
             names = [entry["filename"] for entry in json.loads(state.read_text())["_data_files"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidSample(f"{directory.name}/state.json is not a saved HF dataset's state: {exc}",
-                                field=_FIELD) from None
+            raise InvalidSample(
+                f"{directory.name}/state.json is not a saved HF dataset's state: {exc}", field=_FIELD
+            ) from None
         return [directory / name for name in names]
     arrows = sorted(p for p in directory.glob("*.arrow") if not p.name.startswith("cache-"))
     return arrows or None
@@ -151,15 +165,17 @@ def _saved_dataset_files(directory: Path) -> list[Path] | None:
 def _kind(path: str, names: Sequence[str]) -> str:
     kinds = {_FORMATS.get(Path(n).suffix, "jsonl") for n in names}
     if len(kinds) > 1:
-        raise InvalidSample(f"{path!r} mixes formats ({', '.join(sorted(kinds))}); name one format per dataset",
-                            field=_FIELD)
+        raise InvalidSample(
+            f"{path!r} mixes formats ({', '.join(sorted(kinds))}); name one format per dataset", field=_FIELD
+        )
     return kinds.pop()
 
 
 def _locate_url(url: str, allowed: Sequence[str]) -> Location:
     if not allowed:
-        raise InvalidSample("this server reads no object-store URLs (the operator allows prefixes with --data-url)",
-                            field=_FIELD)
+        raise InvalidSample(
+            "this server reads no object-store URLs (the operator allows prefixes with --data-url)", field=_FIELD
+        )
     scheme, _, rest = url.partition("://")
     if ".." in PurePosixPath(rest).parts or not any(_under(url, prefix) for prefix in allowed):
         raise InvalidSample(f"{url!r} is not under an allowed --data-url prefix", field=_FIELD)
@@ -172,16 +188,32 @@ def _locate_url(url: str, allowed: Sequence[str]) -> Location:
         infos = [info]
     elif info.type == pafs.FileType.Directory or pattern:
         found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-        infos = [i for i in found if i.type == pafs.FileType.File and (
-            fnmatch.fnmatchcase(_relative(i.path, root), pattern) if pattern
-            else i.extension in ("jsonl", "parquet"))]
+        infos = [
+            i
+            for i in found
+            if i.type == pafs.FileType.File
+            and (
+                fnmatch.fnmatchcase(_relative(i.path, root), pattern)
+                if pattern
+                else i.extension in ("jsonl", "parquet")
+            )
+        ]
         infos.sort(key=lambda i: i.path)
     else:
         infos = []
     if not infos:
         raise InvalidSample(f"{url!r} matches no dataset files", field=_FIELD)
-    files = tuple(DataFile(fs, i.path, _relative(i.path, root) if info.type != pafs.FileType.File else i.base_name,
-                           int(i.size), int(i.mtime_ns or 0), False) for i in infos)
+    files = tuple(
+        DataFile(
+            fs,
+            i.path,
+            _relative(i.path, root) if info.type != pafs.FileType.File else i.base_name,
+            int(i.size),
+            int(i.mtime_ns or 0),
+            False,
+        )
+        for i in infos
+    )
     return Location(url, _kind(url, [f.name for f in files]), files)
 
 
@@ -191,7 +223,7 @@ def _under(url: str, prefix: str) -> bool:
 
 
 def _relative(path: str, root: str) -> str:
-    return path[len(root):].lstrip("/") if path.startswith(root) else path
+    return path[len(root) :].lstrip("/") if path.startswith(root) else path
 
 
 def _filesystem(uri: str) -> tuple[Any, str]:
@@ -199,11 +231,12 @@ def _filesystem(uri: str) -> tuple[Any, str]:
     from pyarrow import fs as pafs
 
     try:
-        return pafs.FileSystem.from_uri(uri)
+        fs, root = pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         try:
-            import fsspec
+            import fsspec  # type: ignore[import-untyped]
         except ImportError:
             raise InvalidSample(f"cannot open {uri!r}: {exc}", field=_FIELD) from None
-        fs, root = fsspec.core.url_to_fs(uri)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
+        spec_fs, root = fsspec.core.url_to_fs(uri)
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(spec_fs))
+    return fs, str(root)

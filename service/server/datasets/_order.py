@@ -44,7 +44,8 @@ def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
     z = x ^ key
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+    mixed: np.ndarray = z ^ (z >> np.uint64(31))
+    return mixed
 
 
 class Permutation:
@@ -61,7 +62,8 @@ class Permutation:
         left, right = x >> self._half, x & self._mask
         for k in self._keys:
             left, right = right, left ^ (_mix(right, k) & self._mask)
-        return (left << self._half) | right
+        joined: np.ndarray = (left << self._half) | right
+        return joined
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         """The images of ``positions`` (int64 values in ``[0, size)``)."""
@@ -82,8 +84,16 @@ class EpochOrder:
     grouped into windows of about ``window_rows`` rows (at least one block each) and shuffled within them.
     """
 
-    def __init__(self, block_rows: Sequence[int] | np.ndarray, *, seed: int, epoch: int, shuffle: bool = True,
-                 window_rows: int | None = None, salt: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        block_rows: Sequence[int] | np.ndarray,
+        *,
+        seed: int,
+        epoch: int,
+        shuffle: bool = True,
+        window_rows: int | None = None,
+        salt: Sequence[int] = (),
+    ) -> None:
         sizes = np.asarray(block_rows, dtype=np.int64)
         self.size = int(sizes.sum())
         self._shuffle = shuffle
@@ -113,14 +123,19 @@ class EpochOrder:
         """
         positions = np.asarray(positions, dtype=np.int64)
         if not self._shuffle or positions.size == 0:
-            return positions.copy()
+            same: np.ndarray = positions.copy()
+            return same
         span = positions >> _SPAN_BITS
         first = int(span[0])
         if (span == first).all():
-            return self._span(first)[positions - (first << _SPAN_BITS)]
-        return np.concatenate([self._span(int(s))[p - (int(s) << _SPAN_BITS)]
-                               for s, p in ((s, positions[span == s]) for s in np.unique(span))])[
-            np.argsort(np.argsort(span, kind="stable"), kind="stable")]
+            rows: np.ndarray = self._span(first)[positions - (first << _SPAN_BITS)]
+            return rows
+        # Positions across spans (a batch at a span's edge): gathered span by span, put back in request order.
+        gathered = np.concatenate(
+            [self._span(int(s))[positions[span == s] - (int(s) << _SPAN_BITS)] for s in np.unique(span)]
+        )
+        mixed: np.ndarray = gathered[np.argsort(np.argsort(span, kind="stable"), kind="stable")]
+        return mixed
 
     def _span(self, index: int) -> np.ndarray:
         with self._lock:

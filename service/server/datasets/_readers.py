@@ -38,6 +38,9 @@ _LOGGER = logging.getLogger("feedline.service.dataset")
 _SCAN_CHUNK = 64 << 20
 _REMOTE_BLOCK = 4 << 20
 _BLANK_MAX = 8  # lines this short are checked for being blank (longer ones are rows or errors)
+_FAULT_AROUND = 64 << 10
+_JSON = json.JSONDecoder()
+_RELEASE_BYTES = 16 << 20
 
 
 class Reader(Protocol):
@@ -95,13 +98,35 @@ class BlockCache:
         return self._bytes
 
 
+class _Mapped:
+    """A read-only memory map whose pages this process lets go of every ~16 MiB touched (``MADV_DONTNEED``;
+    the kernel's page cache keeps them): RSS stays flat however much of the file an epoch reads."""
+
+    def __init__(self, path: str) -> None:
+        with open(path, "rb") as fh:
+            self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._touched = 0
+
+    def touched(self, accesses: int, nbytes: int = 0) -> None:
+        """Count reads: each access maps at least the kernel's fault-around window (64 KiB)."""
+        self._touched += max(nbytes, accesses * _FAULT_AROUND)
+        if self._touched > _RELEASE_BYTES:
+            self.release()
+
+    def release(self) -> None:
+        self._touched = 0
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self.map.madvise(mmap.MADV_DONTNEED)
+
+
 def open_reader(kind: str, file: DataFile, digest: str, cache: BlockCache, index_dir: Path | None) -> Reader:
     if kind == "parquet":
         return _ParquetReader(file, cache)
     if kind == "arrow":
         if not file.local:
-            raise InvalidSample("saved HF datasets are read from a local or mounted directory, not a URL",
-                                field="dataset.path")
+            raise InvalidSample(
+                "saved HF datasets are read from a local or mounted directory, not a URL", field="dataset.path"
+            )
         return _ArrowReader(file)
     return _JsonlReader(file, digest, cache, index_dir)
 
@@ -131,10 +156,8 @@ class _JsonlReader:
 
     def __init__(self, file: DataFile, digest: str, cache: BlockCache, index_dir: Path | None) -> None:
         self._file, self._cache, self._digest = file, cache, digest
-        self._map: mmap.mmap | None = None
-        if file.local and file.size:
-            with open(file.path, "rb") as fh:
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._mapped = _Mapped(file.path) if file.local and file.size else None
+        self._index_map: _Mapped | None = None
         self._index = self._load_index(index_dir)
         self.num_rows = int(self._index.shape[1])
         if file.local:
@@ -147,17 +170,21 @@ class _JsonlReader:
             _, first, counts = np.unique(block_of, return_index=True, return_counts=True)
             self._block_starts = first.astype(np.int64)
             self.block_rows = counts.astype(np.int64)
-            ends: Any = np.asarray(self._index[1, np.concatenate([first[1:], [self.num_rows]]) - 1]) if len(first) else []
+            ends: Any = (
+                np.asarray(self._index[1, np.concatenate([first[1:], [self.num_rows]]) - 1]) if len(first) else []
+            )
             self.block_bytes = np.asarray(ends, dtype=np.int64) - np.asarray(self._index[0, first], dtype=np.int64)
 
     def _load_index(self, index_dir: Path | None) -> np.ndarray:
         target = index_dir / f"{self._digest}.lines.npy" if index_dir else None
         if target is not None and target.is_file():
             try:
-                return np.load(target, mmap_mode="r")
+                return self._map_index(target)
             except (OSError, ValueError) as exc:
                 _LOGGER.warning("rebuilding unreadable line index %s: %s", target, exc)
         index = _drop_blank(line_index(self._scan()), self._read)
+        if self._mapped is not None:
+            self._mapped.release()
         if target is not None:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -165,34 +192,55 @@ class _JsonlReader:
                 with open(tmp, "wb") as fh:
                     np.save(fh, index)
                 os.replace(tmp, target)
-                return np.load(target, mmap_mode="r")
+                return self._map_index(target)
             except OSError as exc:  # a read-only cache: keep the index in memory (8 bytes per line x2)
                 _LOGGER.warning("cannot cache the line index under %s: %s", index_dir, exc)
         return index
 
+    def _map_index(self, path: Path) -> np.ndarray:
+        """The saved (2, n) int64 index, memory-mapped (its pages let go of like the file's)."""
+        fmt: Any = np.lib.format  # untyped in numpy's stubs
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+        if fortran or dtype != np.dtype(np.int64) or len(shape) != 2 or shape[0] != 2:
+            raise ValueError(f"not a line index: shape {shape}, dtype {dtype}")
+        self._index_map = _Mapped(str(path))
+        flat = np.frombuffer(self._index_map.map, dtype=np.int64, count=2 * shape[1], offset=offset)
+        index: np.ndarray = flat.reshape(shape)
+        return index
+
     def _scan(self) -> Iterator[np.ndarray]:
-        if self._map is not None:
-            for offset in range(0, len(self._map), _SCAN_CHUNK):
-                count = min(_SCAN_CHUNK, len(self._map) - offset)
-                yield np.frombuffer(self._map, dtype=np.uint8, count=count, offset=offset)
+        if self._mapped is not None:
+            for offset in range(0, len(self._mapped.map), _SCAN_CHUNK):
+                count = min(_SCAN_CHUNK, len(self._mapped.map) - offset)
+                yield np.frombuffer(self._mapped.map, dtype=np.uint8, count=count, offset=offset)
+                self._mapped.touched(1, count)
         elif not self._file.local:
             with self._file.fs.open_input_stream(self._file.path) as stream:
                 while chunk := stream.read(_SCAN_CHUNK):
                     yield np.frombuffer(chunk, dtype=np.uint8)
 
     def _read(self, start: int, end: int) -> bytes:
-        if self._map is not None:
-            return self._map[start:end]
+        if self._mapped is not None:
+            return self._mapped.map[start:end]
         with self._file.fs.open_input_file(self._file.path) as fh:
             return bytes(fh.read_at(end - start, start))
 
     def rows(self, local: np.ndarray) -> list[Any]:
         bounds = np.asarray(self._index[:, local])
-        if self._map is not None:
-            return [self._decode(self._map[s:e], int(i)) for s, e, i in zip(bounds[0], bounds[1], local)]
+        if self._index_map is not None:
+            self._index_map.touched(len(local))
+        if self._mapped is not None:
+            self._mapped.touched(len(local))
+            return [
+                self._decode(self._mapped.map[s:e], int(i)) for s, e, i in zip(bounds[0], bounds[1], local, strict=True)
+            ]
         block = np.searchsorted(self._block_starts, local, side="right") - 1
         out = []
-        for s, e, b, i in zip(bounds[0].tolist(), bounds[1].tolist(), block.tolist(), local.tolist()):
+        for s, e, b, i in zip(bounds[0].tolist(), bounds[1].tolist(), block.tolist(), local.tolist(), strict=True):
             base, data = self._block(b)
             out.append(self._decode(data[s - base : e - base], i))
         return out
@@ -208,9 +256,9 @@ class _JsonlReader:
 
     @staticmethod
     def _decode(line: bytes, row: int) -> Any:
-        try:
-            return json.loads(line)
-        except ValueError as exc:
+        try:  # UTF-8 text straight to the decoder (json.loads would sniff the encoding of every line)
+            return _JSON.decode(line.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
             raise InvalidSample(f"dataset line is not JSON: {exc}", sample=row) from None
 
 
@@ -233,7 +281,7 @@ class _ParquetReader:
     def rows(self, local: np.ndarray) -> list[Any]:
         group = np.searchsorted(self._starts, local, side="right") - 1
         out = []
-        for i, g in zip(local.tolist(), group.tolist()):
+        for i, g in zip(local.tolist(), group.tolist(), strict=True):
             columns = self._cache.get((*self._key, g), functools.partial(self._read, g))
             out.append(_row(columns, i - int(self._starts[g])))
         return out
@@ -250,12 +298,14 @@ class _ArrowReader:
     def __init__(self, file: DataFile) -> None:
         import pyarrow as pa
 
-        source = pa.memory_map(file.path)
+        self._mapped = _Mapped(file.path)
+        source = pa.BufferReader(pa.py_buffer(self._mapped.map))  # record batches are views of the map
         try:
             batches = list(pa.ipc.open_stream(source))
         except pa.ArrowInvalid:
-            reader = pa.ipc.open_file(source)
+            reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._mapped.map)))
             batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self._mapped.release()  # reading the stream's headers mapped pages around each of them
         kept = [b for b in batches if b.num_rows]
         self._columns = [(b.schema.names, b.columns) for b in kept]
         sizes = np.array([b.num_rows for b in kept], dtype=np.int64)
@@ -266,10 +316,14 @@ class _ArrowReader:
 
     def rows(self, local: np.ndarray) -> list[Any]:
         batch = np.searchsorted(self._starts, local, side="right") - 1
-        return [_row(self._columns[b], i - int(self._starts[b])) for i, b in zip(local.tolist(), batch.tolist())]
+        self._mapped.touched(len(local))
+        return [
+            _row(self._columns[b], i - int(self._starts[b]))
+            for i, b in zip(local.tolist(), batch.tolist(), strict=True)
+        ]
 
 
 def _row(columns: tuple[list[str], list[Any]], i: int) -> dict[str, Any]:
     """Row ``i`` of Arrow columns as Python objects (per-column scalars: cheaper than ``take`` for a few rows)."""
     names, arrays = columns
-    return {name: array[i].as_py() for name, array in zip(names, arrays)}
+    return {name: array[i].as_py() for name, array in zip(names, arrays, strict=True)}
