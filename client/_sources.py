@@ -49,7 +49,7 @@ def dataset_blobs(
     the server ends early (it serves in time-bounded chunks) is continued with a new call from the index it
     names. ``stop`` ends the retries (the caller closed the run)."""
     policy = remote.retry
-    next_index, failures, idle = request.start_batch_index, 0, 0
+    next_index, failures = request.start_batch_index, 0
     while True:
         target = remote._replicas.rotation()[0]
         started = next_index
@@ -77,11 +77,8 @@ def dataset_blobs(
             continue
         if resume is None:  # the requested range is done
             return
-        if resume != next_index:
+        if resume != next_index or next_index == started:  # a server serves at least one batch per call
             raise ServiceUnavailable(f"the server asked to resume at batch {resume} after sending up to {next_index}")
-        idle = idle + 1 if next_index == started else 0
-        if idle:  # a call that served nothing: do not spin
-            time.sleep(policy.backoff(min(idle, policy.attempts)))
 
 
 def _stream(

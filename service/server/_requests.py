@@ -223,7 +223,10 @@ class DatasetStream:
         index = self._request.start
         try:
             while True:
-                while index < self.end and len(pending) < self._ahead and time.monotonic() < deadline:
+                # A call serves at least one batch, so a client always makes progress.
+                fresh = index == self._request.start
+                while index < self.end and len(pending) < self._ahead and (fresh or time.monotonic() < deadline):
+                    fresh = False
                     pending.append((index, self._submit(self.frames, index)))
                     index += 1
                 if not pending:
