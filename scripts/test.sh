@@ -19,6 +19,9 @@ if "$VENV/bin/python" -m pip list --format=freeze | grep -i '^nvidia-'; then
     exit 1
 fi
 
+# The check gate: formatting, lint and strict typing, zero findings (scripts/check.sh).
+bash scripts/check.sh "$VENV/bin/python"
+
 export TOKENIZERS_PARALLELISM=false
 if [ "${FEEDLINE_CI_BENCH:-0}" = "1" ]; then
     BENCH_OUT="$(mktemp -d)"

@@ -28,7 +28,7 @@ CHROMIUM = os.environ.get("FEEDLINE_CHROMIUM") or shutil.which("chromium") or sh
 if CHROMIUM is None:
     pytest.skip(f"BROWSER TEST SKIPPED: no chromium executable on PATH; {_INSTALL_HINT}", allow_module_level=True)
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 VIEWPORT = {"width": 1366, "height": 900}  # a common laptop screen
 
 CONVERSATION: dict[str, Any] = {
