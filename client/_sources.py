@@ -12,7 +12,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,6 +20,7 @@ import numpy as np
 
 from feedline.proto import ServiceUnavailable
 from feedline.proto._framing import FrameAssembler, join_frames
+from feedline.proto.v1 import RESUME_METADATA_KEY
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._replicas import RETRYABLE, map_rpc_error
@@ -37,21 +38,31 @@ Chunk = tuple[int, Sequence[Mapping[str, Any]]]
 
 
 def dataset_blobs(
-    remote: RemoteCollate, request: pb.StreamDatasetRequest, *, allocate: Allocate | None = None,
+    remote: RemoteCollate,
+    request: pb.StreamDatasetRequest,
+    *,
+    allocate: Allocate | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream, or one that waits
-    ``retry.timeout`` seconds for a frame, resumes on another replica from the next undelivered index. ``stop``
-    ends the retries (the caller closed the run)."""
+    ``retry.timeout`` seconds for a frame, resumes on another replica from the next undelivered index. A call
+    the server ends early (it serves in time-bounded chunks) is continued with a new call from the index it
+    names. ``stop`` ends the retries (the caller closed the run)."""
     policy = remote.retry
     next_index, failures = request.start_batch_index, 0
     while True:
         target = remote._replicas.rotation()[0]
+        started = next_index
         try:
-            for blob in _stream(remote, target, request, next_index, allocate):
+            stream = _stream(remote, target, request, next_index, allocate)
+            while True:
+                try:
+                    blob = next(stream)
+                except StopIteration as end:
+                    resume = end.value
+                    break
                 yield next_index, blob
                 next_index, failures = next_index + 1, 0
-            return
         except grpc.RpcError as err:
             mapped = map_rpc_error(err)
             if stop is not None and stop.is_set():
@@ -63,17 +74,26 @@ def dataset_blobs(
                 raise ServiceUnavailable(f"batch {next_index}: no replica answered") from None
             _LOGGER.warning("stream broke at batch %d (%s); resuming on another replica", next_index, err.code().name)
             time.sleep(policy.backoff(failures))
+            continue
+        if resume is None:  # the requested range is done
+            return
+        if resume != next_index or next_index == started:  # a server serves at least one batch per call
+            raise ServiceUnavailable(f"the server asked to resume at batch {resume} after sending up to {next_index}")
 
 
-def _stream(remote: RemoteCollate, target: str, template: pb.StreamDatasetRequest, start: int,
-            allocate: Allocate | None) -> Iterator[np.ndarray]:
+def _stream(
+    remote: RemoteCollate, target: str, template: pb.StreamDatasetRequest, start: int, allocate: Allocate | None
+) -> Generator[np.ndarray, None, int | None]:
+    """Blobs of one call from ``start``; returns the batch index the server asks to continue from, if any."""
     request = pb.StreamDatasetRequest()
     request.CopyFrom(template)
     request.start_batch_index = start
-    method = remote._replicas.channel(target).unary_stream(
+    if template.max_batches:  # the same end, wherever this call begins
+        request.max_batches = template.start_batch_index + template.max_batches - start
+    method: Any = remote._replicas.channel(target).unary_stream(
         FRAME_STREAM, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
     )
-    call = method(request, timeout=None, metadata=list(remote._replicas.metadata) or None)
+    call = method(request, timeout=None, metadata=tuple(remote._replicas.metadata) or None)
     watch = _IdleWatch(call, remote.retry.timeout, target)
     frames = iter(call)
     try:
@@ -89,6 +109,8 @@ def _stream(remote: RemoteCollate, target: str, template: pb.StreamDatasetReques
                 yield blob
                 assembler = FrameAssembler(allocate=allocate)
         assembler.check_complete()
+        resume = dict(call.trailing_metadata() or ()).get(RESUME_METADATA_KEY)
+        return int(resume) if resume is not None else None
     finally:
         watch.close()
         call.cancel()  # a consumer that stops early must not leave the server streaming
@@ -118,7 +140,11 @@ class _IdleWatch:
 
 
 def sample_blobs(
-    remote: RemoteCollate, chunks: Iterable[Chunk], prefetch: int, *, allocate: Allocate | None = None,
+    remote: RemoteCollate,
+    chunks: Iterable[Chunk],
+    prefetch: int,
+    *,
+    allocate: Allocate | None = None,
     stop: threading.Event | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """One unary Collate per chunk, ``prefetch`` in flight; each batch is retried on another replica under
@@ -142,8 +168,14 @@ def _submit(remote: RemoteCollate, index: int, rows: Sequence[Mapping[str, Any]]
     return collate_call(remote._replicas.channel(target), request, remote.retry.timeout, remote._replicas.metadata)
 
 
-def _collect(remote: RemoteCollate, index: int, rows: Sequence[Mapping[str, Any]], future: Any,
-             allocate: Allocate | None, stop: threading.Event | None) -> tuple[int, np.ndarray]:
+def _collect(
+    remote: RemoteCollate,
+    index: int,
+    rows: Sequence[Mapping[str, Any]],
+    future: Any,
+    allocate: Allocate | None,
+    stop: threading.Event | None,
+) -> tuple[int, np.ndarray]:
     policy = remote.retry
     for attempt in range(policy.attempts):
         try:

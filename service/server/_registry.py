@@ -14,6 +14,7 @@ from ..media._loading import MediaPolicy
 from ..tokenizers._processor import Processor, load_processor
 from ..tokenizers._sources import resolve_source
 from ._config import Limits, ProcessorSpec
+from ._datasets import DataAccess
 
 __all__ = ["ProcessorRegistry", "ServingState"]
 
@@ -127,10 +128,13 @@ class ServingState:
         limits: Limits | None = None,
         data_roots: Iterable[Path] = (),
         media_roots: Iterable[Path] = (),
+        data_urls: Iterable[str] = (),
+        dataset_cache_dir: Path | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits or Limits()
         self.data_roots = tuple(Path(p) for p in data_roots)
+        self.data_access = DataAccess(self.data_roots, tuple(data_urls), dataset_cache_dir)
         self.media = MediaPolicy(roots=tuple(Path(p) for p in media_roots))
         self.draining = threading.Event()
         self._on_drain: list[Callable[[], None]] = []
