@@ -289,9 +289,14 @@ class DatasetStream:
         samples: list[Any] = [None] * len(rows)
         for d in np.unique(part).tolist():
             sel = np.flatnonzero(part == d)
-            for pos, row in zip(
-                sel.tolist(), self._sources[d].rows(rows[sel]), strict=True
-            ):  # errors name the dataset row
+            try:
+                fetched = self._sources[d].rows(rows[sel])
+            except FeedlineError as exc:  # the reader names the dataset row: add its position in the batch
+                if exc.sample is None:
+                    raise
+                position = int(sel[np.flatnonzero(rows[sel] == exc.sample)[0]])
+                raise type(exc)(exc.message, sample=position, field=exc.field, row=exc.sample) from None
+            for pos, row in zip(sel.tolist(), fetched, strict=True):
                 samples[pos] = row
         try:
             result = run_collate(
@@ -305,6 +310,7 @@ class DatasetStream:
             if exc.sample is None:
                 raise
             where = f"{request.parts[int(part[exc.sample])].path}: " if self._mixture is not None else ""
-            raise type(exc)(where + exc.message, sample=int(rows[exc.sample]), field=exc.field) from None
+            named = type(exc)(where + exc.message, sample=exc.sample, field=exc.field, row=int(rows[exc.sample]))
+            raise named from None
         return result.frames(batch_index, request.frame_bytes, wrap=True, extra=extra,
                              meta={"dataset_fingerprint": self.fingerprint})
