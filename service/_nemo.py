@@ -24,6 +24,7 @@ from feedline.proto import FeedlineError, InvalidOptions, InvalidSample, LabelSt
 
 from ._conversation import Conversation, PromptCompletion
 from ._nemo_chat import ChatCall, MaskedIds, format_chat_template
+from ._nemo_fast import boundary_tokens, fast_or_reference
 from ._options import CollateOptions
 from ._processor import Processor
 from ._sample import TokenizedSample
@@ -31,13 +32,16 @@ from ._sample import TokenizedSample
 __all__ = ["content_attention", "nemo_pad_token_id", "nemo_tokenize", "nemo_tokenizer"]
 
 _PADDED_TOKENIZERS: weakref.WeakKeyDictionary[Processor, Any] = weakref.WeakKeyDictionary()
+_BOUNDARIES: weakref.WeakKeyDictionary[Processor, dict[int, str]] = weakref.WeakKeyDictionary()
 
 
 def nemo_tokenize(
-    processor: Processor, row: Conversation | PromptCompletion, options: CollateOptions, *, index: int = 0
+    processor: Processor, row: Conversation | PromptCompletion, options: CollateOptions, *, index: int = 0,
+    fast: bool = True,
 ) -> TokenizedSample:
     """One row as NeMo's ChatDataset (conversations) or ColumnMappedTextInstructionDataset (prompt/completion,
-    ``use_hf_chat_template=False``) would produce it."""
+    ``use_hf_chat_template=False``) would produce it; ``fast=False`` makes NeMo's own per-prefix calls (the
+    reference that the fast path, ``_nemo_fast``, is checked against)."""
     padding = "max_length" if options.padding == "max_length" else "do_not_pad"
     truncation = _hf_truncation(options)
     tokenizer = nemo_tokenizer(processor)
@@ -45,7 +49,7 @@ def nemo_tokenize(
         if isinstance(row, PromptCompletion):
             labels = _format_prompt_completion(tokenizer, row, options, padding, truncation)
         else:
-            labels = _format_chat(processor, tokenizer, row, options, padding, truncation)
+            labels = _format_chat(processor, tokenizer, row, options, padding, truncation, fast)
     except FeedlineError as exc:
         raise exc.at_sample(index) from exc
     warnings = list(labels.warnings)
@@ -112,7 +116,7 @@ def _hf_truncation(options: CollateOptions) -> bool | str:
 
 def _format_chat(
     processor: Processor, tokenizer: Any, conv: Conversation, options: CollateOptions, padding: str,
-    truncation: bool | str,
+    truncation: bool | str, fast: bool,
 ) -> MaskedIds:
     template = processor.chat_template
     if not template:
@@ -126,11 +130,25 @@ def _format_chat(
         truncation=truncation,
         max_length=options.max_length,
     )
-    return format_chat_template(
-        call, template, conv.template_messages(), padding=padding, answer_only=options.answer_only,
-        train_on_last_turn_only=options.train_on_last_turn_only,
-        mask_reasoning_content=options.mask_reasoning_content,
-    )
+    messages = conv.template_messages()
+
+    def run(chat: ChatCall) -> MaskedIds:
+        return format_chat_template(
+            chat, template, messages, padding=padding, answer_only=options.answer_only,
+            train_on_last_turn_only=options.train_on_last_turn_only,
+            mask_reasoning_content=options.mask_reasoning_content,
+        )
+
+    if not fast:
+        return run(call)
+    return fast_or_reference(run, call, processor.encoder, _boundaries(processor))
+
+
+def _boundaries(processor: Processor) -> dict[int, str]:
+    found = _BOUNDARIES.get(processor)
+    if found is None:
+        found = _BOUNDARIES[processor] = boundary_tokens(processor.tokenizer)
+    return found
 
 
 def _template_argument(template: str, tokenizer: Any) -> str | None:
