@@ -90,8 +90,8 @@ def create_server(
     options = list({**dict(CHANNEL_OPTIONS), **dict(server_options)}.items())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc"), options=options,
                          interceptors=[AuthInterceptor(auth, ERROR_METADATA_KEY)] if auth else None)
-    collate_pool = futures.ThreadPoolExecutor(collate_threads or collate_threads_for(1), thread_name_prefix="collate")
-    servicer = _FeedlineServicer(state, collate_pool)
+    threads = collate_threads or collate_threads_for(1)
+    servicer = _FeedlineServicer(state, futures.ThreadPoolExecutor(threads, thread_name_prefix="collate"), threads)
     server.add_generic_rpc_handlers((servicer.handler(),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -144,9 +144,16 @@ def _integral(value: Any) -> Any:
 
 
 class _FeedlineServicer:
-    def __init__(self, state: ServingState, pool: futures.ThreadPoolExecutor) -> None:
+    """The feedline.v1 handlers. Unary Collate and StreamDataset collate on the gRPC thread that serves the
+    call, CollateStream on the collate pool (its reader keeps several batches of one stream in flight); either
+    way a batch collates only while it holds one of ``collate`` slots, as many as the pool has threads, so
+    calls beyond the CPUs wait instead of trading the GIL (and a unary call costs no hand-off to another
+    thread and back)."""
+
+    def __init__(self, state: ServingState, pool: futures.ThreadPoolExecutor, threads: int) -> None:
         self.state = state
         self.pool = pool
+        self.collate = threading.BoundedSemaphore(threads)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {
@@ -222,8 +229,9 @@ class _FeedlineServicer:
                     continue
                 rows = source.rows(indices)  # a row that is not JSON names its dataset row already
                 try:
-                    result = run_collate(self.state, rows, processor=request.processor,
-                                         fingerprint=request.processor_fingerprint, options=options)
+                    with self.collate:
+                        result = run_collate(self.state, rows, processor=request.processor,
+                                             fingerprint=request.processor_fingerprint, options=options)
                 except FeedlineError as exc:  # name the dataset row, not the position in the batch
                     raise exc.at_sample(int(indices[exc.sample])) if exc.sample is not None else exc from None
                 yield from result.frames(batch_index, frame_bytes, wrap=True)
@@ -239,9 +247,10 @@ class _FeedlineServicer:
 
     def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext) -> CollateResult:
         _check_live(context)
-        rows = parse_rows(request.samples, self.state.limits)
-        return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
-                           options=options_from_proto(request.options))
+        rows = parse_rows(request.samples, self.state.limits, request.samples_msgpack)
+        with self.collate:
+            return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
+                               options=options_from_proto(request.options))
 
     def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event
                 ) -> list[bytes]:
