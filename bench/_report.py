@@ -136,6 +136,23 @@ def _multimodal(f: Mapping[str, Any]) -> str:
                       "overhead (median)", "overhead (CPU)"], rows))
 
 
+def _nemo(f: Mapping[str, Any]) -> str:
+    from bench.bench_nemo import TOKENIZERS
+
+    rows = [[name, f[name]["rows"], f[name]["tokens"], *f[name]["us_per_row"].values(),
+             _ratio(f[name]["fast / reference speed"]), f[name]["identical on every row"],
+             ", ".join(f"{k}: {v}" for k, v in f[name]["rows by path"].items())] for name in TOKENIZERS]
+    sides = list(f[TOKENIZERS[0]]["us_per_row"])
+    met = "met" if f["target met"] else "**not met**"
+    return ("`label_policy=\"nemo\"`: the fast path (one encode of the whole conversation, prefixes rendered as "
+            "text only) against the reference path (NeMo's own calls: one render + encode per prefix; NeMo itself "
+            "does not install here without CUDA packages), CPU per row, best of round-robin repeats. Every row's "
+            "bytes are compared; the bench fails on any difference.\n\n"
+            + _table(["tokenizer", "rows", "tokens", *[f"{s} us/row" for s in sides], "fast / reference",
+                      "identical", "rows by path"], rows)
+            + f"\n\nTarget (issue 19): at least {f['target']:.0f}x the reference: {met}.")
+
+
 def _client(f: Mapping[str, Any]) -> str:
     from bench.bench_client import SIDES, TARGET_SIDES
 
@@ -150,7 +167,16 @@ def _client(f: Mapping[str, Any]) -> str:
                        f"{f[side]['receiver_cpu_ms_per_batch']:.2f} ms/batch, in 'other processes'), against the "
                        f"local path on HF's encoder {_pct(f[f'ratio trainer CPU {side} / {hf_base}'])}"
                        for side in TARGET_SIDES)
-    return (f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
+    engine = f["local, 0 workers"].get("total_cpu_us_per_row")
+    per_row = "" if engine is None else (
+        "Total CPU per row, every process counted (trainer, receiver, server, DataLoader workers), against the "
+        "in-process engine (local, 0 workers):\n\n"
+        + _table(["path", "total CPU us/row", "vs in-process engine"],
+                 [[side, f[side]["total_cpu_us_per_row"], _ratio(f[side]["total_cpu_us_per_row"] / engine)]
+                  for side in SIDES if "total_cpu_us_per_row" in f[side]])
+        + f"\n\nTarget (issue 19): both RemoteLoader modes at most {f.get('row target', 1.15):.2f}x: "
+        + ("met" if f.get("row target met") else "**not met**") + ".\n\n")
+    return (per_row + f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
             "Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "
             "processes = DataLoader workers (`RUSAGE_CHILDREN`, start-up included) or the server and the loader's "
             "receiver process (/proc). The in-process sides are RemoteLoader with `offload=False`. Analysis: "
@@ -211,6 +237,7 @@ _SECTIONS: dict[str, tuple[str, str, str, Callable[[Mapping[str, Any]], str]]] =
                           "`apply_chat_template(..., return_assistant_tokens_mask=True)` with a `{% generation %}` "
                           "version of the same template, labels from its mask, against the engine producing the "
                           "same tensors.", "python -m bench.bench_hf_assistant_mask", _hf_mask),
+    "nemo": ("The nemo label policy: fast path vs NeMo's calls", "", "python -m bench.bench_nemo", _nemo),
     "fastpath": ("Fast text path", "bench_fastpath's figures (see bench/FASTPATH_NOTES.md).",
                  "python -m bench.bench_fastpath", _generic),
     "multimodal": ("VLM engine vs the processor alone", "", "python -m bench.bench_multimodal", _multimodal),
@@ -235,6 +262,11 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     if (f := fig("hf_assistant_mask")) and "ratio over transformers" in f:
         for name, r in f["ratio over transformers"].items():
             rows.append([f"labels: {name} / transformers apply_chat_template (identical tensors)", _ratio(r)])
+    if (f := fig("nemo")) and "target met" in f:
+        for name, r in f.items():
+            if isinstance(r, Mapping) and "fast / reference speed" in r:
+                rows.append([f"nemo policy ({name}): fast path / NeMo's calls (identical outputs)",
+                             _ratio(r["fast / reference speed"])])
     if (f := fig("fastpath")) and "ratio collate fast / raw hf encode" in f:
         rows.append(["fast path: collate fast / raw hf encode", _ratio(f["ratio collate fast / raw hf encode"])])
     if (f := fig("multimodal")) and "sizes" in f:
@@ -247,6 +279,10 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
         rows.append([f"wire: {last['batch_mb']} MB batches, GB/s wall (CPU-bound)",
                      f"{last['raw_gbs']:.2f} ({last['raw_cpu_bound_gbs']:.2f})"])
     if (f := fig("client")) and "local, 0 workers" in f:
+        for side in ("local, 2 workers", "remote, samples", "remote, dataset", "remote collate"):
+            if f"ratio total CPU per row {side} / engine" in f:
+                rows.append([f"total CPU per row (all processes): {side} / in-process engine",
+                             _ratio(f[f"ratio total CPU per row {side} / engine"])])
         for side in ("local, 2 workers", "remote, samples", "remote, dataset", "remote, samples, in-process",
                      "remote, dataset, in-process"):
             for base in ("local, 0 workers", "local, 0 workers, hf encoder"):
