@@ -43,9 +43,9 @@ def _rows(name: str, n: int) -> list[dict[str, Any]]:
 def _one(name: str, n: int, repeats: int) -> dict[str, Any]:
     from feedline.proto import FeedlineError
     from feedline.service import CollateOptions, Processor, parse_row, tokenize_row
-    from feedline.service._nemo import nemo_tokenize
-    from feedline.service._nemo_fast import FAST_PATH
-    from feedline.service._vocab import builtin_tokenizer
+    from feedline.service.engine.nemo._labels import nemo_tokenize
+    from feedline.service.engine.nemo._fast import FAST_PATH
+    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
 
     processor = Processor(name, builtin_tokenizer(name))
     options = CollateOptions.from_mapping({"label_policy": "nemo"})

@@ -11,6 +11,7 @@ import grpc
 
 from feedline.proto._framing import decode_frames
 
+from ._http_port import http_port_error
 from ._replicas import Replicas, RetryPolicy, call_with_failover
 from ._requests import check_fingerprint, collate_call, collate_request, options_message, processor_fingerprint
 from ._tensors import to_torch
@@ -64,11 +65,17 @@ class RemoteCollate:
     def pin(self) -> str:
         """Ask a replica for the processor's fingerprint once and keep it for every later request."""
         if not self.fingerprint:
-            self.fingerprint = call_with_failover(
-                self._replicas, self.retry,
-                lambda ch: processor_fingerprint(ch, self.processor, self.retry.timeout, self._replicas.metadata),
-            )
+            self.fingerprint = call_with_failover(self._replicas, self.retry, self._ask_fingerprint)
         return self.fingerprint
+
+    def _ask_fingerprint(self, channel: grpc.Channel) -> str:
+        try:
+            return processor_fingerprint(channel, self.processor, self.retry.timeout, self._replicas.metadata)
+        except grpc.RpcError as err:
+            wrong_port = http_port_error(err, ", ".join(self._replicas.targets))
+            if wrong_port is not None:
+                raise wrong_port from None  # not an RpcError: no replica is retried, the answer would not change
+            raise
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         fingerprint = self.pin()

@@ -14,7 +14,8 @@ Messages, trainer -> receiver (control socket):
     ("cancel", run) / ("stop",)        the trainer stopped iterating / the loader is closing
 receiver -> trainer (data socket):
     ("slot", slot, size, live) + fd    a new shared-memory slot (see ``_slots.send_slot``)
-    ("batch", run, index, slot, fields) | ("done", run) | ("error", run, error_dict)
+    ("batch", run, index, slot, fields, meta) | ("done", run) | ("error", run, error_dict)
+                                       meta: the batch's reports and dataset fingerprint
 The receiver ends when the control socket closes, so it never outlives its trainer. If it dies, the trainer
 starts another and continues the run from the next undelivered batch (samples mode sends the undelivered
 chunks again), so a lost receiver neither loses nor repeats a batch.
@@ -37,6 +38,7 @@ from feedline.proto import ServiceUnavailable, error_from_dict
 from ._receiver_process import END
 from ._requests import pack_rows
 from ._slots import SlotMaps
+import contextlib
 
 __all__ = ["Receiver"]
 
@@ -84,10 +86,8 @@ class _Child:
 
     def close(self) -> None:
         """Ask the process to stop and wait for it (killed if it does not stop within 5 s)."""
-        try:
+        with contextlib.suppress(OSError):
             self._ctrl.send(("stop",))
-        except OSError:
-            pass
         self._ctrl.close()
         self._data.close()
         try:
@@ -148,8 +148,8 @@ class Receiver:
         return self._child.proc.pid
 
     def batches(self, spec: Mapping[str, Any], chunks: Iterator[tuple[int, Sequence[Mapping[str, Any]]]] | None,
-                *, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
-        """The batches of one run from ``spec["start"]`` on, in order; ``chunks`` feeds samples mode."""
+                *, pin_memory: bool = False) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
+        """``(index, tensors, meta)`` of one run from ``spec["start"]`` on, in order; ``chunks`` feeds samples mode."""
         # The receiver pulls chunk i + prefetch before it can deliver batch i + 1, and the trainer answers once
         # per `every` batches: so many more chunks must be out for the pipeline never to wait on the trainer.
         ahead = spec["prefetch"] + _every(spec["prefetch"]) - 1
@@ -157,9 +157,9 @@ class Receiver:
         spec, deaths = dict(spec), 0
         while True:
             try:
-                for index, batch in self._attempt(spec, feed, pin_memory):
+                for index, batch, meta in self._attempt(spec, feed, pin_memory):
                     spec["start"], deaths = index + 1, 0
-                    yield batch
+                    yield index, batch, meta
                 return
             except _Died as died:
                 deaths += 1
@@ -174,7 +174,7 @@ class Receiver:
                 self._child = _Child()
 
     def _attempt(self, spec: dict[str, Any], feed: _Feed | None,
-                 pin_memory: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+                 pin_memory: bool) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
         child = self._child
         self._runs += 1
         run = self._runs
@@ -201,7 +201,7 @@ class Receiver:
                 if message[0] == "error":
                     finished = True
                     raise error_from_dict(message[2])
-                _, _, index, slot, fields = message
+                _, _, index, slot, fields, meta = message
                 batch = child.slots.tensors(slot, fields, pin_memory=pin_memory)
                 taken += 1
                 chunk = feed.delivered() if feed is not None else None
@@ -210,16 +210,14 @@ class Receiver:
                 if taken == every:  # credits, freed slots and new chunks go back in one message per `every`
                     child.send(("next", run, chunks, child.slots.take_released(), taken))
                     taken, chunks = 0, []
-                yield index, batch
+                yield index, batch, meta
         except _Died:
             finished = True
             raise
         finally:
             if not finished:
-                try:
+                with contextlib.suppress(_Died):
                     child.send(("cancel", run))
-                except _Died:
-                    pass
 
     def close(self) -> None:
         """Stop the receiver process."""

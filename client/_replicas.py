@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from feedline.proto import FeedlineError, ServiceUnavailable, error_from_dict
-from feedline.proto.v1 import CHANNEL_OPTIONS
+from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY
 
 __all__ = ["RETRYABLE", "Replicas", "RetryPolicy", "call_with_failover", "map_rpc_error", "parse_endpoints"]
 
@@ -23,7 +23,7 @@ RETRYABLE = frozenset(
 )
 """Transport-level failures another replica (or a later try) may not have; bad input is never retried."""
 
-_ERROR_KEY = "feedline-error"
+_ERROR_KEY = ERROR_METADATA_KEY
 _CHANNEL_OPTIONS = [
     *CHANNEL_OPTIONS,  # message limits and the HTTP/2 buffers that large batches need
     ("grpc.keepalive_time_ms", 30_000),

@@ -9,16 +9,14 @@ import msgpack
 from google.protobuf import struct_pb2
 
 from feedline.proto import FingerprintMismatch, InvalidOptions, InvalidSample
-from feedline.proto.v1 import feedline_pb2 as pb
+from feedline.proto.v1 import COLLATE, LIST_PROCESSORS, STREAM_DATASET, feedline_pb2 as pb
 
 __all__ = [
     "FRAME_STREAM", "check_fingerprint", "collate_call", "collate_request", "options_message", "pack_rows",
     "processor_fingerprint",
 ]
 
-FRAME_STREAM = "/feedline.v1.Feedline/StreamDataset"
-_COLLATE = "/feedline.v1.Feedline/Collate"
-_LIST = "/feedline.v1.Feedline/ListProcessors"
+FRAME_STREAM, _COLLATE, _LIST = STREAM_DATASET, COLLATE, LIST_PROCESSORS
 _OPTION_FIELDS = frozenset(f.name for f in pb.CollateOptions.DESCRIPTOR.fields)
 
 

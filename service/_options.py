@@ -1,17 +1,15 @@
-"""Collate options: one small frozen value, validated once, with errors that name the option."""
+"""Collate and pack options: small frozen values, validated once, with errors that name the option."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from feedline.proto import InvalidOptions, LabelFormat, LabelPolicy
 
-from ._packing import PackOptions
-
-__all__ = ["CollateOptions"]
+__all__ = ["CollateOptions", "PackOptions"]
 
 _TRUNCATION_ALIASES: dict[Any, str] = {
     "none": "none",
@@ -32,6 +30,8 @@ _PADDING_ALIASES: dict[Any, str] = {
     "do_not_pad": "none",
     False: "none",
 }
+_PACK_OVERLONG = ("error", "drop", "truncate")
+_PACK_LAYOUTS = ("padded", "thd")
 _CHOICES = {
     "on_zero_labels": ("error", "skip"),
     "overlong": ("error", "drop"),
@@ -41,16 +41,66 @@ _CHOICES = {
 
 
 @dataclass(frozen=True)
+class PackOptions:
+    """How samples are packed into rows.
+
+    pack_size: token slots per row (after the shift, including per-document ``pad_to_multiple`` padding).
+    window: samples considered together by the packer (bounds memory and latency; larger packs tighter).
+    seed: orders the packs of each window. overlong: a sample longer than a row is an "error", dropped, or
+    truncated on the right; dropped and truncated samples are listed in the plan. pad_to_multiple: pad every
+    document to a multiple (2 x context-parallel size). layout: "padded" ([B, pack_size]) or "thd".
+    """
+
+    pack_size: int = 4096
+    window: int = 1000
+    seed: int = 0
+    overlong: str = "error"
+    pad_to_multiple: int = 1
+    layout: str = "padded"
+
+    def __post_init__(self) -> None:
+        for name, low in (("pack_size", 2), ("window", 1), ("seed", 0), ("pad_to_multiple", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidOptions(f"must be an integer >= {low}", field=f"packing.{name}")
+        if self.pad_to_multiple > self.pack_size:
+            raise InvalidOptions("must not exceed pack_size", field="packing.pad_to_multiple")
+        if self.overlong not in _PACK_OVERLONG:
+            raise InvalidOptions(f"must be one of {list(_PACK_OVERLONG)}", field="packing.overlong")
+        if self.layout not in _PACK_LAYOUTS:
+            raise InvalidOptions(f"must be one of {list(_PACK_LAYOUTS)}", field="packing.layout")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PackOptions:
+        """Build from JSON-like input; unknown keys are errors naming the key."""
+        if not isinstance(data, Mapping):
+            raise InvalidOptions("packing must be an object", field="packing")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidOptions(f"unknown option(s) {unknown}; known: {sorted(known)}", field=f"packing.{unknown[0]}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class CollateOptions:
     """Everything that changes which tokens a request produces (part of every request, so any replica answers).
 
     truncation: "none" keeps samples whole (an over-long one then follows ``overlong``), "right"/"left" cut
     to ``max_length``. padding: "longest" pads a batch to its longest row, "max_length" to ``max_length``,
     "none" leaves rows ragged (only meaningful for one-sample batches and the offline CLI).
+
+    label_format left unset (None) follows the policy's convention, decided here and nowhere else:
+    ``unshifted`` for the default policy (HF models shift labels themselves, so ``model(**batch).loss`` is
+    right), ``shifted`` for ``label_policy="nemo"`` (NeMo's recipes expect pre-shifted labels). After
+    construction ``label_format`` always holds the resolved value.
     """
 
     label_policy: LabelPolicy = LabelPolicy.ASSISTANT
-    label_format: LabelFormat = LabelFormat.SHIFTED
+    label_format: LabelFormat = None  # type: ignore[assignment]  # None: the policy's convention (resolved below)
     max_length: int | None = None
     truncation: str = "none"
     padding: str = "longest"
@@ -63,11 +113,16 @@ class CollateOptions:
     on_sample_error: str = "error"  # "skip": a row that fails (bad media, template error) is reported, not fatal
     pixel_dtype: str = "float32"
     packing: PackOptions | None = None
+    # Whether label_format was chosen rather than derived: a later label_policy re-derives only a derived one.
+    label_format_given: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Accept the string values too (CollateOptions(label_format="unshifted")), as from_mapping does.
         object.__setattr__(self, "label_policy", _enum(LabelPolicy, self.label_policy, "label_policy"))
-        object.__setattr__(self, "label_format", _enum(LabelFormat, self.label_format, "label_format"))
+        given = self.label_format is not None
+        fmt = _enum(LabelFormat, self.label_format, "label_format") if given else _policy_format(self.label_policy)
+        object.__setattr__(self, "label_format", fmt)
+        object.__setattr__(self, "label_format_given", given)
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
             raise InvalidOptions("must be an integer >= 2", field="max_length")
         if self.pad_to_multiple_of is not None and (
@@ -95,24 +150,33 @@ class CollateOptions:
         if unknown:
             raise InvalidOptions(f"unknown option(s) {unknown}; known: {sorted(known)}", field=unknown[0])
         values = {k: _coerce(k, v) for k, v in data.items()}
+        if values.get("label_format") is None and not current.label_format_given:
+            values["label_format"] = None  # re-derived from the (possibly new) label_policy
         if "packing" in values:
             values["packing"] = PackOptions.from_mapping(values["packing"]) if values["packing"] else None
         return dataclasses.replace(current, **values)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (enums as their string values)."""
+        """JSON-ready form (enums as their string values); ``from_mapping(to_dict())`` gives equal options."""
         out = dataclasses.asdict(self)
+        del out["label_format_given"]
         out["label_policy"] = self.label_policy.value
-        out["label_format"] = self.label_format.value
+        # None when derived: a processor's defaults then keep following whatever label_policy a request sets.
+        out["label_format"] = self.label_format.value if self.label_format_given else None
         out["packing"] = self.packing.to_dict() if self.packing else None
         return out
+
+
+def _policy_format(policy: LabelPolicy) -> LabelFormat:
+    """The label format a policy implies when none is chosen: NeMo's recipes shift, HF models shift themselves."""
+    return LabelFormat.SHIFTED if policy is LabelPolicy.NEMO else LabelFormat.UNSHIFTED
 
 
 def _coerce(name: str, value: Any) -> Any:
     if name == "label_policy":
         return _enum(LabelPolicy, value, name)
     if name == "label_format":
-        return _enum(LabelFormat, value, name)
+        return None if value is None else _enum(LabelFormat, value, name)
     if name == "truncation":
         return _alias(_TRUNCATION_ALIASES, value, name)
     if name == "padding":
