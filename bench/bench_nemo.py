@@ -43,8 +43,8 @@ def _rows(name: str, n: int) -> list[dict[str, Any]]:
 def _one(name: str, n: int, repeats: int) -> dict[str, Any]:
     from feedline.proto import FeedlineError
     from feedline.service import CollateOptions, Processor, parse_row, tokenize_row
-    from feedline.service.engine.nemo._labels import nemo_tokenize
     from feedline.service.engine.nemo._fast import FAST_PATH
+    from feedline.service.engine.nemo._labels import nemo_tokenize
     from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
 
     processor = Processor(name, builtin_tokenizer(name))
@@ -60,9 +60,11 @@ def _one(name: str, n: int, repeats: int) -> dict[str, Any]:
                 except FeedlineError as exc:
                     out.append(repr(exc))
                     continue
-                out.append((s.input_ids.tobytes(), s.supervised.tobytes(), s.attention_mask.tobytes(), s.strategy,
-                            s.warnings))
+                out.append(
+                    (s.input_ids.tobytes(), s.supervised.tobytes(), s.attention_mask.tobytes(), s.strategy, s.warnings)
+                )
             return out
+
         return go
 
     def default() -> list[Any]:

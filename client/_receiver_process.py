@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-
 from feedline.proto import FeedlineError, ServiceUnavailable
 from feedline.proto._codec import decode_batch
 from feedline.proto.v1 import feedline_pb2 as pb

@@ -9,7 +9,8 @@ import msgpack
 from google.protobuf import struct_pb2
 
 from feedline.proto import FingerprintMismatch, InvalidOptions, InvalidSample
-from feedline.proto.v1 import COLLATE, LIST_PROCESSORS, STREAM_DATASET, feedline_pb2 as pb
+from feedline.proto.v1 import COLLATE, LIST_PROCESSORS, STREAM_DATASET
+from feedline.proto.v1 import feedline_pb2 as pb
 
 __all__ = [
     "FRAME_STREAM", "check_fingerprint", "collate_call", "collate_request", "options_message", "pack_rows",

@@ -25,7 +25,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feedline.proto import CodecError, FeedlineError, FingerprintMismatch, InvalidOptions, encode_batch, split_frames
-from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, SERVICE_NAME, feedline_pb2 as pb
+from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, SERVICE_NAME
+from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
 from ._config import Limits

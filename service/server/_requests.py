@@ -22,12 +22,12 @@ from feedline.proto import (
     split_frames,
 )
 
-from ..collate._batch import CollatedBatch, collate
-from ._config import Limits
-from ..collate._mask_report import mask_report
-from ._metrics import observe_batch
 from .._options import CollateOptions
+from ..collate._batch import CollatedBatch, collate
+from ..collate._mask_report import mask_report
 from ..tokenizers._processor import Processor
+from ._config import Limits
+from ._metrics import observe_batch
 from ._registry import ServingState
 
 __all__ = ["CollateResult", "parse_rows", "run_collate", "run_mask"]

@@ -159,12 +159,14 @@ def _hf_padded(tokenizer: Any, ids: list[int], padding: str, max_length: int | N
     return out
 
 
-def fast_or_reference(run: Callable[[ChatCall], MaskedIds], call: ChatCall, encoder: Any,
-                      boundaries: Mapping[int, str]) -> MaskedIds:
+def fast_or_reference(
+    run: Callable[[ChatCall], MaskedIds], call: ChatCall, encoder: Any, boundaries: Mapping[int, str]
+) -> MaskedIds:
     """``run`` on a ``FastChatCall`` twin of ``call``, or on ``call`` itself where the fast derivation cannot be
     shown equal for this row (errors included: the reference path raises NeMo's own error)."""
-    fast = FastChatCall(**{f.name: getattr(call, f.name) for f in fields(ChatCall)}, encoder=encoder,
-                        boundaries=boundaries)
+    fast = FastChatCall(
+        **{f.name: getattr(call, f.name) for f in fields(ChatCall)}, encoder=encoder, boundaries=boundaries
+    )
     try:
         out = run(fast)
     except NeedsReference as why:

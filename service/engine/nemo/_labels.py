@@ -22,12 +22,12 @@ import numpy as np
 
 from feedline.proto import FeedlineError, InvalidOptions, InvalidSample, LabelStrategy, TemplateError
 
-from .._conversation import Conversation, PromptCompletion
-from ._chat import ChatCall, MaskedIds, format_chat_template
-from ._fast import boundary_tokens, fast_or_reference
 from ..._options import CollateOptions
 from ...tokenizers._processor import Processor
+from .._conversation import Conversation, PromptCompletion
 from .._sample import TokenizedSample
+from ._chat import ChatCall, MaskedIds, format_chat_template
+from ._fast import boundary_tokens, fast_or_reference
 
 __all__ = ["content_attention", "nemo_pad_token_id", "nemo_tokenize", "nemo_tokenizer"]
 
