@@ -47,6 +47,7 @@ def _plain(module: Any, quick: bool) -> dict[str, Any]:
 BENCHES: dict[str, tuple[str, Callable[[Any, bool], dict[str, Any]]]] = {
     "text": ("bench.bench_text", _plain),
     "hf_assistant_mask": ("bench.bench_hf_assistant_mask", _plain),
+    "nemo": ("bench.bench_nemo", _plain),
     "fastpath": ("bench.bench_fastpath", _fastpath),
     "packing": ("bench.bench_packing", _plain),
     "multimodal": ("bench.bench_multimodal", _plain),

@@ -82,6 +82,18 @@ class Server:
         """CPU seconds used so far by the server process and its worker processes."""
         return cpu_seconds(self.proc.pid)
 
+    def wait_idle(self, quiet_s: float = 0.3, timeout: float = 30.0) -> None:
+        """Return once the server has used no CPU for ``quiet_s`` (work a closed client left in flight, such
+        as a warm-up's prefetched batches, must not be counted in the next measurement)."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            now = self.cpu_seconds()
+            if now - last < 0.01:
+                return
+            last = now
+
     def close(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -14,8 +14,12 @@ sides, so the same tokens):
   the answers in shared memory; the trainer maps the finished batches;
 * remote, dataset: ``RemoteLoader(server, dataset=...)`` over the same rows in a JSONL file under the server's
   data root (the receiver sends only a cursor);
-* remote, samples/dataset, in-process: the same with ``offload=False`` (gRPC, JSON and frame assembly on a
-  thread of the trainer process), to show what the receiver process moves out of the trainer.
+* remote, samples/dataset, in-process: the same with ``offload=False`` (gRPC and frame assembly on a
+  thread of the trainer process), to show what the receiver process moves out of the trainer;
+* remote collate: ``DataLoader(rows, collate_fn=RemoteCollate(server))``, one unary call per batch.
+
+Total CPU per row (issue 19) adds every process's CPU (trainer, receiver, server, workers) and divides by the
+rows; the in-process engine is "local, 0 workers".
 
 Trainer CPU is ``time.process_time()`` of this process alone (all its threads, gRPC's included), counted from
 the first batch to the last, so start-up (worker forks, connection, fingerprint pinning) is left out and
@@ -55,7 +59,10 @@ __all__ = ["run"]
 
 TARGET = 0.05
 SIDES = ("local, 0 workers", "local, 2 workers", "local, 0 workers, hf encoder", "remote, samples", "remote, dataset",
-         "remote, samples, in-process", "remote, dataset, in-process")
+         "remote, samples, in-process", "remote, dataset, in-process", "remote collate")
+# Issue 19: total CPU per row of every process (trainer, receiver, server, workers) against the in-process engine.
+ROW_SIDES = ("local, 2 workers", "remote, samples", "remote, dataset", "remote collate")
+ROW_TARGET = 1.15
 TARGET_SIDES = ("remote, samples", "remote, dataset")
 
 
@@ -91,6 +98,8 @@ def _nbytes(batch: Mapping[str, Any]) -> int:
 
 def _epoch(make: Callable[[], Iterable[dict[str, Any]]], server: Server | None) -> dict[str, float]:
     """Iterate one epoch; trainer CPU and wall from the first batch on, other processes' CPU for the whole epoch."""
+    if server is not None:
+        server.wait_idle()
     children0, server0 = _children_cpu(), server.cpu_seconds() if server else 0.0
     start_wall = time.perf_counter()
     loader = make()
@@ -122,6 +131,8 @@ def _epoch(make: Callable[[], Iterable[dict[str, Any]]], server: Server | None) 
         "other_processes_cpu_ms_per_batch": others / count * 1e3,
         "receiver_cpu_ms_per_batch": receiver_cpu / steady * 1e3,
         "total_cpu_ms_per_batch": ((end_cpu - first_cpu) / steady + others / count) * 1e3,
+        "total_cpu_us_per_row": ((end_cpu - first_cpu) / steady + others / count) / int(first["input_ids"].shape[0])
+        * 1e6,
     }
 
 
@@ -150,7 +161,7 @@ def run(quick: bool, batches: int | None = None, batch_size: int = 16) -> dict[s
     """Trainer CPU per batch for every side, the ratios to the local 0-worker path, and client import time."""
     from torch.utils.data import DataLoader
 
-    from feedline.client import RemoteLoader
+    from feedline.client import RemoteCollate, RemoteLoader
 
     batches = batches or (16 if quick else 120)
     rows = chat_rows(batches * batch_size, seed=2)
@@ -176,6 +187,8 @@ def run(quick: bool, batches: int | None = None, batch_size: int = 16) -> dict[s
                 "remote, dataset, in-process": (lambda: RemoteLoader(address, "qwen2.5", dataset="bench.jsonl",
                                                                      shuffle=False, batch_size=batch_size,
                                                                      offload=False), server),
+                "remote collate": (lambda: DataLoader(rows, batch_size=batch_size,
+                                                      collate_fn=RemoteCollate(address, "qwen2.5")), server),
             }
             for name in steps(sides, "client"):  # local sides first: no DataLoader fork after gRPC is up
                 make, srv = sides[name]
@@ -190,6 +203,12 @@ def run(quick: bool, batches: int | None = None, batch_size: int = 16) -> dict[s
         for name in ("local, 2 workers", *SIDES[3:]):
             result[f"ratio trainer CPU {name} / {base}"] = (result[name]["trainer_cpu_ms_per_batch"]
                                                             / result[base]["trainer_cpu_ms_per_batch"])
+    engine = result["local, 0 workers"]["total_cpu_us_per_row"]
+    for name in ROW_SIDES:
+        result[f"ratio total CPU per row {name} / engine"] = result[name]["total_cpu_us_per_row"] / engine
+    result["row target"] = ROW_TARGET
+    result["row target met"] = all(result[f"ratio total CPU per row {name} / engine"] <= ROW_TARGET
+                                   for name in ("remote, samples", "remote, dataset"))
     result["target"] = TARGET
     result["target met"] = all(result[f"ratio trainer CPU {name} / local, 0 workers"] <= TARGET
                                for name in TARGET_SIDES)

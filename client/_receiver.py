@@ -24,6 +24,7 @@ chunks again), so a lost receiver neither loses nor repeats a batch.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -33,13 +34,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack
-
-from feedline.proto import InvalidSample, ServiceUnavailable, error_from_dict
+from feedline.proto import ServiceUnavailable, error_from_dict
 
 from ._receiver_process import END
+from ._requests import pack_rows
 from ._slots import SlotMaps
-import contextlib
 
 __all__ = ["Receiver"]
 
@@ -232,17 +231,9 @@ def _every(prefetch: int) -> int:
 
 
 def _packed(chunk: tuple[int, Sequence[Mapping[str, Any]]] | str) -> tuple[int, bytes] | str:
-    """A chunk's rows as msgpack (a third of pickle's cost on chat rows); rows msgpack cannot hold are an
-    InvalidSample naming the row, raised here in the trainer."""
+    """A chunk's rows as one msgpack array, the bytes the receiver puts into the request as they are (rows
+    are serialised once, here in the trainer, which also names a row msgpack cannot hold)."""
     if chunk == END:
         return END
     index, rows = chunk
-    try:
-        return index, msgpack.packb(rows)
-    except (TypeError, ValueError, OverflowError):
-        for i, row in enumerate(rows):
-            try:
-                msgpack.packb(row)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise InvalidSample(f"row cannot be serialised: {exc}", sample=i) from None
-        raise
+    return index, pack_rows(rows)

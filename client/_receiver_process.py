@@ -15,8 +15,6 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack
-
 from feedline.proto import FeedlineError, ServiceUnavailable
 from feedline.proto._codec import decode_batch
 from feedline.proto.v1 import feedline_pb2 as pb
@@ -84,8 +82,9 @@ class _Run:
         return not self.stop.is_set()
 
     def _rows(self) -> Iterator[Any]:
+        """The trainer's chunks, rows still msgpack bytes: they go into the requests without a decode."""
         while (chunk := self._chunks.get()) != END:
-            yield chunk[0], msgpack.unpackb(chunk[1])
+            yield chunk[0], chunk[1]
 
     def _produce(self) -> None:
         remote, allocate = self.spec["remote"], self._pool.allocator()

@@ -38,7 +38,7 @@ class CollateOptions(_message.Message):
     def __init__(self, label_policy: _Optional[str] = ..., label_format: _Optional[str] = ..., max_length: _Optional[int] = ..., truncation: _Optional[str] = ..., padding: _Optional[str] = ..., pad_to_multiple_of: _Optional[int] = ..., train_on_last_turn_only: _Optional[bool] = ..., mask_reasoning_content: _Optional[bool] = ..., answer_only: _Optional[bool] = ..., on_zero_labels: _Optional[str] = ..., overlong: _Optional[str] = ..., pixel_dtype: _Optional[str] = ..., packing: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CollateRequest(_message.Message):
-    __slots__ = ("processor", "fingerprint", "options", "samples", "batch_index", "max_frame_bytes", "first_row")
+    __slots__ = ("processor", "fingerprint", "options", "samples", "batch_index", "max_frame_bytes", "first_row", "samples_msgpack")
     PROCESSOR_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class CollateRequest(_message.Message):
     BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_MSGPACK_FIELD_NUMBER: _ClassVar[int]
     processor: str
     fingerprint: str
     options: CollateOptions
@@ -53,7 +54,8 @@ class CollateRequest(_message.Message):
     batch_index: int
     max_frame_bytes: int
     first_row: int
-    def __init__(self, processor: _Optional[str] = ..., fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., samples: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., first_row: _Optional[int] = ...) -> None: ...
+    samples_msgpack: bytes
+    def __init__(self, processor: _Optional[str] = ..., fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., samples: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., first_row: _Optional[int] = ..., samples_msgpack: _Optional[bytes] = ...) -> None: ...
 
 class CollateResponse(_message.Message):
     __slots__ = ("batch_index", "fingerprint", "frames")

@@ -99,8 +99,9 @@ def create_server(
         options=options,
         interceptors=[AuthInterceptor(auth, ERROR_METADATA_KEY)] if auth else None,
     )
-    collate_pool = futures.ThreadPoolExecutor(collate_threads or collate_threads_for(1), thread_name_prefix="collate")
-    servicer = _FeedlineServicer(state, collate_pool, dataset_chunk_s)
+    collate_threads = collate_threads or collate_threads_for(1)
+    collate_pool = futures.ThreadPoolExecutor(collate_threads, thread_name_prefix="collate")
+    servicer = _FeedlineServicer(state, collate_pool, collate_threads, dataset_chunk_s)
     server.add_generic_rpc_handlers((servicer.handler(),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -179,9 +180,18 @@ def _integral(value: Any) -> Any:
 
 
 class _FeedlineServicer:
-    def __init__(self, state: ServingState, pool: futures.ThreadPoolExecutor, dataset_chunk_s: float = 30.0) -> None:
+    """The feedline.v1 handlers. Unary Collate and StreamDataset collate on the gRPC thread that serves the
+    call, CollateStream on the collate pool (its reader keeps several batches of one stream in flight); either
+    way a batch collates only while it holds one of ``collate`` slots, as many as the pool has threads, so
+    calls beyond the CPUs wait instead of trading the GIL (and a unary call costs no hand-off to another
+    thread and back)."""
+
+    def __init__(
+        self, state: ServingState, pool: futures.ThreadPoolExecutor, threads: int, dataset_chunk_s: float = 30.0
+    ) -> None:
         self.state = state
         self.pool = pool
+        self.collate = threading.BoundedSemaphore(threads)
         self.dataset_chunk_s = dataset_chunk_s
         self._dataset_slots = threading.BoundedSemaphore(state.limits.max_dataset_streams)
 
@@ -273,9 +283,10 @@ class _FeedlineServicer:
         _check_live(context)
         deadline = deadline or Deadline(self.state.limits, context.time_remaining())
         row_of = from_first_row(request.first_row if request.HasField("first_row") else None)
-        rows = parse_rows(request.samples, self.state.limits, row_of=row_of)
-        return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
-                           options=options_from_proto(request.options), row_of=row_of, deadline=deadline)
+        rows = parse_rows(request.samples, self.state.limits, request.samples_msgpack, row_of=row_of)
+        with self.collate:
+            return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
+                               options=options_from_proto(request.options), row_of=row_of, deadline=deadline)
 
     def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event,
                 deadline: Deadline) -> list[bytes]:

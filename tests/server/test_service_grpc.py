@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import msgpack
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -163,6 +164,33 @@ def test_sample_that_is_not_json_is_invalid_argument(served: dict[str, Any]) -> 
         served["stub"].Collate(request, timeout=30)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert _error(info.value)["sample"] == 1
+
+
+def test_msgpack_samples_are_the_same_batch_as_json_samples(served: dict[str, Any]) -> None:
+    """Current clients send all rows as one msgpack array; older ones one JSON object per row."""
+    packed = pb.CollateRequest(samples_msgpack=msgpack.packb(ROWS), batch_index=3)
+    response = served["stub"].Collate(packed, timeout=30)
+    _assert_engine_output(decode_frames(response.frames), served["processor"], ROWS, {})
+    assert response.frames == served["stub"].Collate(_request(ROWS, batch_index=3), timeout=30).frames
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "sample", "message"),
+    [
+        ({"samples_msgpack": b"\xc1"}, None, "not a valid msgpack array of rows"),
+        ({"samples_msgpack": msgpack.packb({"messages": []})}, None, "must be a msgpack array of rows, not dict"),
+        ({"samples_msgpack": msgpack.packb([ROWS[0], "hello"])}, 1, "must be a map, not str"),
+        ({"samples_msgpack": msgpack.packb(ROWS[:1]), "samples": [json.dumps(ROWS[0]).encode()]}, None,
+         "samples or samples_msgpack, not both"),
+    ],
+)
+def test_bad_msgpack_samples_are_invalid_argument(served: dict[str, Any], request_fields: dict[str, Any],
+                                                  sample: int | None, message: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        served["stub"].Collate(pb.CollateRequest(**request_fields), timeout=30)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    error = _error(info.value)
+    assert error["field"] == "samples_msgpack" and error["sample"] == sample and message in error["message"]
 
 
 @pytest.mark.parametrize(

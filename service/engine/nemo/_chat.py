@@ -6,7 +6,8 @@ over token renders of every conversation prefix (so role headers and the turn's 
 supervised, as in NeMo), else all ones. The mask steps run in NeMo's order: left-padding shift, zero under the
 tokenizer's attention mask, keep the last run (train_on_last_turn_only), then punch reasoning holes.
 
-This is the parity path, not the fast path: every render goes through HF, exactly as NeMo's calls do.
+``ChatCall`` makes every render through HF, exactly as NeMo's calls do (the reference); ``_nemo_fast`` answers
+the same calls from one encode of the whole conversation where it can show the answers are the same.
 """
 
 from __future__ import annotations
@@ -75,6 +76,17 @@ class ChatCall:
             )
         return list(out["input_ids"])
 
+    def text(self, messages: Messages) -> str:
+        """The render alone (no tokenizer), through the same HF call with ``tokenize=False``."""
+        with _template_errors():
+            return self.tokenizer.apply_chat_template(  # type: ignore[no-any-return]
+                list(messages), tools=self.tools, chat_template=self.chat_template, tokenize=False,
+            )
+
+    def prefix_render(self, messages: Messages, content: list[int]) -> Callable[[int], list[int]]:
+        """``n -> ids(messages[:n])`` for the prefix arithmetic: one render and encode per prefix, as NeMo."""
+        return lambda n: self.ids(messages[:n])
+
 
 @dataclass(frozen=True)
 class MaskedIds:
@@ -111,7 +123,7 @@ def format_chat_template(
         mask, strategy = np.asarray(out["assistant_masks"], dtype=bool), LabelStrategy.GENERATION_TAGS
     elif answer_only:
         roles = [str(m["role"]) for m in messages]
-        raw = prefix_assistant_mask(lambda n: call.ids(messages[:n]), roles, ids.shape[0], content,
+        raw = prefix_assistant_mask(call.prefix_render(messages, content), roles, ids.shape[0], content,
                                     call.tokenizer.eos_token_id)
         mask, strategy = shift_for_left_padding(raw, side, attention), LabelStrategy.PREFIX_RENDER
     else:
