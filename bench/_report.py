@@ -222,18 +222,39 @@ def _multimodal(f: Mapping[str, Any]) -> str:
 def _nemo(f: Mapping[str, Any]) -> str:
     from bench.bench_nemo import TOKENIZERS
 
-    rows = [[name, f[name]["rows"], f[name]["tokens"], *f[name]["us_per_row"].values(),
-             _ratio(f[name]["fast / reference speed"]), f[name]["identical on every row"],
-             ", ".join(f"{k}: {v}" for k, v in f[name]["rows by path"].items())] for name in TOKENIZERS]
+    rows = [
+        [
+            name,
+            f[name]["rows"],
+            f[name]["tokens"],
+            *f[name]["us_per_row"].values(),
+            _ratio(f[name]["fast / reference speed"]),
+            f[name]["identical on every row"],
+            ", ".join(f"{k}: {v}" for k, v in f[name]["rows by path"].items()),
+        ]
+        for name in TOKENIZERS
+    ]
     sides = list(f[TOKENIZERS[0]]["us_per_row"])
     met = "met" if f["target met"] else "**not met**"
-    return ("`label_policy=\"nemo\"`: the fast path (one encode of the whole conversation, prefixes rendered as "
-            "text only) against the reference path (NeMo's own calls: one render + encode per prefix; NeMo itself "
-            "does not install here without CUDA packages), CPU per row, best of round-robin repeats. Every row's "
-            "bytes are compared; the bench fails on any difference.\n\n"
-            + _table(["tokenizer", "rows", "tokens", *[f"{s} us/row" for s in sides], "fast / reference",
-                      "identical", "rows by path"], rows)
-            + f"\n\nTarget (issue 19): at least {f['target']:.0f}x the reference: {met}.")
+    return (
+        '`label_policy="nemo"`: the fast path (one encode of the whole conversation, prefixes rendered as '
+        "text only) against the reference path (NeMo's own calls: one render + encode per prefix; NeMo itself "
+        "does not install here without CUDA packages), CPU per row, best of round-robin repeats. Every row's "
+        "bytes are compared; the bench fails on any difference.\n\n"
+        + _table(
+            [
+                "tokenizer",
+                "rows",
+                "tokens",
+                *[f"{s} us/row" for s in sides],
+                "fast / reference",
+                "identical",
+                "rows by path",
+            ],
+            rows,
+        )
+        + f"\n\nTarget (issue 19): at least {f['target']:.0f}x the reference: {met}."
+    )
 
 
 def _client(f: Mapping[str, Any]) -> str:
@@ -256,33 +277,59 @@ def _client(f: Mapping[str, Any]) -> str:
     imp = f["client import"]
     met = "met" if f["target met"] else "**not met**"
     hf_base = "local, 0 workers, hf encoder"
-    remote = "; ".join(f"{side} {_pct(f[side]['trainer_cpu_ms_per_batch'] / base)} (receiver process "
-                       f"{f[side]['receiver_cpu_ms_per_batch']:.2f} ms/batch, in 'other processes'), against the "
-                       f"local path on HF's encoder {_pct(f[f'ratio trainer CPU {side} / {hf_base}'])}"
-                       for side in TARGET_SIDES)
+    remote = "; ".join(
+        f"{side} {_pct(f[side]['trainer_cpu_ms_per_batch'] / base)} (receiver process "
+        f"{f[side]['receiver_cpu_ms_per_batch']:.2f} ms/batch, in 'other processes'), against the "
+        f"local path on HF's encoder {_pct(f[f'ratio trainer CPU {side} / {hf_base}'])}"
+        for side in TARGET_SIDES
+    )
     engine = f["local, 0 workers"].get("total_cpu_us_per_row")
-    per_row = "" if engine is None else (
-        "Total CPU per row, every process counted (trainer, receiver, server, DataLoader workers), against the "
-        "in-process engine (local, 0 workers):\n\n"
-        + _table(["path", "total CPU us/row", "vs in-process engine"],
-                 [[side, f[side]["total_cpu_us_per_row"], _ratio(f[side]["total_cpu_us_per_row"] / engine)]
-                  for side in SIDES if "total_cpu_us_per_row" in f[side]])
-        + f"\n\nTarget (issue 19): both RemoteLoader modes at most {f.get('row target', 1.15):.2f}x: "
-        + ("met" if f.get("row target met") else "**not met**") + ".\n\n")
-    return (per_row + f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
-            "Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "
-            "processes = DataLoader workers (`RUSAGE_CHILDREN`, start-up included) or the server and the loader's "
-            "receiver process (/proc). The in-process sides are RemoteLoader with `offload=False`. Analysis: "
-            "bench/CLIENT_NOTES.md.\n\n"
-            + _table(["side", "trainer CPU ms/batch", "vs local 0 workers", "other processes CPU ms/batch",
-                      "total CPU ms/batch", "samples/s", "MB/batch", "first batch s"], rows)
-            + f"\n\nTarget (issue 6): RemoteLoader's trainer CPU at most {f['target']:.0%} of the local 0-worker "
-              f"path's: {met} ({remote}).\n\n"
-            f"`import feedline.client`: {imp['importtime_ms']:.0f} ms (`-X importtime`, cumulative, best of 3); a "
-            "fresh "
-            f"interpreter with the import {imp['interpreter_wall_ms']:.0f} ms wall against "
-            f"{imp['bare_interpreter_wall_ms']:.0f} ms bare; torch/transformers/fastapi imported by it: "
-            f"{imp['heavy_modules_imported']}.")
+    per_row = (
+        ""
+        if engine is None
+        else (
+            "Total CPU per row, every process counted (trainer, receiver, server, DataLoader workers), against the "
+            "in-process engine (local, 0 workers):\n\n"
+            + _table(
+                ["path", "total CPU us/row", "vs in-process engine"],
+                [
+                    [side, f[side]["total_cpu_us_per_row"], _ratio(f[side]["total_cpu_us_per_row"] / engine)]
+                    for side in SIDES
+                    if "total_cpu_us_per_row" in f[side]
+                ],
+            )
+            + f"\n\nTarget (issue 19): both RemoteLoader modes at most {f.get('row target', 1.15):.2f}x: "
+            + ("met" if f.get("row target met") else "**not met**")
+            + ".\n\n"
+        )
+    )
+    return (
+        per_row + f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
+        "Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "
+        "processes = DataLoader workers (`RUSAGE_CHILDREN`, start-up included) or the server and the loader's "
+        "receiver process (/proc). The in-process sides are RemoteLoader with `offload=False`. Analysis: "
+        "bench/CLIENT_NOTES.md.\n\n"
+        + _table(
+            [
+                "side",
+                "trainer CPU ms/batch",
+                "vs local 0 workers",
+                "other processes CPU ms/batch",
+                "total CPU ms/batch",
+                "samples/s",
+                "MB/batch",
+                "first batch s",
+            ],
+            rows,
+        )
+        + f"\n\nTarget (issue 6): RemoteLoader's trainer CPU at most {f['target']:.0%} of the local 0-worker "
+        f"path's: {met} ({remote}).\n\n"
+        f"`import feedline.client`: {imp['importtime_ms']:.0f} ms (`-X importtime`, cumulative, best of 3); a "
+        "fresh "
+        f"interpreter with the import {imp['interpreter_wall_ms']:.0f} ms wall against "
+        f"{imp['bare_interpreter_wall_ms']:.0f} ms bare; torch/transformers/fastapi imported by it: "
+        f"{imp['heavy_modules_imported']}."
+    )
 
 
 def _scaling(f: Mapping[str, Any]) -> str:
@@ -424,16 +471,28 @@ def _generic(f: Any) -> str:
 
 # name -> (title, what is compared, its own command, renderer)
 _SECTIONS: dict[str, tuple[str, str, str, Callable[[Mapping[str, Any]], str]]] = {
-    "text": ("Text engine vs raw tokenizer encode",
-             "The engine (render + encode with offsets + labels) against the tokenizer encoding the same rendered "
-             "text alone: the ceiling for an HF tokenizer.", "python -m bench.bench_text", _text),
-    "hf_assistant_mask": ("Text engine vs transformers' own path",
-                          "`apply_chat_template(..., return_assistant_tokens_mask=True)` with a `{% generation %}` "
-                          "version of the same template, labels from its mask, against the engine producing the "
-                          "same tensors.", "python -m bench.bench_hf_assistant_mask", _hf_mask),
+    "text": (
+        "Text engine vs raw tokenizer encode",
+        "The engine (render + encode with offsets + labels) against the tokenizer encoding the same rendered "
+        "text alone: the ceiling for an HF tokenizer.",
+        "python -m bench.bench_text",
+        _text,
+    ),
+    "hf_assistant_mask": (
+        "Text engine vs transformers' own path",
+        "`apply_chat_template(..., return_assistant_tokens_mask=True)` with a `{% generation %}` "
+        "version of the same template, labels from its mask, against the engine producing the "
+        "same tensors.",
+        "python -m bench.bench_hf_assistant_mask",
+        _hf_mask,
+    ),
     "nemo": ("The nemo label policy: fast path vs NeMo's calls", "", "python -m bench.bench_nemo", _nemo),
-    "fastpath": ("Fast text path", "bench_fastpath's figures (see bench/FASTPATH_NOTES.md).",
-                 "python -m bench.bench_fastpath", _generic),
+    "fastpath": (
+        "Fast text path",
+        "bench_fastpath's figures (see bench/FASTPATH_NOTES.md).",
+        "python -m bench.bench_fastpath",
+        _generic,
+    ),
     "multimodal": ("VLM engine vs the processor alone", "", "python -m bench.bench_multimodal", _multimodal),
     "wire": ("Wire: GB/s against batch size, client decode time", "", "python -m bench.bench_wire", _wire),
     "client": (
@@ -470,8 +529,12 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     if (f := fig("nemo")) and "target met" in f:
         for name, r in f.items():
             if isinstance(r, Mapping) and "fast / reference speed" in r:
-                rows.append([f"nemo policy ({name}): fast path / NeMo's calls (identical outputs)",
-                             _ratio(r["fast / reference speed"])])
+                rows.append(
+                    [
+                        f"nemo policy ({name}): fast path / NeMo's calls (identical outputs)",
+                        _ratio(r["fast / reference speed"]),
+                    ]
+                )
     if (f := fig("fastpath")) and "ratio collate fast / raw hf encode" in f:
         rows.append(["fast path: collate fast / raw hf encode", _ratio(f["ratio collate fast / raw hf encode"])])
     if (f := fig("multimodal")) and "sizes" in f:
@@ -494,10 +557,19 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     if (f := fig("client")) and "local, 0 workers" in f:
         for side in ("local, 2 workers", "remote, samples", "remote, dataset", "remote collate"):
             if f"ratio total CPU per row {side} / engine" in f:
-                rows.append([f"total CPU per row (all processes): {side} / in-process engine",
-                             _ratio(f[f"ratio total CPU per row {side} / engine"])])
-        for side in ("local, 2 workers", "remote, samples", "remote, dataset", "remote, samples, in-process",
-                     "remote, dataset, in-process"):
+                rows.append(
+                    [
+                        f"total CPU per row (all processes): {side} / in-process engine",
+                        _ratio(f[f"ratio total CPU per row {side} / engine"]),
+                    ]
+                )
+        for side in (
+            "local, 2 workers",
+            "remote, samples",
+            "remote, dataset",
+            "remote, samples, in-process",
+            "remote, dataset, in-process",
+        ):
             for base in ("local, 0 workers", "local, 0 workers, hf encoder"):
                 rows.append([f"trainer CPU per batch: {side} / {base}", _pct(f[f"ratio trainer CPU {side} / {base}"])])
     if (f := fig("scaling")) and "1 worker" in f:

@@ -124,8 +124,9 @@ class RemoteLoader:
         shuffle_given = shuffle is not None
         if shuffle is None:  # a DataLoader's sampler shuffles what it can index; an iterable keeps its order
             shuffle = dataset is not None or is_sized(samples)
-        self.plan = DatasetPlan(seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank,
-                                world_size=world_size)
+        self.plan = DatasetPlan(
+            seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank, world_size=world_size
+        )
         self._source = SampleSource(samples, self.plan, shuffle_given=shuffle_given) if samples is not None else None
         self._counts = ReportCounts(on_report)
         self.last_report: BatchReport | None = None
@@ -147,8 +148,10 @@ class RemoteLoader:
         ``len()`` of a DataLoader over an IterableDataset, so trainers fall back to ``max_steps``)."""
         batches = self._source.batch_rows(self.epoch) if self._source is not None else None
         if batches is None:
-            raise TypeError("this RemoteLoader has no length: it reads a dataset on the server or an unsized "
-                            "iterable (give the trainer max_steps)")
+            raise TypeError(
+                "this RemoteLoader has no length: it reads a dataset on the server or an unsized "
+                "iterable (give the trainer max_steps)"
+            )
         return len(batches)
 
     @property
@@ -205,8 +208,11 @@ class RemoteLoader:
         except FingerprintMismatch as exc:
             resumed = self._resumed_fingerprint and self._resumed_fingerprint == self.dataset_fingerprint
             if exc.field == "dataset.fingerprint" and resumed:
-                raise ResumeStateError(f"the dataset changed since the state was saved, so the saved position "
-                                       f"would resume on other rows: {exc.message}", field="dataset") from None
+                raise ResumeStateError(
+                    f"the dataset changed since the state was saved, so the saved position "
+                    f"would resume on other rows: {exc.message}",
+                    field="dataset",
+                ) from None
             raise
         finally:
             self._counts.summarise(self.epoch)
@@ -239,12 +245,17 @@ class RemoteLoader:
         if self._source is not None:
             current = self._source.fingerprint()
             if saved and current and saved != current:
-                raise ResumeStateError(f"samples= changed since the state was saved ({saved} then, {current} now): "
-                                       "its saved position would resume on other rows", field="samples")
+                raise ResumeStateError(
+                    f"samples= changed since the state was saved ({saved} then, {current} now): "
+                    "its saved position would resume on other rows",
+                    field="samples",
+                )
             return
         if saved and self.dataset_fingerprint and saved != self.dataset_fingerprint:
-            raise ResumeStateError(f"the state was saved on dataset fingerprint {saved}, this loader pins "
-                                   f"{self.dataset_fingerprint}", field="dataset_fingerprint")
+            raise ResumeStateError(
+                f"the state was saved on dataset fingerprint {saved}, this loader pins {self.dataset_fingerprint}",
+                field="dataset_fingerprint",
+            )
         self.dataset_fingerprint = self._resumed_fingerprint = saved or self.dataset_fingerprint
 
     # ----------------------------------------------------------------- sources
@@ -325,7 +336,9 @@ def _prefetched(blobs: Iterator[tuple[int, Any]], prefetch: int, max_bytes: int)
         except Exception as exc:  # noqa: BLE001 - handed to the trainer's thread, which raises it
             out.put(exc)
         finally:
-            blobs.close()
+            close = getattr(blobs, "close", None)  # a generator: stop it and its calls now, not at collection
+            if close is not None:
+                close()
 
     reader = threading.Thread(target=read, name="feedline-reader", daemon=True)
     reader.start()

@@ -75,8 +75,8 @@ class _Run:
     def _wait_for_room(self) -> bool:
         prefetch, max_bytes = self.spec["prefetch"], self.spec["max_bytes"]
         with self._room:
-            while not self.stop.is_set() and self._sent and (
-                len(self._sent) >= prefetch or sum(self._sent) >= max_bytes
+            while (
+                not self.stop.is_set() and self._sent and (len(self._sent) >= prefetch or sum(self._sent) >= max_bytes)
             ):
                 self._room.wait()
         return not self.stop.is_set()
@@ -111,7 +111,9 @@ class _Run:
             if not self.stop.is_set():
                 self._out.send(("error", self.run, ServiceUnavailable(f"receiver: {exc!r}").to_dict()))
         finally:
-            blobs.close()
+            close = getattr(blobs, "close", None)  # a generator: stop it and its calls now, not at collection
+            if close is not None:
+                close()
             allocate.close()
             remote._replicas.close()
 

@@ -18,8 +18,14 @@ from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY
 __all__ = ["RETRYABLE", "Replicas", "RetryPolicy", "call_with_failover", "map_rpc_error", "parse_endpoints"]
 
 RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
 )
 """Transport-level failures another replica (or a later try) may not have; bad input is never retried."""
 
@@ -43,7 +49,8 @@ class RetryPolicy:
     timeout: float = 120.0
 
     def backoff(self, attempt: int) -> float:
-        return min(self.max_backoff, self.initial_backoff * (2**attempt)) * (0.5 + random.random() / 2)
+        delay: float = min(self.max_backoff, self.initial_backoff * (2**attempt)) * (0.5 + random.random() / 2)
+        return delay
 
 
 def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
@@ -57,7 +64,8 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
 
 def map_rpc_error(err: grpc.RpcError) -> FeedlineError:
     """The server's FeedlineError from the call's trailing metadata, or ServiceUnavailable for transport errors."""
-    for key, value in (err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else ():
+    metadata: Any = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in metadata or ():
         if key == _ERROR_KEY:
             try:
                 return error_from_dict(json.loads(value))
@@ -71,8 +79,13 @@ def map_rpc_error(err: grpc.RpcError) -> FeedlineError:
 class Replicas:
     """Channels to every endpoint, created lazily in the current process (safe across fork and pickle)."""
 
-    def __init__(self, endpoints: str | Sequence[str], *, credentials: grpc.ChannelCredentials | None = None,
-                 metadata: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.targets = parse_endpoints(endpoints)
         self.metadata = tuple(metadata)
         self._credentials = credentials

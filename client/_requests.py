@@ -13,7 +13,12 @@ from feedline.proto.v1 import COLLATE, LIST_PROCESSORS, STREAM_DATASET
 from feedline.proto.v1 import feedline_pb2 as pb
 
 __all__ = [
-    "FRAME_STREAM", "check_fingerprint", "collate_call", "collate_request", "options_message", "pack_rows",
+    "FRAME_STREAM",
+    "check_fingerprint",
+    "collate_call",
+    "collate_request",
+    "options_message",
+    "pack_rows",
     "processor_fingerprint",
 ]
 
@@ -40,7 +45,10 @@ def options_message(options: Mapping[str, Any]) -> pb.CollateOptions:
 
 
 def collate_request(
-    processor: str, fingerprint: str, options: pb.CollateOptions, samples: Sequence[Mapping[str, Any]] | bytes,
+    processor: str,
+    fingerprint: str,
+    options: pb.CollateOptions,
+    samples: Sequence[Mapping[str, Any]] | bytes,
     batch_index: int,
 ) -> pb.CollateRequest:
     """The request for one batch; ``samples`` are rows, or rows already packed by ``pack_rows`` (the receiver
@@ -57,7 +65,8 @@ def collate_request(
 def pack_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """Rows as one msgpack array; a row msgpack cannot hold is an InvalidSample naming it."""
     try:
-        return msgpack.packb(rows)  # type: ignore[no-any-return]
+        packed: bytes = msgpack.packb(rows)
+        return packed
     except (TypeError, ValueError, OverflowError):
         for index, row in enumerate(rows):
             try:
@@ -75,15 +84,21 @@ def check_fingerprint(answered: str, pinned: str) -> None:
 
 def collate_call(channel: Any, request: pb.CollateRequest, timeout: float, metadata: Sequence[tuple[str, str]]) -> Any:
     """Unary Collate as a future (callers bound how many are in flight)."""
-    method = channel.unary_unary(_COLLATE, request_serializer=pb.CollateRequest.SerializeToString,
-                                 response_deserializer=pb.CollateResponse.FromString)
+    method = channel.unary_unary(
+        _COLLATE,
+        request_serializer=pb.CollateRequest.SerializeToString,
+        response_deserializer=pb.CollateResponse.FromString,
+    )
     return method.future(request, timeout=timeout, metadata=list(metadata) or None)
 
 
 def processor_fingerprint(channel: Any, processor: str, timeout: float, metadata: Sequence[tuple[str, str]]) -> str:
     """The fingerprint a replica reports for ``processor`` (to pin it for the rest of the run)."""
-    method = channel.unary_unary(_LIST, request_serializer=pb.ListProcessorsRequest.SerializeToString,
-                                 response_deserializer=pb.ListProcessorsResponse.FromString)
+    method = channel.unary_unary(
+        _LIST,
+        request_serializer=pb.ListProcessorsRequest.SerializeToString,
+        response_deserializer=pb.ListProcessorsResponse.FromString,
+    )
     response = method(pb.ListProcessorsRequest(), timeout=timeout, metadata=list(metadata) or None)
     for info in response.processors:
         if info.name == processor or (not processor and info is response.processors[0]):

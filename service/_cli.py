@@ -34,15 +34,33 @@ def build_parser() -> argparse.ArgumentParser:
     """The full `feedline` argument parser (tests and deployment manifests are checked against it)."""
     parser = argparse.ArgumentParser(prog="feedline", description="feedline: LLM/VLM fine-tuning data as a service")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="serve collation over gRPC and HTTP",
-                                description="With no arguments, serves the built-in Qwen2.5 tokenizer as 'qwen2.5'.")
-    serve.add_argument("--config", type=Path, default=os.environ.get("FEEDLINE_CONFIG") or None,
-                       help="YAML config file (env FEEDLINE_CONFIG)")
-    serve.add_argument("--processor", action="append", default=[], metavar="[NAME=]SOURCE", type=_processor_arg,
-                       help="serve a processor: a built-in name or a local directory (a hub id with --allow-hub), "
-                            "under NAME (default: the built-in name or the directory's name); repeatable")
-    serve.add_argument("--allow-hub", action="store_const", const=True, default=None,
-                       help="let processor sources be hub ids (env FEEDLINE_ALLOW_HUB; off: nothing is fetched)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve collation over gRPC and HTTP",
+        description="With no arguments, serves the built-in Qwen2.5 tokenizer as 'qwen2.5'.",
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("FEEDLINE_CONFIG") or None,
+        help="YAML config file (env FEEDLINE_CONFIG)",
+    )
+    serve.add_argument(
+        "--processor",
+        action="append",
+        default=[],
+        metavar="[NAME=]SOURCE",
+        type=_processor_arg,
+        help="serve a processor: a built-in name or a local directory (a hub id with --allow-hub), "
+        "under NAME (default: the built-in name or the directory's name); repeatable",
+    )
+    serve.add_argument(
+        "--allow-hub",
+        action="store_const",
+        const=True,
+        default=None,
+        help="let processor sources be hub ids (env FEEDLINE_ALLOW_HUB; off: nothing is fetched)",
+    )
     serve.add_argument("--host", help="address to bind (env FEEDLINE_HOST; default 0.0.0.0)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port, 0 = any free port (env FEEDLINE_GRPC_PORT; 50051)")
     serve.add_argument("--http-port", type=int, help="HTTP port, 0 = any free port (env FEEDLINE_HTTP_PORT; 8000)")

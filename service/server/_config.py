@@ -106,8 +106,9 @@ class Limits:
             seconds = f.name == "max_request_seconds"  # the one limit that may be fractional
             kinds = (int, float) if seconds else (int,)
             if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-                raise ConfigError(f"limits.{f.name} must be a positive {'number' if seconds else 'integer'}, "
-                                  f"not {value!r}")
+                raise ConfigError(
+                    f"limits.{f.name} must be a positive {'number' if seconds else 'integer'}, not {value!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -219,8 +220,9 @@ def _from_env(env: Mapping[str, str], file_limits: Any) -> dict[str, Any]:
     for f in dataclasses.fields(Limits):
         raw = env.get(f"FEEDLINE_{f.name.upper()}")
         if raw:
-            limits[f.name] = _convert(float if f.name == "max_request_seconds" else int, raw,
-                                      f"FEEDLINE_{f.name.upper()}")
+            limits[f.name] = _convert(
+                float if f.name == "max_request_seconds" else int, raw, f"FEEDLINE_{f.name.upper()}"
+            )
     if limits:
         out["limits"] = limits
     return out

@@ -278,18 +278,27 @@ class _FeedlineServicer:
 
     # --- work ---------------------------------------------------------------------------------------------------
 
-    def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext,
-                 deadline: Deadline | None = None) -> CollateResult:
+    def _collate(
+        self, request: pb.CollateRequest, context: grpc.ServicerContext, deadline: Deadline | None = None
+    ) -> CollateResult:
         _check_live(context)
         deadline = deadline or Deadline(self.state.limits, context.time_remaining())
         row_of = from_first_row(request.first_row if request.HasField("first_row") else None)
         rows = parse_rows(request.samples, self.state.limits, request.samples_msgpack, row_of=row_of)
         with self.collate:
-            return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
-                               options=options_from_proto(request.options), row_of=row_of, deadline=deadline)
+            return run_collate(
+                self.state,
+                rows,
+                processor=request.processor,
+                fingerprint=request.fingerprint,
+                options=options_from_proto(request.options),
+                row_of=row_of,
+                deadline=deadline,
+            )
 
-    def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event,
-                deadline: Deadline) -> list[bytes]:
+    def _frames(
+        self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event, deadline: Deadline
+    ) -> list[bytes]:
         if stop.is_set():
             raise _Cancelled()
         result = self._collate(request, context, deadline)

@@ -29,8 +29,9 @@ class ProcessorRegistry:
     The first configured processor is the default one (used when a request names none).
     """
 
-    def __init__(self, specs: Iterable[ProcessorSpec], *, loader: Loader = load_processor,
-                 allow_hub: bool = False) -> None:
+    def __init__(
+        self, specs: Iterable[ProcessorSpec], *, loader: Loader = load_processor, allow_hub: bool = False
+    ) -> None:
         self._specs = {spec.name: spec for spec in specs}
         self._loader = loader
         self._allow_hub = allow_hub

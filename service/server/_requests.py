@@ -27,11 +27,11 @@ from feedline.proto import (
     split_frames,
 )
 
-from ._caps import Deadline, check_chars, check_sample_chars, token_gate
 from .._options import CollateOptions
 from ..collate._batch import CollatedBatch, collate
 from ..collate._mask_report import mask_report
 from ..tokenizers._processor import Processor
+from ._caps import Deadline, check_chars, check_sample_chars, token_gate
 from ._config import Limits
 from ._datasets import (
     DatasetPlan,
@@ -46,7 +46,15 @@ from ._datasets import (
 from ._metrics import observe_batch
 from ._registry import ServingState
 
-__all__ = ["CollateResult", "DatasetRequest", "DatasetStream", "from_first_row", "parse_rows", "run_collate", "run_mask"]
+__all__ = [
+    "CollateResult",
+    "DatasetRequest",
+    "DatasetStream",
+    "from_first_row",
+    "parse_rows",
+    "run_collate",
+    "run_mask",
+]
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,9 @@ class CollateResult:
         }
 
     def encode(
-        self, batch_index: int = 0, extra: Mapping[str, np.ndarray] | None = None,
+        self,
+        batch_index: int = 0,
+        extra: Mapping[str, np.ndarray] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> bytearray:
         """The batch as one codec blob: reports, fingerprint and ``meta`` in its metadata, ``extra`` tensors beside."""
@@ -122,8 +132,9 @@ def parse_rows(
         except ValueError as exc:
             raise InvalidSample(f"not valid JSON: {exc}", sample=index, field="samples", row=row_index) from None
         if not isinstance(row, dict):
-            raise InvalidSample(f"must be a JSON object, not {type(row).__name__}", sample=index, field="samples",
-                                row=row_index)
+            raise InvalidSample(
+                f"must be a JSON object, not {type(row).__name__}", sample=index, field="samples", row=row_index
+            )
         rows.append(row)
     return rows
 
@@ -141,8 +152,12 @@ def _unpack_rows(packed: bytes, limits: Limits, *, also_json: int, row_of: Calla
     _check_count(len(rows), limits)
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise InvalidSample(f"must be a map, not {type(row).__name__}", sample=index, field="samples_msgpack",
-                                row=row_of(index) if row_of else None)
+            raise InvalidSample(
+                f"must be a map, not {type(row).__name__}",
+                sample=index,
+                field="samples_msgpack",
+                row=row_of(index) if row_of else None,
+            )
     return rows
 
 
@@ -307,7 +322,9 @@ class DatasetStream:
             rows = self._sources[0].order(plan.seed, plan.epoch, plan.shuffle).rows(positions)
         extra = {"dataset_index": part.astype(np.int32), "dataset_row": rows} if self._mixture is not None else {}
         if not len(rows):  # this rank's share of the last, partial global step is empty
-            empty = encode_batch(extra, {"batch_index": batch_index, "reports": [], "dataset_fingerprint": self.fingerprint})
+            empty = encode_batch(
+                extra, {"batch_index": batch_index, "reports": [], "dataset_fingerprint": self.fingerprint}
+            )
             return split_frames(empty, batch_id=batch_index, max_frame_bytes=request.frame_bytes, wrap=True)
         samples: list[Any] = [None] * len(rows)
         for d in np.unique(part).tolist():
@@ -335,5 +352,6 @@ class DatasetStream:
             where = f"{request.parts[int(part[exc.sample])].path}: " if self._mixture is not None else ""
             named = type(exc)(where + exc.message, sample=exc.sample, field=exc.field, row=int(rows[exc.sample]))
             raise named from None
-        return result.frames(batch_index, request.frame_bytes, wrap=True, extra=extra,
-                             meta={"dataset_fingerprint": self.fingerprint})
+        return result.frames(
+            batch_index, request.frame_bytes, wrap=True, extra=extra, meta={"dataset_fingerprint": self.fingerprint}
+        )

@@ -16,9 +16,15 @@ from feedline.service import IGNORE_INDEX, CollateOptions, Processor, collate
 
 CHATS = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, how can I help?"}]},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-                  {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
-                  {"role": "assistant", "content": "6, of course."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "And 3+3?"},
+            {"role": "assistant", "content": "6, of course."},
+        ]
+    },
 ]
 
 
@@ -43,8 +49,16 @@ def test_generation_template_refuses_a_template_it_does_not_know() -> None:
 
 
 def _record(name: str, figures: Any = None, **extra: Any) -> dict[str, Any]:
-    record = {"name": name, "quick": True, "command": "python -m bench --quick", "date": "today", "wall_s": 1.0,
-              "loadavg_before": 1.0, "loadavg_after": 1.0, **extra}
+    record = {
+        "name": name,
+        "quick": True,
+        "command": "python -m bench --quick",
+        "date": "today",
+        "wall_s": 1.0,
+        "loadavg_before": 1.0,
+        "loadavg_after": 1.0,
+        **extra,
+    }
     if figures is not None:
         record["figures"] = figures
     return record
@@ -52,9 +66,16 @@ def _record(name: str, figures: Any = None, **extra: Any) -> dict[str, Any]:
 
 def test_report_has_every_section_and_says_what_failed_or_was_skipped(tmp_path: Path) -> None:
     records = {
-        "text": _record("text", {"rows": 3, "tokens": 30, "auto encoder": "fast",
-                                 "tokens_per_s": {"raw tokenizer encode": 1e6, "engine, hf encoder": 5e5},
-                                 "ratio over raw encode": {"engine, hf encoder": 0.5}}),
+        "text": _record(
+            "text",
+            {
+                "rows": 3,
+                "tokens": 30,
+                "auto encoder": "fast",
+                "tokens_per_s": {"raw tokenizer encode": 1e6, "engine, hf encoder": 5e5},
+                "ratio over raw encode": {"engine, hf encoder": 0.5},
+            },
+        ),
         "wire": _record("wire", error="RuntimeError: no server"),
         "multimodal": _record("multimodal", {"skipped": "no run(quick) yet"}),
         "fastpath": _record("fastpath", {"rows": 3, "nested": {"a": 1}, "table": [{"x": 1, "y": 2.5}]}),

@@ -37,7 +37,11 @@ _BOUNDARIES: weakref.WeakKeyDictionary[Processor, dict[int, str]] = weakref.Weak
 
 
 def nemo_tokenize(
-    processor: Processor, row: Conversation | PromptCompletion, options: CollateOptions, *, index: int = 0,
+    processor: Processor,
+    row: Conversation | PromptCompletion,
+    options: CollateOptions,
+    *,
+    index: int = 0,
     fast: bool = True,
 ) -> TokenizedSample:
     """One row as NeMo's ChatDataset (conversations) or ColumnMappedTextInstructionDataset (prompt/completion,
@@ -116,8 +120,13 @@ def _hf_truncation(options: CollateOptions) -> bool | str:
 
 
 def _format_chat(
-    processor: Processor, tokenizer: Any, conv: Conversation, options: CollateOptions, padding: str,
-    truncation: bool | str, fast: bool,
+    processor: Processor,
+    tokenizer: Any,
+    conv: Conversation,
+    options: CollateOptions,
+    padding: str,
+    truncation: bool | str,
+    fast: bool,
 ) -> MaskedIds:
     template = processor.chat_template
     if not template:
@@ -135,7 +144,11 @@ def _format_chat(
 
     def run(chat: ChatCall) -> MaskedIds:
         return format_chat_template(
-            chat, template, messages, padding=padding, answer_only=options.answer_only,
+            chat,
+            template,
+            messages,
+            padding=padding,
+            answer_only=options.answer_only,
             train_on_last_turn_only=options.train_on_last_turn_only,
             mask_reasoning_content=options.mask_reasoning_content,
         )

@@ -142,7 +142,9 @@ def resolve_inside(path: str, roots: Sequence[Path], *, field: str) -> Path:
         if candidate.is_relative_to(real_root) and candidate.exists():
             return candidate
     raise InvalidSample(
-        f"{path!r} does not resolve to an existing file inside the server's data roots", field=field, hint=_DATA_ROOT_HINT
+        f"{path!r} does not resolve to an existing file inside the server's data roots",
+        field=field,
+        hint=_DATA_ROOT_HINT,
     )
 
 
