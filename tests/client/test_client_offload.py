@@ -217,14 +217,22 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize(("offload", "content"), [(True, b"raw bytes"), (True, object()), (False, b"raw bytes")])
-def test_a_row_that_cannot_travel_is_an_invalid_sample(server: str, offload: bool, content: Any) -> None:
-    """bytes pass msgpack (trainer) and fail JSON (receiver); object() fails msgpack: both name the row."""
+@pytest.mark.parametrize(
+    ("offload", "content", "says"),
+    [
+        (True, b"raw bytes", "content must be a string"),
+        (True, object(), "serialis"),
+        (False, b"raw bytes", "content must be a string"),
+    ],
+)
+def test_a_row_that_cannot_travel_is_an_invalid_sample(server: str, offload: bool, content: Any, says: str) -> None:
+    """object() cannot be packed (the trainer names the row); bytes travel as msgpack and the server refuses the
+    field, naming the row too."""
     rows = _rows(3) + [{"messages": [{"role": "user", "content": content}]}] + _rows(2)
     loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=5, offload=offload, shuffle=False)
     with pytest.raises(InvalidSample) as info:
         list(loader)
-    assert info.value.sample == 3 and "serialis" in info.value.message
+    assert info.value.sample == 3 and says in info.value.message
     loader.close()
 
 

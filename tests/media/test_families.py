@@ -132,7 +132,7 @@ def test_kimi_preexpansion_fixed_length_and_whole_image_truncation() -> None:
     from feedline.service import collate
 
     batch = collate(proc, [row], CollateOptions.from_mapping({"max_length": 400, "padding": "max_length"}))
-    assert batch.tensors["input_ids"].shape == (1, 399)  # fixed before the model (shifted: max_length - 1)
+    assert batch.tensors["input_ids"].shape == (1, 400)  # fixed before the model: exactly max_length wide
     assert "<|media_pad|>" not in base.tokenizer.get_vocab()  # the shared tokenizer is untouched
 
 

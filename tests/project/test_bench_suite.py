@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bench.__main__ import BENCHES, main
+from bench._corpus import TOOLS
 from bench._report import write_markdown
 from bench.bench_hf_assistant_mask import generation_template, hf_labels
 from feedline.service import IGNORE_INDEX, CollateOptions, Processor, collate
@@ -37,8 +38,9 @@ def test_tagged_template_renders_the_same_text_and_gives_the_engines_labels(qwen
     reference = hf_labels(qwen_processor.tokenizer, tagged, CHATS)
     assert (reference["labels"] != IGNORE_INDEX).sum() > 0
     options = CollateOptions.from_mapping({"label_format": "unshifted"})
+    with_tools = [{**chat, "tools": TOOLS} for chat in CHATS]  # hf_labels offers the bench's tools to every chat
     for processor in (qwen_processor, tagged_processor):
-        tensors = collate(processor, CHATS, options).tensors
+        tensors = collate(processor, with_tools, options).tensors
         for key, expected in reference.items():
             np.testing.assert_array_equal(tensors[key], expected, err_msg=key)
 
