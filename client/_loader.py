@@ -28,7 +28,7 @@ from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._collate import RemoteCollate
 from ._receiver import Receiver
-from ._replicas import RetryPolicy
+from ._policy import RetryPolicy
 from ._sources import dataset_blobs, sample_blobs
 from ._tensors import to_torch
 
@@ -155,6 +155,17 @@ class RemoteLoader:
     def receiver_pid(self) -> int | None:
         """Process id of the receiver process (for monitoring its CPU and memory), None until one runs."""
         return self._receiver_process.pid if self._receiver_process is not None else None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """What the connection did so far: ``attempts`` (calls sent), ``failovers`` (attempts that failed and
+        went to another replica), ``hedges`` (calls also sent to a second replica) and ``hedges_won``,
+        ``stalls`` (streams resumed elsewhere for want of a frame), ``refused`` (replicas left out for another
+        processor fingerprint), ``dns_changes`` (replica sets seen change). Zero counters are left out."""
+        total = collections.Counter(self._remote._connection.stats)
+        if self._receiver_process is not None:
+            total.update(self._receiver_process.stats)
+        return {k: v for k, v in sorted(total.items()) if v}
 
     def close(self) -> None:
         """Stop the receiver process, if one was started (also done when the loader is garbage collected)."""

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from feedline.proto import CodecError, FeedlineError, FingerprintMismatch, InvalidOptions, encode_batch, split_frames
-from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2 as pb
+from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, SERVICE_NAME, feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
 from ._config import Limits
@@ -41,7 +41,6 @@ __all__ = ["ERROR_METADATA_KEY", "collate_threads_for", "create_server", "drain_
 
 _LOGGER = logging.getLogger("feedline.service.grpc")
 _OPTION_FIELDS = tuple(f.name for f in pb.CollateOptions.DESCRIPTOR.fields if f.name != "packing")
-ERROR_METADATA_KEY = "feedline-error"
 
 
 class _Cancelled(Exception):

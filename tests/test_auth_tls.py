@@ -203,7 +203,7 @@ def _unauthenticated(call: Any) -> grpc.RpcError:
 
 
 def test_grpc_calls_need_the_token_and_health_checks_do_not(qwen_processor: Processor) -> None:
-    from feedline.client._replicas import map_rpc_error
+    from feedline.client._connection import map_rpc_error
 
     with grpc_target(qwen_processor, Security(auth=TokenAuth([TOKEN]))) as target, \
             grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:

@@ -259,7 +259,7 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
     from concurrent import futures
 
     from feedline.client import RetryPolicy
-    from feedline.client._requests import FRAME_STREAM
+    from feedline.proto.v1 import STREAM_DATASET
 
     def hang(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         while context.is_active():
@@ -267,7 +267,7 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
         return iter(())
 
     handler = grpc.method_handlers_generic_handler("feedline.v1.Feedline", {
-        FRAME_STREAM.rsplit("/", 1)[1]: grpc.unary_stream_rpc_method_handler(hang),
+        STREAM_DATASET.rsplit("/", 1)[1]: grpc.unary_stream_rpc_method_handler(hang),
     })
     stalled = grpc.server(futures.ThreadPoolExecutor(4))
     stalled.add_generic_rpc_handlers((handler,))
@@ -279,7 +279,7 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
         loader = RemoteLoader([f"127.0.0.1:{port}", server], "qwen2.5", dataset="train.jsonl", seed=3,
                               batch_size=4, offload=offload, fingerprint=fingerprint,
                               retry=RetryPolicy(attempts=4, initial_backoff=0.05, timeout=1.5))
-        loader._remote._replicas._next = 0  # the hanging replica first
+        loader._remote._connection._next = 0  # the hanging replica first
         started = time.monotonic()
         assert [_bytes(b) for b in loader] == reference
         assert 1.5 < time.monotonic() - started < 30

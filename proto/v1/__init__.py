@@ -13,7 +13,10 @@ from . import feedline_pb2, feedline_pb2_grpc
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "COLLATE",
     "COLLATE_STREAM",
+    "ERROR_METADATA_KEY",
+    "LIST_PROCESSORS",
     "SERVICE_NAME",
     "STREAM_DATASET",
     "feedline_pb2",
@@ -22,8 +25,14 @@ __all__ = [
 ]
 
 SERVICE_NAME = "feedline.v1.Feedline"
+COLLATE = f"/{SERVICE_NAME}/Collate"
 COLLATE_STREAM = f"/{SERVICE_NAME}/CollateStream"
 STREAM_DATASET = f"/{SERVICE_NAME}/StreamDataset"
+LIST_PROCESSORS = f"/{SERVICE_NAME}/ListProcessors"
+"""gRPC method paths, one definition for the servers, the client and the tests."""
+
+ERROR_METADATA_KEY = "feedline-error"
+"""Trailing metadata key of a failed call: the error body ``{kind, message, sample, field}`` as JSON."""
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 256 << 20),
