@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -91,7 +92,9 @@ def _resolve(name: str) -> list[str]:
 
 
 class _Latencies:
-    """Recent latencies of one kind of wait; the hedge delay is derived from their 95th percentile."""
+    """Recent latencies of one kind of wait; the hedge delay is derived from their median (not a high
+    percentile: one slow replica of three would make every third latency slow, and a 95th percentile would then
+    wait as long as that replica before hedging around it)."""
 
     def __init__(self) -> None:
         self._recent: collections.deque[float] = collections.deque(maxlen=_WINDOW)
@@ -99,11 +102,10 @@ class _Latencies:
     def add(self, seconds: float) -> None:
         self._recent.append(seconds)
 
-    def p95(self) -> float | None:
+    def median(self) -> float | None:
         if len(self._recent) < 4:
             return None
-        ordered = sorted(self._recent)
-        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        return statistics.median(self._recent)
 
 
 class Connection:
@@ -294,9 +296,10 @@ class Connection:
 
     def hedge_delay(self, kind: str) -> float:
         """How long a call (``unary``) or a stream's next frame (``stream``) may take before it is hedged or
-        resumed elsewhere: ``hedge_factor`` x the recent 95th percentile, within [hedge_min, timeout]."""
-        p95 = self._latency[kind].p95()
-        delay = 2 * self.policy.hedge_min if p95 is None else self.policy.hedge_factor * p95
+        resumed elsewhere: ``hedge_factor`` x the recent median, within [hedge_min, timeout] (before four
+        latencies are known: ``2 x hedge_min``)."""
+        median = self._latency[kind].median()
+        delay = 2 * self.policy.hedge_min if median is None else self.policy.hedge_factor * median
         return min(self.policy.timeout, max(self.policy.hedge_min, delay))
 
     def close(self) -> None:

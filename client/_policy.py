@@ -18,9 +18,9 @@ class RetryPolicy:
     * ``timeout``: the deadline of one attempt of a unary call, and the longest a stream may wait for its next
       frame, however slow the replicas have been observed to be.
     * ``hedge_min``/``hedge_factor``: a unary call not answered within the hedge delay, ``hedge_factor`` times
-      the 95th percentile of recently observed latencies but at least ``hedge_min`` (and at most ``timeout``),
-      is sent to a second replica as well; the first answer wins and the other call is cancelled. A stream
-      that waits as long for its next frame (three times as long for its first) is cancelled and resumed on
+      the median of the last 64 observed latencies but at least ``hedge_min`` (and at most ``timeout``), is
+      sent to a second replica as well; the first answer wins and the other call is cancelled. A stream that
+      waits as long for its next frame (three times as long for its first) is cancelled and resumed on
       another replica from the next undelivered batch; each consecutive stall doubles that wait.
     * ``cooldown``: a replica that failed or lost a hedge is skipped for ``cooldown`` seconds, doubled per
       consecutive failure (capped at 16x), while another replica is healthy.
@@ -35,7 +35,7 @@ class RetryPolicy:
     max_backoff: float = 5.0
     timeout: float = 120.0
     hedge_min: float = 1.0
-    hedge_factor: float = 2.0
+    hedge_factor: float = 3.0
     cooldown: float = 1.0
     resolve_every: float = 5.0
     keepalive: float = 10.0
@@ -44,7 +44,9 @@ class RetryPolicy:
         return min(self.max_backoff, self.initial_backoff * (2**attempt)) * (0.5 + random.random() / 2)
 
     def worst_extra_wait(self) -> float:
-        """The documented bound on how much longer than usual a batch waits while another replica is healthy
-        and latencies are at most ``hedge_min / hedge_factor``: a stream's first-frame stall limit plus its
-        first backoff-free resume (a unary call needs only ``hedge_min`` before its hedge goes out)."""
-        return 3 * self.hedge_min + self.hedge_min
+        """The bound on how much longer than usual one batch waits because of one replica (silent, slow, dead or
+        refusing) while another is healthy, when the median latency is at most ``hedge_min / hedge_factor``:
+        the hedge delay (``hedge_min``) before a unary call is also sent elsewhere or a stream is resumed
+        elsewhere, plus the resumed stream's first-frame limit (``3 x hedge_min``). 4 s by default. Slower
+        replicas scale it: the hedge delay is then ``hedge_factor x`` their median latency."""
+        return self.hedge_min + 3 * self.hedge_min

@@ -132,7 +132,8 @@ class Node:
         """nftables rule in front of ``drop`` for packets in and out of eth0 (``""``: every packet, a partition
         without resets; ``"numgen random mod 100 < 2"``: 2% loss)."""
         self.heal_drops()
-        script = (f"table inet fault {{\n chain in {{ type filter hook input priority 0; iifname \"eth0\" {rule} drop; }}\n"
+        script = (f"table inet fault {{\n"
+                  f" chain in {{ type filter hook input priority 0; iifname \"eth0\" {rule} drop; }}\n"
                   f" chain out {{ type filter hook output priority 0; oifname \"eth0\" {rule} drop; }}\n}}\n")
         subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=script, text=True, check=True,
                        capture_output=True, timeout=30)

@@ -53,10 +53,16 @@ class Replica:
     def ready(self) -> bool:
         return self.serve is not None and any(r.get("msg") == "listening" for r in self.serve.lines)
 
-    def rpcs(self, since: int = 0, code: str | None = None) -> int:
-        """Calls this replica's current process logged (after its first ``since`` log lines)."""
-        assert self.serve is not None
-        return sum(1 for r in self.serve.lines[since:] if r.get("msg") == "rpc" and code in (None, r.get("code")))
+    @property
+    def process(self) -> Process:
+        assert self.serve is not None, f"{self.label} was never started"
+        return self.serve
+
+    def calls(self, since: int = 0, code: str | None = None, methods: tuple[str, ...] = ()) -> int:
+        """Calls this replica's current process logged after its first ``since`` log lines (with that status
+        ``code``, of those ``methods``, when given)."""
+        return sum(1 for r in self.process.lines[since:] if r.get("msg") == "rpc" and code in (None, r.get("code"))
+                   and (not methods or r.get("method") in methods))
 
     def delay(self, ms: float) -> None:
         self.control.write_text(str(ms))
@@ -114,6 +120,7 @@ class Result:
     client_peak: int
     log_lines: dict[str, int]
     client_logs: list[str]
+    target: str
 
 
 class Net:
@@ -137,6 +144,7 @@ class Net:
             replica.start()
             self.replicas[label] = replica
         self.in_service = ["r0", "r1", "r2"]
+        self.found: list[str] = []  # how each fault's target was found (printed with the figures)
         self.publish()
         self.agents: dict[tuple[int, str], Agent] = {}
         for rank in (0, 1):
@@ -162,25 +170,41 @@ class Net:
         """The replica in service that serves ``rank``'s dataset stream: the peer its trainer (and receiver)
         processes have received the most bytes from, per ``ss`` in the rank's namespace."""
         agent = self.agents[(rank, "dataset")]
-        pids = set(agent.pids())
-        out = agent.node.sh("ss", "-Htnpi", "state", "established", "dport", "=", f":{PORT}").stdout
-        received: dict[str, int] = {}
-        for block in re.split(r"\n(?=\S)", out):
-            owner = {int(p) for p in re.findall(r"pid=(\d+)", block)}
-            peer = re.search(rf"(\d+\.\d+\.\d+\.\d+):{PORT}", block)
-            got = re.search(r"bytes_received:(\d+)", block)
-            if owner & pids and peer and got:
-                received[peer.group(1)] = received.get(peer.group(1), 0) + int(got.group(1))
         by_ip = {self.replicas[label].address: label for label in self.in_service}
-        serving = [ip for ip in sorted(received, key=received.__getitem__, reverse=True) if ip in by_ip]
-        return by_ip[serving[0]] if serving else self.in_service[0]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            pids = set(agent.pids())
+            out = agent.node.sh("ss", "-Htnpi", "state", "established", "dport", "=", f":{PORT}").stdout
+            received: dict[str, int] = {}
+            for block in re.split(r"\n(?=\S)", out):
+                owner = {int(p) for p in re.findall(r"pid=(\d+)", block)}
+                peer = re.search(rf"(\d+\.\d+\.\d+\.\d+)\]?:{PORT}", block)  # gRPC's sockets: [::ffff:a.b.c.d]
+                got = re.search(r"bytes_received:(\d+)", block)
+                if owner & pids and peer and got and peer.group(1) in by_ip:
+                    received[peer.group(1)] = received.get(peer.group(1), 0) + int(got.group(1))
+            if received:
+                self.found.append(f"{received} -> {by_ip[max(received, key=received.__getitem__)]}")
+                return by_ip[max(received, key=received.__getitem__)]
+            time.sleep(0.1)
+        raise AssertionError(f"no connection of rank {rank}'s dataset trainer (pids {pids}) in: {out}")
 
-    def epoch(self, fault: str, inject: Callable[[str], None] | None, *, at: int = 5, step: float = 0.1,
+    def hold(self, seconds: float, batches: int = 24, longest: float = 20) -> None:
+        """Keep a fault on for ``seconds`` and until rank 0's dataset trainer has taken ``batches`` more batches
+        (more than its HTTP/2 window, socket buffer and prefetch hold: ~18), so its stream must get past the
+        fault, not just drain what had arrived before it."""
+        lead = self.agents[(0, "dataset")]
+        started, goal = time.monotonic(), lead.progress + batches
+        while time.monotonic() - started < longest and (time.monotonic() - started < seconds or (
+                lead.progress < goal and lead.events.empty())):
+            time.sleep(0.05)
+
+    def epoch(self, fault: str, inject: Callable[[str], None] | None, *, at: int = 4, step: float = 0.1,
               timeout: float = 120) -> Result:
         """One epoch on every agent at once; ``inject(target)`` runs (on this thread) once rank 0's dataset
         trainer has taken ``at`` batches, ``target`` being the replica that serves that stream."""
         command = {"target": f"dns:///{self.fabric.name}:{PORT}", "dataset": "train.jsonl", "rows": str(self.rows),
                    "world_size": 2, "batch_size": 4, "step": step, "fingerprint": None, "options": self.options}
+        target = ""
         marks = {label: len(r.serve.lines) for label, r in self.replicas.items() if r.serve is not None}
         agent_marks = {key: len(a.process.lines) for key, a in self.agents.items()}
         peaks = {"server": 0, "client": 0}
@@ -203,7 +227,9 @@ class Net:
                 deadline = time.monotonic() + 60
                 while lead.progress < at and lead.events.empty() and time.monotonic() < deadline:
                     time.sleep(0.02)
-                inject(self.stream_replica())
+                assert lead.events.empty(), f"rank 0's dataset epoch ended before the fault: {lead.events.get()}"
+                target = self.stream_replica()
+                inject(target)
             outcomes = {key: agent.result(timeout) for key, agent in self.agents.items()}
         finally:
             sampling.set()
@@ -212,7 +238,7 @@ class Net:
                  if r.serve is not None}
         logs = [f"rank {k[0]} {k[1]}: {line.get('msg', line.get('raw'))}" for k, a in self.agents.items()
                 for line in a.process.lines[agent_marks[k]:]]
-        return Result(fault, outcomes, peaks["server"], peaks["client"], lines, logs)
+        return Result(fault, outcomes, peaks["server"], peaks["client"], lines, logs, target)
 
     def close(self) -> None:
         self.fabric.close()
@@ -231,9 +257,10 @@ def extra_waits(result: dict[str, Any], reference: dict[str, Any]) -> tuple[floa
     return extra, statistics.median(reference["waits"])
 
 
-def freeze(process: Process, seconds: float) -> None:
+def freeze(process: Process, hold: Callable[[], None]) -> None:
+    """SIGSTOP ``process`` for as long as ``hold()`` takes, then SIGCONT."""
     process.popen.send_signal(signal.SIGSTOP)
     try:
-        time.sleep(seconds)
+        hold()
     finally:
         process.popen.send_signal(signal.SIGCONT)
