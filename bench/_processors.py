@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 __all__ = ["qwen25"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def qwen25(encoder_mode: str = "auto") -> Any:
     """The built-in Qwen2.5 tokenizer and its ChatML template as a ``feedline.service.Processor``."""
     from feedline.service import Processor, load_processor

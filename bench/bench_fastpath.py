@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from bench._corpus import chat_rows  # noqa: E402
 from feedline.service import CollateOptions, Processor, collate, load_processor  # noqa: E402
-from feedline.service._encoders import select_encoder  # noqa: E402
+from feedline.service.tokenizers._encoders import select_encoder  # noqa: E402
 
 BATCH = 32
 
@@ -48,7 +48,7 @@ def run(rows: int, repeats: int) -> dict[str, object]:
     tokens = sum(len(ids) for ids in fast.tokenizer(texts, add_special_tokens=False)["input_ids"])
     options = CollateOptions()
 
-    for a, b in zip(*([collate(p, batch, options) for batch in batches] for p in (fast, hf))):
+    for a, b in zip(*([collate(p, batch, options) for batch in batches] for p in (fast, hf)), strict=False):
         assert a.tensors.keys() == b.tensors.keys()
         for key in a.tensors:
             if not np.array_equal(a.tensors[key], b.tensors[key]):

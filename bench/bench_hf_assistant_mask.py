@@ -85,7 +85,7 @@ def run(quick: bool, rows: int | None = None, repeats: int | None = None) -> dic
     strategies = {}
     references = [hf_labels(tokenizer, tagged_template, batch) for batch in batches]
     for name, processor in engines.items():
-        for reference, batch in zip(references, batches):
+        for reference, batch in zip(references, batches, strict=False):
             collated = collate(processor, batch, options)
             _check(reference, collated.tensors, name)
         strategies[name] = sorted({r.strategy for r in collated.reports})

@@ -20,6 +20,7 @@ one from this process's CPU time are printed beside it.
 from __future__ import annotations
 
 import argparse
+import functools
 import base64
 import io
 import statistics
@@ -34,7 +35,7 @@ from PIL import Image
 
 from bench._progress import steps
 from feedline.service import CollateOptions, collate, load_processor
-from feedline.service._vlm_builtin import builtin_processor_dir
+from feedline.service.tokenizers.builtin._multimodal import builtin_processor_dir
 
 __all__ = ["measure", "run"]
 
@@ -81,13 +82,13 @@ def measure(processor: str, batch: int, repeats: int) -> dict[str, Any]:
     for label in steps(SIZES, "multimodal"):
         rows = rows_for(*SIZES[label], batch)
         alone = processor_alone(proc.hf_processor, rows)
-        engine = lambda: collate(proc, rows, opts)  # noqa: E731
+        engine = functools.partial(collate, proc, rows, opts)
         alone(), engine()  # warm-up (caches, allocator)
         t_alone, t_engine = [], []
         for _ in range(repeats):
             t_alone.append(timed(alone))
             t_engine.append(timed(engine))
-        (a, a_cpu), (e, e_cpu) = (tuple(map(min, zip(*t))) for t in (t_alone, t_engine))
+        (a, a_cpu), (e, e_cpu) = (tuple(map(min, zip(*t, strict=False))) for t in (t_alone, t_engine))
         a_med, e_med = (statistics.median(w for w, _ in t) for t in (t_alone, t_engine))
         result["sizes"].append({
             "size": label, "processor_images_per_s": batch / a, "engine_images_per_s": batch / e,

@@ -24,7 +24,7 @@ import numpy as np
 from bench._processors import qwen25
 from bench._progress import steps
 from feedline.service import CollateOptions, Processor, tokenize_row
-from feedline.service._packing import PackOptions, materialise, plan_packs, sample_lengths
+from feedline.service.collate._packing import PackOptions, materialise, plan_packs, sample_lengths
 
 PACK_SIZES = (4096, 8192, 16384)
 BATCH_PACKS = 8  # packs per materialised batch

@@ -39,6 +39,7 @@ from feedline.proto import InvalidSample, ServiceUnavailable, error_from_dict
 
 from ._receiver_process import END
 from ._slots import SlotMaps
+import contextlib
 
 __all__ = ["Receiver"]
 
@@ -90,10 +91,8 @@ class _Child:
 
     def close(self) -> None:
         """Ask the process to stop and wait for it (killed if it does not stop within 5 s)."""
-        try:
+        with contextlib.suppress(OSError):
             self._ctrl.send(("stop",))
-        except OSError:
-            pass
         self._ctrl.close()
         self._data.close()
         try:
@@ -239,10 +238,8 @@ class Receiver:
             raise
         finally:
             if not finished:
-                try:
+                with contextlib.suppress(_Died):
                     child.send(("cancel", run))
-                except _Died:
-                    pass
 
     def close(self) -> None:
         """Stop the receiver process."""

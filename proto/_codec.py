@@ -26,7 +26,7 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -44,7 +44,7 @@ __all__ = [
     "float32_to_bfloat16",
 ]
 
-Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
+Buffer = bytes | bytearray | memoryview | np.ndarray
 
 FORMAT_VERSION = 1
 ALIGNMENT = 64
@@ -95,7 +95,7 @@ def encode_batch(
     entries: list[list[Any]] = []
     offset = 0  # relative to the first aligned byte after the header
     for name, tag, arr in arrays:
-        entries.append([name, tag, list(arr.shape), offset, arr.nbytes, zlib.crc32(arr) if checksum else 0])
+        entries.append([name, tag, list(arr.shape), offset, arr.nbytes, zlib.crc32(arr.data) if checksum else 0])
         offset = _align(offset + arr.nbytes)
     header = _pack_header(entries, meta)
     start = _align(_PREFIX.size + len(header))
@@ -105,7 +105,7 @@ def encode_batch(
     _PREFIX.pack_into(blob, 0, MAGIC, FORMAT_VERSION, flags, len(header), zlib.crc32(header), total)
     blob[_PREFIX.size : _PREFIX.size + len(header)] = header
     view = np.frombuffer(blob, dtype=np.uint8)
-    for (_, _, arr), entry in zip(arrays, entries):
+    for (_, _, arr), entry in zip(arrays, entries, strict=False):
         if arr.nbytes:
             view[start + entry[3] : start + entry[3] + arr.nbytes] = arr.reshape(-1).view(np.uint8)
     return blob
@@ -149,8 +149,13 @@ def decode_batch(blob: Buffer) -> DecodedBatch:
     return DecodedBatch(tensors=tensors, dtypes=dtypes, meta=meta)
 
 
+def memory_of(blob: Buffer) -> memoryview:
+    """A memoryview of any codec buffer (numpy's stubs do not declare arrays as buffers, so they go by ``.data``)."""
+    return blob.data if isinstance(blob, np.ndarray) else memoryview(blob)
+
+
 def _byte_view(blob: Buffer) -> memoryview:
-    mv = memoryview(blob)
+    mv = memory_of(blob)
     if mv.ndim == 1 and mv.itemsize == 1:
         return mv if mv.format == "B" else mv.cast("B")
     if not mv.c_contiguous:

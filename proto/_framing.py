@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import ALIGNMENT, FORMAT_VERSION, Buffer, DecodedBatch, decode_batch, encode_batch
+from ._codec import ALIGNMENT, FORMAT_VERSION, Buffer, DecodedBatch, decode_batch, encode_batch, memory_of
 from ._exceptions import CodecError
 
 __all__ = [
@@ -62,7 +62,7 @@ def split_frames(
     """
     if max_frame_bytes < 1:
         raise CodecError("max_frame_bytes must be positive", field="max_frame_bytes")
-    mv = memoryview(blob).cast("B")
+    mv = memory_of(blob).cast("B")
     total = len(mv)
     count = max(1, -(-total // max_frame_bytes))
     frames = []
@@ -70,7 +70,7 @@ def split_frames(
         start = seq * max_frame_bytes
         chunk = mv[start : start + max_frame_bytes]
         head = _FRAME.pack(FRAME_MAGIC, FORMAT_VERSION, 0, batch_id, seq, count, total, start, len(chunk))
-        parts = [head, _CRC.pack(zlib.crc32(head)), chunk]
+        parts: list[bytes | memoryview] = [head, _CRC.pack(zlib.crc32(head)), chunk]
         if wrap:
             parts.insert(0, _frame_field_prefix(FRAME_HEADER_BYTES + len(chunk)))
         frames.append(b"".join(parts))
@@ -88,7 +88,7 @@ def _frame_field_prefix(length: int) -> bytes:
 
 def unwrap_frame(message: Buffer) -> memoryview:
     """The frame inside a serialized ``feedline.v1.Frame`` message, without copying it."""
-    mv = memoryview(message).cast("B")
+    mv = memory_of(message).cast("B")
     if len(mv) < 2 or mv[0] != _FRAME_FIELD_KEY:
         raise CodecError("not a feedline.v1.Frame message (expected field 1, bytes)")
     length, shift, pos = 0, 0, 1
@@ -143,7 +143,7 @@ class FrameAssembler:
     def add(self, frame: Buffer) -> np.ndarray | None:
         """Take the next frame (bare, or as a serialized ``Frame`` message); return the complete blob (aligned,
         writable uint8 array) or None if more frames follow."""
-        mv = memoryview(frame).cast("B")
+        mv = memory_of(frame).cast("B")
         if len(mv) and mv[0] == _FRAME_FIELD_KEY:  # a bare frame starts with b"F" of its magic
             mv = unwrap_frame(mv)
         if len(mv) < FRAME_HEADER_BYTES:

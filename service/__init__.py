@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from feedline.proto import IGNORE_INDEX, LabelFormat, LabelPolicy, LabelStrategy
 
-from ._batch import CollatedBatch, SampleReport, collate, pad_samples, tokenize_rows
-from ._conversation import Conversation, Message, Part, PromptCompletion, parse_row
-from ._engine import tokenize_row
-from ._batching import BatchPlan, length_grouped_batches, token_budget_batches
-from ._media import MediaPolicy
-from ._media_tokens import estimate_media_tokens
-from ._options import CollateOptions
-from ._packing import PackOptions, PackPlan, materialise, pack_samples, plan_packs, sample_lengths
-from ._processor import Processor, load_processor
-from ._sample import TokenizedSample, format_labels
+from .collate._batch import CollatedBatch, SampleReport, collate, pad_samples, tokenize_rows
+from .engine._conversation import Conversation, Message, Part, PromptCompletion, parse_row
+from .collate._batching import BatchPlan, length_grouped_batches, token_budget_batches
+from .media._loading import MediaPolicy
+from .media._tokens import estimate_media_tokens
+from ._options import CollateOptions, PackOptions
+from .collate._rows import label_row, tokenize_row
+from .collate._packing import PackPlan, materialise, pack_samples, plan_packs, sample_lengths
+from .tokenizers._processor import Processor, load_processor
+from .engine._sample import TokenizedSample, format_labels
 
 __all__ = [
     "BatchPlan",
@@ -36,6 +36,7 @@ __all__ = [
     "collate",
     "estimate_media_tokens",
     "format_labels",
+    "label_row",
     "length_grouped_batches",
     "load_processor",
     "materialise",

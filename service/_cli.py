@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cli_offline import add_offline_commands
-from ._config import ConfigError, ProcessorSpec, ServeConfig, load_config
+from .server._config import ConfigError, ProcessorSpec, ServeConfig, load_config
 
 __all__ = ["build_parser", "main"]
 
@@ -98,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    from ._logging import configure_logging
+    from .server._logging import configure_logging
 
     configure_logging(config.log_level)
     with contextlib.ExitStack() as stack:
@@ -110,8 +110,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(config: ServeConfig) -> int:
-    from ._auth import Security
-    from ._registry import ProcessorRegistry, ServingState
+    from .server._auth import Security
+    from .server._registry import ProcessorRegistry, ServingState
 
     security = Security.from_config(config)
     _LOGGER.info("security", extra={"auth": security.auth is not None, "tls": security.tls is not None,
@@ -132,7 +132,7 @@ def _serve(config: ServeConfig) -> int:
 
 
 def _run_single(config: ServeConfig, state: Any, http_sock: socket.socket, security: Any) -> int:
-    from ._grpc_server import create_server
+    from .server._grpc import create_server
 
     server, port = create_server(f"{_grpc_host(config.host)}:{config.grpc_port}", state.registry, state=state,
                                  **_grpc_kwargs(config, security))
@@ -147,7 +147,7 @@ def _run_workers(config: ServeConfig, state: Any, http_sock: socket.socket, grpc
         if pid == 0:  # the worker: its own gRPC server, created after the fork
             code = 1
             try:
-                from ._grpc_server import create_server
+                from .server._grpc import create_server
 
                 server, _ = create_server(f"{_grpc_host(config.host)}:{grpc_port}", state.registry, state=state,
                                           reuse_port=True, **_grpc_kwargs(config, security))
@@ -192,8 +192,8 @@ def _serve_worker(config: ServeConfig, state: Any, grpc_server: Any, http_sock: 
     """Run both servers in this process until SIGTERM/SIGINT, then drain within the grace period."""
     import uvicorn
 
-    from ._grpc_server import drain_server
-    from ._http_server import create_app
+    from .server._grpc import drain_server
+    from .server._http import create_app
 
     grpc_server.start()
     grace = config.grace_period_s
@@ -235,7 +235,7 @@ def _uvicorn_server(config: Any) -> Any:
 
 
 def _grpc_kwargs(config: ServeConfig, security: Any) -> dict[str, Any]:
-    from ._grpc_server import collate_threads_for
+    from .server._grpc import collate_threads_for
 
     return {"keepalive_time_s": config.keepalive_time_s, "max_connection_age_s": config.max_connection_age_s,
             "collate_threads": collate_threads_for(config.workers), "auth": security.auth, "tls": security.tls}

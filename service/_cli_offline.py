@@ -11,14 +11,15 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from feedline.proto import FeedlineError
+from feedline.proto import FeedlineError, bfloat16_to_float32
 
-from ._batch import batch_pad_id, pad_samples, tokenize_rows
-from ._mask_report import mask_report
-from ._media import MediaPolicy
+from .collate._batch import batch_pad_id, pad_samples, tokenize_rows
+from .collate._mask_report import mask_report
+from .media._loading import MediaPolicy
+from .media._tensors import wire_dtypes
 from ._options import CollateOptions
-from ._processor import Processor, load_processor
-from ._sample import TOKEN_AXIS_KEYS
+from .tokenizers._processor import Processor, load_processor
+from .engine._sample import TOKEN_AXIS_KEYS
 
 __all__ = ["add_offline_commands"]
 
@@ -121,17 +122,21 @@ def _collate_one(
     record: dict[str, Any] = {"index": index, "status": report.status}
     if samples:
         arrays = pad_samples(samples, options, batch_pad_id(processor, options))
-        record.update(_row_lists(arrays))
+        record.update(_row_lists(arrays, wire_dtypes(arrays, options.pixel_dtype)))
     record.update(label_strategy=report.strategy, num_label_tokens=report.num_label_tokens, warnings=list(report.warnings))
     if report.error:
         record["report"] = report.error
     return record
 
 
-def _row_lists(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+def _row_lists(arrays: dict[str, np.ndarray], dtypes: dict[str, str]) -> dict[str, Any]:
     """A one-row batch as lists: per-token tensors without the batch axis, per-item media tensors (pixel_values,
-    image grids, ``n_images_per_sample``) whole, since every item in them is this row's."""
-    return {k: (np.take(v, 0, axis=-2) if k in _PER_TOKEN else v).tolist() for k, v in arrays.items()}
+    image grids, ``n_images_per_sample``) whole, since every item in them is this row's; bfloat16 as its values."""
+    out = {}
+    for k, v in arrays.items():
+        values = bfloat16_to_float32(v) if dtypes.get(k) == "bfloat16" else v
+        out[k] = (np.take(values, 0, axis=-2) if k in _PER_TOKEN else values).tolist()
+    return out
 
 
 def _read_jsonl(path: Path) -> Iterator[Any]:
@@ -148,7 +153,7 @@ def _read_jsonl(path: Path) -> Iterator[Any]:
 
 def _open_output(path: Path) -> TextIO:
     if str(path) == "-":
-        return _NoClose(sys.stdout)
+        return _NoClose(sys.stdout)  # type: ignore[return-value]  # a TextIO in every way the caller uses
     return path.open("w", encoding="utf-8")
 
 

@@ -1,4 +1,4 @@
-"""Collate options: one small frozen value, validated once, with errors that name the option."""
+"""Collate and pack options: small frozen values, validated once, with errors that name the option."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from typing import Any
 
 from feedline.proto import InvalidOptions, LabelFormat, LabelPolicy
 
-from ._packing import PackOptions
-
-__all__ = ["CollateOptions"]
+__all__ = ["CollateOptions", "PackOptions"]
 
 _TRUNCATION_ALIASES: dict[Any, str] = {
     "none": "none",
@@ -32,12 +30,59 @@ _PADDING_ALIASES: dict[Any, str] = {
     "do_not_pad": "none",
     False: "none",
 }
+_PACK_OVERLONG = ("error", "drop", "truncate")
+_PACK_LAYOUTS = ("padded", "thd")
 _CHOICES = {
     "on_zero_labels": ("error", "skip"),
     "overlong": ("error", "drop"),
     "on_sample_error": ("error", "skip"),
     "pixel_dtype": ("float32", "bfloat16", "float16"),
 }
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """How samples are packed into rows.
+
+    pack_size: token slots per row (after the shift, including per-document ``pad_to_multiple`` padding).
+    window: samples considered together by the packer (bounds memory and latency; larger packs tighter).
+    seed: orders the packs of each window. overlong: a sample longer than a row is an "error", dropped, or
+    truncated on the right; dropped and truncated samples are listed in the plan. pad_to_multiple: pad every
+    document to a multiple (2 x context-parallel size). layout: "padded" ([B, pack_size]) or "thd".
+    """
+
+    pack_size: int = 4096
+    window: int = 1000
+    seed: int = 0
+    overlong: str = "error"
+    pad_to_multiple: int = 1
+    layout: str = "padded"
+
+    def __post_init__(self) -> None:
+        for name, low in (("pack_size", 2), ("window", 1), ("seed", 0), ("pad_to_multiple", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidOptions(f"must be an integer >= {low}", field=f"packing.{name}")
+        if self.pad_to_multiple > self.pack_size:
+            raise InvalidOptions("must not exceed pack_size", field="packing.pad_to_multiple")
+        if self.overlong not in _PACK_OVERLONG:
+            raise InvalidOptions(f"must be one of {list(_PACK_OVERLONG)}", field="packing.overlong")
+        if self.layout not in _PACK_LAYOUTS:
+            raise InvalidOptions(f"must be one of {list(_PACK_LAYOUTS)}", field="packing.layout")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PackOptions:
+        """Build from JSON-like input; unknown keys are errors naming the key."""
+        if not isinstance(data, Mapping):
+            raise InvalidOptions("packing must be an object", field="packing")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidOptions(f"unknown option(s) {unknown}; known: {sorted(known)}", field=f"packing.{unknown[0]}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Shared test support: builders, rows, media, templates and servers (no tests here)."""
