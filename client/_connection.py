@@ -24,14 +24,8 @@ from typing import Any
 import grpc
 
 from feedline.proto import FeedlineError, FingerprintMismatch, ServiceUnavailable, error_from_dict
-from feedline.proto.v1 import (
-    CHANNEL_OPTIONS,
-    COLLATE,
-    ERROR_METADATA_KEY,
-    LIST_PROCESSORS,
-    STREAM_DATASET,
-    feedline_pb2 as pb,
-)
+from feedline.proto.v1 import CHANNEL_OPTIONS, COLLATE, ERROR_METADATA_KEY, LIST_PROCESSORS, STREAM_DATASET
+from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._policy import RetryPolicy
 
@@ -40,8 +34,14 @@ __all__ = ["RETRYABLE", "Connection", "map_rpc_error", "parse_endpoints"]
 _LOGGER = logging.getLogger("feedline.client")
 
 RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
 )
 """Transport-level failures another replica (or a later try) may not have; bad input is never retried."""
 
@@ -115,8 +115,14 @@ class Connection:
     ``stats`` counts what happened (calls, failovers, hedges, stalls, refused replicas, DNS changes).
     """
 
-    def __init__(self, endpoints: str | Sequence[str], policy: RetryPolicy, *,
-                 credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        policy: RetryPolicy,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.targets = parse_endpoints(endpoints)
         self.policy = policy
         self.metadata = tuple(metadata)
@@ -237,8 +243,10 @@ class Connection:
         with self._lock:
             usable = [a for a in addresses if a not in self._refused]
             if not usable:
-                raise FingerprintMismatch("every replica refused the pinned processor fingerprint: "
-                                          + "; ".join(f"{a}: {m}" for a, m in self._refused.items()))
+                raise FingerprintMismatch(
+                    "every replica refused the pinned processor fingerprint: "
+                    + "; ".join(f"{a}: {m}" for a, m in self._refused.items())
+                )
             now = time.monotonic()
             fresh = [a for a in usable if a not in avoid] or usable
             healthy = [a for a in fresh if self._down_until.get(a, 0.0) <= now]
@@ -250,8 +258,10 @@ class Connection:
     def has_healthy(self, avoid: Sequence[str] = ()) -> bool:
         now = time.monotonic()
         with self._lock:
-            return any(a not in avoid and a not in self._refused and self._down_until.get(a, 0.0) <= now
-                       for a in self.addresses())
+            return any(
+                a not in avoid and a not in self._refused and self._down_until.get(a, 0.0) <= now
+                for a in self.addresses()
+            )
 
     def succeeded(self, address: str, kind: str, seconds: float) -> None:
         with self._lock:
@@ -271,8 +281,9 @@ class Connection:
             with self._lock:
                 self._refused[address] = str(mapped)
             self.stats["refused"] += 1
-            _LOGGER.error("%s: replica %s refused the pinned processor (%s); it is left out of this run",
-                          what, address, mapped)
+            _LOGGER.error(
+                "%s: replica %s refused the pinned processor (%s); it is left out of this run", what, address, mapped
+            )
         elif err.code() not in RETRYABLE or not isinstance(mapped, ServiceUnavailable):
             raise mapped from None
         else:
@@ -313,23 +324,44 @@ class Connection:
     # ------------------------------------------------------------------ calls
     def collate(self, request: pb.CollateRequest, stop: threading.Event | None = None) -> HedgedCall:
         """A Collate call, hedged and failed over (``.result()`` is the CollateResponse)."""
-        return self.unary(COLLATE, request, pb.CollateRequest.SerializeToString, pb.CollateResponse.FromString,
-                          f"batch {request.batch_index}", stop)
+        return self.unary(
+            COLLATE,
+            request,
+            pb.CollateRequest.SerializeToString,
+            pb.CollateResponse.FromString,
+            f"batch {request.batch_index}",
+            stop,
+        )
 
     def list_processors(self) -> pb.ListProcessorsResponse:
-        return self.unary(LIST_PROCESSORS, pb.ListProcessorsRequest(), pb.ListProcessorsRequest.SerializeToString,
-                          pb.ListProcessorsResponse.FromString, "ListProcessors").result()
+        call = self.unary(
+            LIST_PROCESSORS,
+            pb.ListProcessorsRequest(),
+            pb.ListProcessorsRequest.SerializeToString,
+            pb.ListProcessorsResponse.FromString,
+            "ListProcessors",
+        )
+        response: pb.ListProcessorsResponse = call.result()
+        return response
 
     def stream_dataset(self, address: str, request: pb.StreamDatasetRequest) -> Any:
         """A StreamDataset call on ``address``, its frames as serialized bytes (no deadline: it lasts an epoch;
         the caller cancels it when it stalls, see ``hedge_delay``)."""
         method = self.channel(address).unary_stream(
-            STREAM_DATASET, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None)
+            STREAM_DATASET, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
+        )
         self.stats["attempts"] += 1
         return method(request, timeout=None, metadata=list(self.metadata) or None)
 
-    def unary(self, method: str, request: Any, serializer: Callable[[Any], bytes], deserializer: Callable[[bytes], Any],
-              what: str, stop: threading.Event | None = None) -> HedgedCall:
+    def unary(
+        self,
+        method: str,
+        request: Any,
+        serializer: Callable[[Any], bytes],
+        deserializer: Callable[[bytes], Any],
+        what: str,
+        stop: threading.Event | None = None,
+    ) -> HedgedCall:
         """Start ``request`` on a replica; ``.result()`` hedges, fails over and returns the first answer."""
         return HedgedCall(self, method, request, serializer, deserializer, what, stop)
 
@@ -340,8 +372,16 @@ class HedgedCall:
     Safe because the same request gives identical bytes on any replica. Failed attempts go to other replicas
     under the connection's retry rule."""
 
-    def __init__(self, conn: Connection, method: str, request: Any, serializer: Callable[[Any], bytes],
-                 deserializer: Callable[[bytes], Any], what: str, stop: threading.Event | None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        method: str,
+        request: Any,
+        serializer: Callable[[Any], bytes],
+        deserializer: Callable[[bytes], Any],
+        what: str,
+        stop: threading.Event | None,
+    ) -> None:
         self._conn, self._method, self._request, self._what, self._stop = conn, method, request, what, stop
         self._serializer, self._deserializer = serializer, deserializer
         self._wake = threading.Condition()
@@ -351,10 +391,12 @@ class HedgedCall:
 
     def _launch(self) -> None:
         address = self._conn.pick(avoid=[a for a, _, _ in self._live])
-        method = self._conn.channel(address).unary_unary(self._method, request_serializer=self._serializer,
-                                                          response_deserializer=self._deserializer)
-        future = method.future(self._request, timeout=self._conn.policy.timeout,
-                               metadata=list(self._conn.metadata) or None)
+        method = self._conn.channel(address).unary_unary(
+            self._method, request_serializer=self._serializer, response_deserializer=self._deserializer
+        )
+        future = method.future(
+            self._request, timeout=self._conn.policy.timeout, metadata=list(self._conn.metadata) or None
+        )
         self._live.append((address, time.monotonic(), future))
         self._conn.stats["attempts"] += 1
         future.add_done_callback(lambda _: self._notify())
@@ -420,7 +462,10 @@ class HedgedCall:
                 self._wake.wait(0.5)
             return
         conn.stats["hedges"] += 1
-        _LOGGER.warning("%s: no answer from %s in %.2f s; hedging on another replica", self._what, slow,
-                        time.monotonic() - self._live[0][1])
+        _LOGGER.warning(
+            "%s: no answer from %s in %.2f s; hedging on another replica",
+            self._what,
+            slow,
+            time.monotonic() - self._live[0][1],
+        )
         self._launch()
-

@@ -15,7 +15,7 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -27,8 +27,8 @@ from feedline.proto._plan import DatasetPlan
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._collate import RemoteCollate
-from ._receiver import Receiver
 from ._policy import RetryPolicy
+from ._receiver import Receiver
 from ._sources import dataset_blobs, sample_blobs
 from ._tensors import to_torch
 
@@ -219,7 +219,7 @@ class RemoteLoader:
         return self._receiver_process
 
 
-def _prefetched(blobs: Iterator[tuple[int, Any]], prefetch: int, max_bytes: int) -> Iterator[Any]:
+def _prefetched(blobs: Generator[tuple[int, Any], None, None], prefetch: int, max_bytes: int) -> Iterator[Any]:
     """Read ``blobs`` on a background thread into a buffer bounded in batches and bytes (backpressure)."""
     out = _PrefetchBuffer(prefetch, max_bytes)
 

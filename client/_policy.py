@@ -41,7 +41,7 @@ class RetryPolicy:
     keepalive: float = 10.0
 
     def backoff(self, attempt: int) -> float:
-        return min(self.max_backoff, self.initial_backoff * (2**attempt)) * (0.5 + random.random() / 2)
+        return float(min(self.max_backoff, self.initial_backoff * (2**attempt)) * (0.5 + random.random() / 2))
 
     def worst_extra_wait(self) -> float:
         """The bound on how much longer than usual one batch waits because of one replica (silent, slow, dead or

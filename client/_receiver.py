@@ -24,6 +24,7 @@ chunks again), so a lost receiver neither loses nor repeats a batch.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -39,7 +40,6 @@ from feedline.proto import InvalidSample, ServiceUnavailable, error_from_dict
 
 from ._receiver_process import END
 from ._slots import SlotMaps
-import contextlib
 
 __all__ = ["Receiver"]
 

@@ -12,7 +12,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -37,9 +37,12 @@ Chunk = tuple[int, Sequence[Mapping[str, Any]]]
 
 
 def dataset_blobs(
-    remote: RemoteCollate, request: pb.StreamDatasetRequest, *, allocate: Allocate | None = None,
+    remote: RemoteCollate,
+    request: pb.StreamDatasetRequest,
+    *,
+    allocate: Allocate | None = None,
     stop: threading.Event | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Generator[tuple[int, np.ndarray], None, None]:
     """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream, or one that waits
     longer than the connection's stall limit for a frame, resumes on another replica from the next undelivered
     index. ``stop`` ends the retries (the caller closed the run)."""
@@ -65,13 +68,23 @@ def dataset_blobs(
                 stalls += 1
                 conn.slow(address)
                 conn.stats["stalls"] += 1
-                _LOGGER.warning("batch %d: no frame from %s in %.2f s; resuming the stream on another replica",
-                                next_index, address, watch.limit)
+                _LOGGER.warning(
+                    "batch %d: no frame from %s in %.2f s; resuming the stream on another replica",
+                    next_index,
+                    address,
+                    watch.limit,
+                )
             address = conn.pick(avoid=(address,))
 
 
-def _stream(conn: Connection, address: str, template: pb.StreamDatasetRequest, start: int,
-            allocate: Allocate | None, watch: _StallWatch) -> Iterator[np.ndarray]:
+def _stream(
+    conn: Connection,
+    address: str,
+    template: pb.StreamDatasetRequest,
+    start: int,
+    allocate: Allocate | None,
+    watch: _StallWatch,
+) -> Iterator[np.ndarray]:
     request = pb.StreamDatasetRequest()
     request.CopyFrom(template)
     request.start_batch_index = start
@@ -139,27 +152,34 @@ class _StallWatch:
 
 
 def sample_blobs(
-    remote: RemoteCollate, chunks: Iterable[Chunk], prefetch: int, *, allocate: Allocate | None = None,
+    remote: RemoteCollate,
+    chunks: Iterable[Chunk],
+    prefetch: int,
+    *,
+    allocate: Allocate | None = None,
     stop: threading.Event | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Generator[tuple[int, np.ndarray], None, None]:
     """One unary Collate per chunk, ``prefetch`` in flight, each hedged and failed over by the connection
     under the same batch index, so the answer is the same bytes whoever computes it. ``stop`` ends the retries."""
-    pending: collections.deque[Any] = collections.deque()
+    pending: collections.deque[tuple[int, HedgedCall]] = collections.deque()
     conn = remote._connection
     try:
         for index, rows in chunks:
             request = collate_request(remote.processor, remote.fingerprint, remote._options_msg, rows, index)
             pending.append((index, conn.collate(request, stop)))
             if len(pending) >= prefetch:
-                yield _collect(remote, *pending.popleft(), allocate)
+                yield _collect(remote, pending.popleft(), allocate)
         while pending:
-            yield _collect(remote, *pending.popleft(), allocate)
+            yield _collect(remote, pending.popleft(), allocate)
     finally:
         for _, call in pending:  # a consumer that stops early leaves no call running
             call.cancel()
 
 
-def _collect(remote: RemoteCollate, index: int, call: HedgedCall, allocate: Allocate | None) -> tuple[int, np.ndarray]:
+def _collect(
+    remote: RemoteCollate, pending: tuple[int, HedgedCall], allocate: Allocate | None
+) -> tuple[int, np.ndarray]:
+    index, call = pending
     response = call.result()
     check_fingerprint(response.fingerprint, remote.fingerprint)
     return index, join_frames(response.frames, allocate=allocate)

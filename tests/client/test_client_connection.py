@@ -1,4 +1,4 @@
-"""The client's connection object on loopback (the network-namespace faults are tests/reliability/test_reliability_network.py):
+"""The client's connection object on loopback (network-namespace faults: tests/reliability/test_reliability_network.py):
 hedging around a replica that does not answer, refusing a replica with another processor, resolving a
 ``dns:///`` target to one replica per address, and the delay bound derived from the settings."""
 
@@ -20,8 +20,9 @@ from feedline.proto.v1 import COLLATE, SERVICE_NAME
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import ProcessorRegistry, create_server
 
-_ROWS = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-         for i in range(3)]
+_ROWS = [
+    {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(3)
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,9 @@ def silent() -> Iterator[tuple[str, threading.Event]]:
         release.wait(30)
         context.abort(grpc.StatusCode.UNAVAILABLE, "released")
 
-    handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        COLLATE.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(hang)})
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE_NAME, {COLLATE.rsplit("/", 1)[1]: grpc.unary_unary_rpc_method_handler(hang)}
+    )
     server = grpc.server(futures.ThreadPoolExecutor(8))
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -56,8 +58,9 @@ def _arrays(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v.numpy().tolist() for k, v in batch.items()}
 
 
-def test_a_call_to_a_silent_replica_is_hedged_on_another(good: str, silent: tuple[str, threading.Event],
-                                                         qwen_processor: Processor) -> None:
+def test_a_call_to_a_silent_replica_is_hedged_on_another(
+    good: str, silent: tuple[str, threading.Event], qwen_processor: Processor
+) -> None:
     """Every call starts on the silent replica; each is answered by the healthy one after the hedge delay
     (hedge_min, here 0.3 s), identical to the engine's batch, and the loader's counters say so."""
     fingerprint = RemoteCollate(good, "qwen2.5").pin()

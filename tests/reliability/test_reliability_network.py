@@ -23,22 +23,29 @@ from pathlib import Path
 import pytest
 
 from feedline.client import RetryPolicy
-
 from tests.support.netns import Fabric, unavailable_reason
 from tests.support.network_run import MODES, Net, Result, extra_waits, freeze
 
 _REASON = unavailable_reason()
 if _REASON:
     print(f"\n*** SKIPPING the network fault tests: {_REASON} ***\n", file=sys.stderr)
-pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"NETWORK FAULT TESTS NOT RUN: {_REASON}"),
-              pytest.mark.timeout(600)]
+pytestmark = [
+    pytest.mark.skipif(_REASON is not None, reason=f"NETWORK FAULT TESTS NOT RUN: {_REASON}"),
+    pytest.mark.timeout(600),
+]
 
 POLICY = RetryPolicy()
 """The trainers run with the default policy: the bound below is the one users get."""
 BOUND = POLICY.worst_extra_wait()
-_ROWS = [{"messages": [{"role": "user", "content": f"Question {i}: how far is {i * 7} km?"},
-                       {"role": "assistant", "content": f"About {i * 7} km, " + "more or less " * (i % 5)}]}
-         for i in range(320)]
+_ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Question {i}: how far is {i * 7} km?"},
+            {"role": "assistant", "content": f"About {i * 7} km, " + "more or less " * (i % 5)},
+        ]
+    }
+    for i in range(320)
+]
 _TABLE: list[str] = []
 
 
@@ -91,13 +98,16 @@ def _report(result: Result, reference: Result, *, mib: int = 200) -> dict[str, f
                     stats[k] = stats.get(k, 0) + v
         batches = sum(len(o["digests"]) for (_, m), o in result.outcomes.items() if m == mode)
         shown = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k != "attempts")
-        row = (f"| {result.fault} | {mode} | {batches} | {worst[mode]:+.2f} s | "
-               f"{result.server_peak / 2**20:.0f} / {result.client_peak / 2**20:.0f} MB | "
-               f"identical; {shown or 'nothing to do'} |")
+        row = (
+            f"| {result.fault} | {mode} | {batches} | {worst[mode]:+.2f} s | "
+            f"{result.server_peak / 2**20:.0f} / {result.client_peak / 2**20:.0f} MB | "
+            f"identical; {shown or 'nothing to do'} |"
+        )
         _TABLE.append(row)
         print(f"RELIABILITY network {row}")
-    print(f"target {result.target}; client log ({len(result.client_logs)} lines):", *result.client_logs[:12],
-          sep="\n  ")
+    print(
+        f"target {result.target}; client log ({len(result.client_logs)} lines):", *result.client_logs[:12], sep="\n  "
+    )
     return worst
 
 
@@ -108,8 +118,12 @@ def _stats(result: Result, key: str) -> int:
 def _hit_rank0_stream(result: Result, net: Net) -> None:
     """The fault reached rank 0's dataset stream (it was on the faulted replica): it stalled or failed over."""
     stats = result.outcomes[(0, "dataset")]["stats"]
-    assert stats.get("stalls", 0) + stats.get("failovers", 0) > 0, (result.target, net.found[-1:], stats,
-                                                                   result.client_logs)
+    assert stats.get("stalls", 0) + stats.get("failovers", 0) > 0, (
+        result.target,
+        net.found[-1:],
+        stats,
+        result.client_logs,
+    )
 
 
 def test_latency_and_loss_on_one_replica(net: Net, reference: Result) -> None:

@@ -54,8 +54,24 @@ def unavailable_reason() -> str | None:
         veth = _run("ip", "-n", probe, "link", "add", "a0", "type", "veth", "peer", "name", "b0", check=False)
         if veth.returncode != 0:
             return f"cannot create a veth pair in a namespace: {veth.stderr.strip()}"
-        tbf = _run("tc", "-n", probe, "qdisc", "add", "dev", "a0", "root", "tbf", "rate", "1mbit", "burst", "16kb",
-                   "latency", "1s", check=False)
+        tbf = _run(
+            "tc",
+            "-n",
+            probe,
+            "qdisc",
+            "add",
+            "dev",
+            "a0",
+            "root",
+            "tbf",
+            "rate",
+            "1mbit",
+            "burst",
+            "16kb",
+            "latency",
+            "1s",
+            check=False,
+        )
         if tbf.returncode != 0:
             return f"tc tbf is not available: {tbf.stderr.strip()}"
         nft = _run("ip", "netns", "exec", probe, "nft", "add", "table", "inet", "probe", check=False)
@@ -115,13 +131,18 @@ class Node:
     def sh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run("ip", "netns", "exec", self.ns, *args, check=check)
 
-    def start(self, name: str, argv: Sequence[str], *, stdin: bool = False, env: dict[str, str] | None = None
-              ) -> Process:
+    def start(
+        self, name: str, argv: Sequence[str], *, stdin: bool = False, env: dict[str, str] | None = None
+    ) -> Process:
         """Run ``argv`` in this namespace (``ip netns exec`` execs it: the pid is the program's own)."""
         popen = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, *argv], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdin else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})}, cwd=self.fabric.cwd,
+            ["ip", "netns", "exec", self.ns, *argv],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=self.fabric.cwd,
         )
         process = Process(name, popen)
         self.fabric.processes.append(process)
@@ -132,11 +153,19 @@ class Node:
         """nftables rule in front of ``drop`` for packets in and out of eth0 (``""``: every packet, a partition
         without resets; ``"numgen random mod 100 < 2"``: 2% loss)."""
         self.heal_drops()
-        script = (f"table inet fault {{\n"
-                  f" chain in {{ type filter hook input priority 0; iifname \"eth0\" {rule} drop; }}\n"
-                  f" chain out {{ type filter hook output priority 0; oifname \"eth0\" {rule} drop; }}\n}}\n")
-        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=script, text=True, check=True,
-                       capture_output=True, timeout=30)
+        script = (
+            f"table inet fault {{\n"
+            f' chain in {{ type filter hook input priority 0; iifname "eth0" {rule} drop; }}\n'
+            f' chain out {{ type filter hook output priority 0; oifname "eth0" {rule} drop; }}\n}}\n'
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", self.ns, "nft", "-f", "-"],
+            input=script,
+            text=True,
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
 
     def heal_drops(self) -> None:
         self.sh("nft", "delete", "table", "inet", "fault", check=False)
@@ -144,8 +173,23 @@ class Node:
     def cap(self, rate: str) -> None:
         """A tbf bandwidth cap on both ends of this node's veth."""
         for ns, dev in ((self.ns, "eth0"), (self.fabric.hub, self.peer)):
-            _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kb",
-                 "latency", "2s")
+            _run(
+                "tc",
+                "-n",
+                ns,
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "32kb",
+                "latency",
+                "2s",
+            )
 
     def uncap(self) -> None:
         for ns, dev in ((self.ns, "eth0"), (self.fabric.hub, self.peer)):
@@ -202,11 +246,23 @@ class Fabric:
         node = self.node("dns", 2)
         self._hosts.write_text("")
         self._hosts.chmod(0o644)
-        self._dns = node.start("dnsmasq", [
-            "dnsmasq", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null", "--no-resolv",
-            "--no-hosts", f"--addn-hosts={self._hosts}", f"--listen-address={node.ip}", "--bind-interfaces",
-            "--local-ttl=0", "--user=root", "--pid-file=",
-        ])
+        self._dns = node.start(
+            "dnsmasq",
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--log-facility=-",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                f"--addn-hosts={self._hosts}",
+                f"--listen-address={node.ip}",
+                "--bind-interfaces",
+                "--local-ttl=0",
+                "--user=root",
+                "--pid-file=",
+            ],
+        )
 
     def publish(self, addresses: Sequence[str]) -> None:
         """Make ``name`` resolve to exactly ``addresses`` (dnsmasq re-reads its hosts file on SIGHUP)."""

@@ -46,9 +46,23 @@ class Replica:
 
     def start(self) -> None:
         """`feedline serve` on this node's loopback (the proxy on eth0 forwards to it)."""
-        self.serve = self.node.start(f"serve-{self.label}", python(
-            "-m", "feedline.service._cli", "serve", "--host", "127.0.0.1", "--grpc-port", str(_SERVE_PORT),
-            "--http-port", "8000", "--grace-period", "2", *self.args))
+        self.serve = self.node.start(
+            f"serve-{self.label}",
+            python(
+                "-m",
+                "feedline.service._cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(_SERVE_PORT),
+                "--http-port",
+                "8000",
+                "--grace-period",
+                "2",
+                *self.args,
+            ),
+        )
 
     def ready(self) -> bool:
         return self.serve is not None and any(r.get("msg") == "listening" for r in self.serve.lines)
@@ -61,8 +75,11 @@ class Replica:
     def calls(self, since: int = 0, code: str | None = None, methods: tuple[str, ...] = ()) -> int:
         """Calls this replica's current process logged after its first ``since`` log lines (with that status
         ``code``, of those ``methods``, when given)."""
-        return sum(1 for r in self.process.lines[since:] if r.get("msg") == "rpc" and code in (None, r.get("code"))
-                   and (not methods or r.get("method") in methods))
+        return sum(
+            1
+            for r in self.process.lines[since:]
+            if r.get("msg") == "rpc" and code in (None, r.get("code")) and (not methods or r.get("method") in methods)
+        )
 
     def delay(self, ms: float) -> None:
         self.control.write_text(str(ms))
@@ -139,8 +156,10 @@ class Net:
             control.write_text("0")
             extra = ("--processor", "qwen2.5=mistral-7b-v3") if label == "bad" else ()
             replica = Replica(label, node, control, ("--data-root", str(data), *extra))
-            node.start(f"proxy-{label}", python(str(_HERE / "delay_proxy.py"), node.ip, str(PORT), str(_SERVE_PORT),
-                                                 str(control)))
+            node.start(
+                f"proxy-{label}",
+                python(str(_HERE / "delay_proxy.py"), node.ip, str(PORT), str(_SERVE_PORT), str(control)),
+            )
             replica.start()
             self.replicas[label] = replica
         self.in_service = ["r0", "r1", "r2"]
@@ -150,8 +169,12 @@ class Net:
         for rank in (0, 1):
             node = self.fabric.node(f"t{rank}", 20 + rank)
             for mode in MODES:
-                process = node.start(f"trainer-{rank}-{mode}", python("-m", "tests.support.trainer_agent"),
-                                     stdin=True, env={"TOKENIZERS_PARALLELISM": "false"})
+                process = node.start(
+                    f"trainer-{rank}-{mode}",
+                    python("-m", "tests.support.trainer_agent"),
+                    stdin=True,
+                    env={"TOKENIZERS_PARALLELISM": "false"},
+                )
                 self.agents[(rank, mode)] = Agent(rank, mode, node, process)
 
     def publish(self) -> None:
@@ -194,16 +217,26 @@ class Net:
         fault, not just drain what had arrived before it."""
         lead = self.agents[(0, "dataset")]
         started, goal = time.monotonic(), lead.progress + batches
-        while time.monotonic() - started < longest and (time.monotonic() - started < seconds or (
-                lead.progress < goal and lead.events.empty())):
+        while time.monotonic() - started < longest and (
+            time.monotonic() - started < seconds or (lead.progress < goal and lead.events.empty())
+        ):
             time.sleep(0.05)
 
-    def epoch(self, fault: str, inject: Callable[[str], None] | None, *, at: int = 4, step: float = 0.1,
-              timeout: float = 120) -> Result:
+    def epoch(
+        self, fault: str, inject: Callable[[str], None] | None, *, at: int = 4, step: float = 0.1, timeout: float = 120
+    ) -> Result:
         """One epoch on every agent at once; ``inject(target)`` runs (on this thread) once rank 0's dataset
         trainer has taken ``at`` batches, ``target`` being the replica that serves that stream."""
-        command = {"target": f"dns:///{self.fabric.name}:{PORT}", "dataset": "train.jsonl", "rows": str(self.rows),
-                   "world_size": 2, "batch_size": 4, "step": step, "fingerprint": None, "options": self.options}
+        command = {
+            "target": f"dns:///{self.fabric.name}:{PORT}",
+            "dataset": "train.jsonl",
+            "rows": str(self.rows),
+            "world_size": 2,
+            "batch_size": 4,
+            "step": step,
+            "fingerprint": None,
+            "options": self.options,
+        }
         target = ""
         marks = {label: len(r.serve.lines) for label, r in self.replicas.items() if r.serve is not None}
         agent_marks = {key: len(a.process.lines) for key, a in self.agents.items()}
@@ -214,8 +247,9 @@ class Net:
             while not sampling.wait(0.25):
                 servers = [r.serve.pid for r in self.replicas.values() if r.serve and r.serve.popen.poll() is None]
                 peaks["server"] = max(peaks["server"], max((_rss(p) for p in servers), default=0))
-                peaks["client"] = max(peaks["client"], max(sum(_rss(p) for p in a.pids())
-                                                            for a in self.agents.values()))
+                peaks["client"] = max(
+                    peaks["client"], max(sum(_rss(p) for p in a.pids()) for a in self.agents.values())
+                )
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -234,10 +268,14 @@ class Net:
         finally:
             sampling.set()
             sampler.join()
-        lines = {label: len(r.serve.lines) - marks.get(label, 0) for label, r in self.replicas.items()
-                 if r.serve is not None}
-        logs = [f"rank {k[0]} {k[1]}: {line.get('msg', line.get('raw'))}" for k, a in self.agents.items()
-                for line in a.process.lines[agent_marks[k]:]]
+        lines = {
+            label: len(r.serve.lines) - marks.get(label, 0) for label, r in self.replicas.items() if r.serve is not None
+        }
+        logs = [
+            f"rank {k[0]} {k[1]}: {line.get('msg', line.get('raw'))}"
+            for k, a in self.agents.items()
+            for line in a.process.lines[agent_marks[k] :]
+        ]
         return Result(fault, outcomes, peaks["server"], peaks["client"], lines, logs, target)
 
     def close(self) -> None:
@@ -253,7 +291,7 @@ def _rss(pid: int) -> int:
 
 def extra_waits(result: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float]:
     """(worst extra wait of any batch over the same batch of the fault-free run, that run's median wait)."""
-    extra = max((w - r for w, r in zip(result["waits"], reference["waits"])), default=0.0)
+    extra = max((w - r for w, r in zip(result["waits"], reference["waits"], strict=True)), default=0.0)
     return extra, statistics.median(reference["waits"])
 
 

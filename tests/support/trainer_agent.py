@@ -10,6 +10,7 @@ goes and ``{"event": "done", "digests": [...], "waits": [...], "stats": {...}, "
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,10 +35,8 @@ def _digest(batch: dict[str, Any]) -> str:
 def _rss(pids: list[int]) -> int:
     total = 0
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -47,14 +46,27 @@ def _say(message: dict[str, Any]) -> None:
 
 
 def _epoch(command: dict[str, Any]) -> dict[str, Any]:
-    rows = [json.loads(line) for line in open(command["rows"], encoding="utf-8")]
-    common = dict(fingerprint=command["fingerprint"], batch_size=command["batch_size"], prefetch=4,
-                  retry=RetryPolicy(**command.get("retry", {})), **command.get("options", {}))
+    with open(command["rows"], encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines]
+    common = dict(
+        fingerprint=command["fingerprint"],
+        batch_size=command["batch_size"],
+        prefetch=4,
+        retry=RetryPolicy(**command.get("retry", {})),
+        **command.get("options", {}),
+    )
     if command["mode"] == "dataset":
-        loader = RemoteLoader(command["target"], "qwen2.5", dataset=command["dataset"], seed=5,
-                              rank=command["rank"], world_size=command["world_size"], **common)
+        loader = RemoteLoader(
+            command["target"],
+            "qwen2.5",
+            dataset=command["dataset"],
+            seed=5,
+            rank=command["rank"],
+            world_size=command["world_size"],
+            **common,
+        )
     else:  # each rank sends its own share of the rows
-        mine = rows[command["rank"]::command["world_size"]]
+        mine = rows[command["rank"] :: command["world_size"]]
         loader = RemoteLoader(command["target"], "qwen2.5", samples=mine, **common)
     digests, waits, peak = [], [], 0
     try:
@@ -77,8 +89,9 @@ def _epoch(command: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format='{"level": "%(levelname)s", "msg": "%(message)s"}')
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format='{"level": "%(levelname)s", "msg": "%(message)s"}'
+    )
     lock = threading.Lock()
     for line in sys.stdin:
         command = json.loads(line)
