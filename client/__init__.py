@@ -11,8 +11,10 @@ from ._collate import RemoteCollate
 from ._loader import DatasetPlan, RemoteLoader
 from ._masks import block_causal_mask, document_ids_from_cu_seqlens
 from ._policy import RetryPolicy
+from ._reports import BatchReport
 
 __all__ = [
+    "BatchReport",
     "DatasetPlan",
     "FeedlineError",
     "FingerprintMismatch",
@@ -26,5 +28,5 @@ __all__ = [
 ]
 assert sorted(__all__) == __all__
 
-for _name in ("RemoteCollate", "RemoteLoader", "DatasetPlan", "RetryPolicy"):
+for _name in ("BatchReport", "RemoteCollate", "RemoteLoader", "DatasetPlan", "RetryPolicy"):
     globals()[_name].__module__ = "feedline.client"

@@ -27,6 +27,7 @@ from feedline.proto import FeedlineError, FingerprintMismatch, ServiceUnavailabl
 from feedline.proto.v1 import CHANNEL_OPTIONS, COLLATE, ERROR_METADATA_KEY, LIST_PROCESSORS, STREAM_DATASET
 from feedline.proto.v1 import feedline_pb2 as pb
 
+from ._http_port import http_port_error
 from ._policy import RetryPolicy
 
 __all__ = ["RETRYABLE", "Connection", "map_rpc_error", "parse_endpoints"]
@@ -276,6 +277,9 @@ class Connection:
     def failed(self, address: str, err: grpc.RpcError, failures: int, what: str) -> None:
         """The one retry rule. Raises the call's error when it must not be retried (bad input) or the attempts
         are spent; otherwise marks ``address`` and sleeps a backoff if no healthy replica is left to try."""
+        wrong_port = http_port_error(err, address)
+        if wrong_port is not None:
+            raise wrong_port from None  # not retried: an HTTP port answers the same way every time
         mapped = map_rpc_error(err)
         if isinstance(mapped, FingerprintMismatch):
             with self._lock:

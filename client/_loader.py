@@ -11,30 +11,32 @@ Batches are named by index and computed deterministically, so a retry can neithe
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 import threading
 import weakref
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import grpc
 
-from feedline.proto import InvalidOptions, ResumeStateError
+from feedline.proto import FingerprintMismatch, InvalidOptions, ResumeStateError
 from feedline.proto._codec import decode_batch
 from feedline.proto._plan import DatasetPlan
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._collate import RemoteCollate
+from ._order import SampleSource, is_sized
 from ._policy import RetryPolicy
 from ._receiver import Receiver
+from ._reports import BatchReport, ReportCounts, with_rows
 from ._sources import dataset_blobs, sample_blobs
 from ._tensors import to_torch
 
 __all__ = ["DatasetPlan", "RemoteLoader"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: samples mode ordered like a DistributedSampler, dataset fingerprints, report counts
+Batches = Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]  # (batch index, tensors, batch metadata)
 _DONE = object()
 
 
@@ -45,6 +47,17 @@ class RemoteLoader:
     ``RemoteLoader(endpoints, "qwen2.5", dataset="train.jsonl", batch_size=8, rank=r, world_size=w)`` names a
     dataset under the servers' data roots. ``state_dict()`` is a few integers plus the plan;
     ``load_state_dict()`` makes the next ``iter()`` continue where the saved run stopped.
+
+    Samples mode works like ``DataLoader(samples, batch_size, sampler=DistributedSampler(samples, world_size,
+    rank, shuffle, seed, drop_last), drop_last=drop_last)`` with ``set_epoch``: for a sized ``samples`` (``len``
+    and ``[i]``) the batches are exactly that DataLoader's (``shuffle`` defaults to True), and ``len(loader)``
+    is the number of batches. Any other iterable is read in its own order on one rank (``shuffle`` defaults to
+    False, as for an IterableDataset); a one-shot iterator (a generator) serves one iteration and then refuses.
+
+    Reports: ``loader.last_report`` is the ``BatchReport`` of the batch just yielded (what happened to each of
+    its rows), ``loader.report_counts`` the run's totals (batches, samples, truncated, dropped, skipped; kept in
+    ``state_dict``), ``on_report(report)`` is called for every batch, and one warning is logged per iteration
+    when any sample was truncated, dropped or skipped.
 
     With ``offload`` (the default on POSIX without a credentials object) a receiver process does the gRPC
     calls, failover and frame assembly, and hands finished batches over in shared memory: the trainer
@@ -62,7 +75,7 @@ class RemoteLoader:
         dataset_fingerprint: str = "",
         batch_size: int = 8,
         seed: int = 0,
-        shuffle: bool = True,
+        shuffle: bool | None = None,
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
@@ -74,6 +87,7 @@ class RemoteLoader:
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        on_report: Callable[[BatchReport], None] | None = None,
         **options: Any,
     ) -> None:
         if (samples is None) == (dataset is None):
@@ -89,11 +103,17 @@ class RemoteLoader:
         self.offload = can_offload if offload is None else offload
         self._receiver_process: Receiver | None = None
         self._closer: Any = lambda: None
-        self._samples = samples
         self.dataset = dataset
         self.dataset_fingerprint = dataset_fingerprint
+        shuffle_given = shuffle is not None
+        if shuffle is None:  # a DataLoader's sampler shuffles what it can index; an iterable keeps its order
+            shuffle = dataset is not None or is_sized(samples)
         self.plan = DatasetPlan(seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank,
                                 world_size=world_size)
+        self._source = SampleSource(samples, self.plan, shuffle_given=shuffle_given) if samples is not None else None
+        self._counts = ReportCounts(on_report)
+        self.last_report: BatchReport | None = None
+        self._resumed_fingerprint = ""  # the dataset fingerprint a loaded state pinned (a mismatch: data changed)
         self.prefetch = prefetch
         self.max_prefetch_bytes = max_prefetch_bytes
         self.epoch = 0
@@ -102,9 +122,23 @@ class RemoteLoader:
 
     # ----------------------------------------------------------------- public API
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch the next ``iter()`` serves (dataset mode reshuffles deterministically)."""
+        """Choose the epoch the next ``iter()`` serves (its seeded order is ``seed + epoch``, in both modes)."""
         if epoch != self.epoch:
             self.epoch, self._start, self._delivered = epoch, 0, 0
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank (samples mode with a sized ``samples``; otherwise a TypeError, as
+        ``len()`` of a DataLoader over an IterableDataset, so trainers fall back to ``max_steps``)."""
+        batches = self._source.batch_rows(self.epoch) if self._source is not None else None
+        if batches is None:
+            raise TypeError("this RemoteLoader has no length: it reads a dataset on the server or an unsized "
+                            "iterable (give the trainer max_steps)")
+        return len(batches)
+
+    @property
+    def report_counts(self) -> dict[str, int]:
+        """Totals over every batch delivered: batches, samples, truncated, dropped, skipped (in ``state_dict``)."""
+        return self._counts.state()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -116,7 +150,8 @@ class RemoteLoader:
             "processor": self._remote.processor,
             "processor_fingerprint": self._remote.fingerprint,
             "dataset": self.dataset,
-            "dataset_fingerprint": self.dataset_fingerprint,
+            "dataset_fingerprint": self._data_fingerprint(),
+            "report_counts": self._counts.state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -137,17 +172,28 @@ class RemoteLoader:
             raise ResumeStateError(
                 f"{consumed} samples were consumed, not a whole number of global batches of {global_batch}"
             )
+        self._check_data(str(state.get("dataset_fingerprint") or ""))
         self._remote.fingerprint = state.get("processor_fingerprint") or self._remote.fingerprint
-        self.dataset_fingerprint = state.get("dataset_fingerprint") or self.dataset_fingerprint
         self.epoch = int(state["epoch"])
         self._start = self._delivered = consumed // global_batch
+        self._counts.restore(state.get("report_counts"))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._remote.pin()
         start, self._delivered = self._start, self._start
-        for batch in self._batches(start):
-            self._delivered += 1
-            yield batch
+        try:
+            for index, batch, meta in self._batches(start):
+                self._observe(index, meta)
+                self._delivered = index + 1
+                yield batch
+        except FingerprintMismatch as exc:
+            resumed = self._resumed_fingerprint and self._resumed_fingerprint == self.dataset_fingerprint
+            if exc.field == "dataset.fingerprint" and resumed:
+                raise ResumeStateError(f"the dataset changed since the state was saved, so the saved position "
+                                       f"would resume on other rows: {exc.message}", field="dataset") from None
+            raise
+        finally:
+            self._counts.summarise(self.epoch)
         self._start, self._delivered = 0, 0
         self.epoch += 1
 
@@ -171,9 +217,34 @@ class RemoteLoader:
         """Stop the receiver process, if one was started (also done when the loader is garbage collected)."""
         self._closer()
 
+    # ----------------------------------------------------------------- reports and data identity
+    def _observe(self, index: int, meta: Mapping[str, Any]) -> None:
+        if meta.get("dataset_fingerprint") and not self.dataset_fingerprint:
+            self.dataset_fingerprint = str(meta["dataset_fingerprint"])  # pinned for the rest of the run
+        batches = self._source.batch_rows(self.epoch) if self._source is not None else None
+        rows = batches[index] if batches is not None and index < len(batches) else None
+        self.last_report = BatchReport(self.epoch, index, with_rows(meta.get("reports") or [], rows))
+        self._counts.observe(self.last_report)
+
+    def _data_fingerprint(self) -> str:
+        return self._source.fingerprint() if self._source is not None else self.dataset_fingerprint
+
+    def _check_data(self, saved: str) -> None:
+        """Refuse a state saved on other data: resuming at its position would silently train on other rows."""
+        if self._source is not None:
+            current = self._source.fingerprint()
+            if saved and current and saved != current:
+                raise ResumeStateError(f"samples= changed since the state was saved ({saved} then, {current} now): "
+                                       "its saved position would resume on other rows", field="samples")
+            return
+        if saved and self.dataset_fingerprint and saved != self.dataset_fingerprint:
+            raise ResumeStateError(f"the state was saved on dataset fingerprint {saved}, this loader pins "
+                                   f"{self.dataset_fingerprint}", field="dataset_fingerprint")
+        self.dataset_fingerprint = self._resumed_fingerprint = saved or self.dataset_fingerprint
+
     # ----------------------------------------------------------------- sources
-    def _batches(self, start: int) -> Iterator[dict[str, Any]]:
-        chunks = None if self.dataset is not None else self._chunks(start)
+    def _batches(self, start: int) -> Batches:
+        chunks = self._source.chunks(self.epoch, start) if self._source is not None else None
         request = self._dataset_request(start) if self.dataset is not None else None
         pin = self._remote.pin_memory
         if self.offload:
@@ -185,15 +256,8 @@ class RemoteLoader:
             blobs = _prefetched(dataset_blobs(self._remote, request), self.prefetch, self.max_prefetch_bytes)
         else:
             assert chunks is not None
-            blobs = (blob for _, blob in sample_blobs(self._remote, chunks, self.prefetch))
-        return (to_torch(decode_batch(blob), pin_memory=pin) for blob in blobs)
-
-    def _chunks(self, start: int) -> Iterator[tuple[int, list[Mapping[str, Any]]]]:
-        """``(batch index, rows)`` from the samples, from batch ``start`` on (resume skips the ones delivered)."""
-        rows = iter(self._samples or ())
-        size = self.plan.batch_size
-        chunks = iter(lambda: list(itertools.islice(rows, size)), [])
-        return enumerate(itertools.islice(chunks, start, None), start)
+            blobs = sample_blobs(self._remote, chunks, self.prefetch)
+        return _decoded(blobs, pin)
 
     def _dataset_request(self, start: int) -> pb.StreamDatasetRequest:
         remote = self._remote
@@ -219,14 +283,20 @@ class RemoteLoader:
         return self._receiver_process
 
 
-def _prefetched(blobs: Generator[tuple[int, Any], None, None], prefetch: int, max_bytes: int) -> Iterator[Any]:
+def _decoded(blobs: Iterator[tuple[int, Any]], pin_memory: bool) -> Batches:
+    for index, blob in blobs:
+        decoded = decode_batch(blob)
+        yield index, to_torch(decoded, pin_memory=pin_memory), decoded.meta
+
+
+def _prefetched(blobs: Iterator[tuple[int, Any]], prefetch: int, max_bytes: int) -> Iterator[tuple[int, Any]]:
     """Read ``blobs`` on a background thread into a buffer bounded in batches and bytes (backpressure)."""
     out = _PrefetchBuffer(prefetch, max_bytes)
 
     def read() -> None:
         try:
-            for _, blob in blobs:
-                if not out.put(blob, blob.nbytes):
+            for item in blobs:
+                if not out.put(item, item[1].nbytes):
                     return
             out.put(_DONE)
         except Exception as exc:  # noqa: BLE001 - handed to the trainer's thread, which raises it

@@ -14,7 +14,8 @@ Messages, trainer -> receiver (control socket):
     ("cancel", run) / ("stop",)        the trainer stopped iterating / the loader is closing
 receiver -> trainer (data socket):
     ("slot", slot, size, live) + fd    a new shared-memory slot (see ``_slots.send_slot``)
-    ("batch", run, index, slot, fields) | ("done", run) | ("error", run, error_dict)
+    ("batch", run, index, slot, fields, meta) | ("done", run) | ("error", run, error_dict)
+                                       meta: the batch's reports and dataset fingerprint
     ("stats", run, counters)           the run's connection counters (failovers, hedges...), when they change
 The receiver ends when the control socket closes, so it never outlives its trainer. If it dies, the trainer
 starts another and continues the run from the next undelivered batch (samples mode sends the undelivered
@@ -168,8 +169,8 @@ class Receiver:
         self._child.stats.clear()
 
     def batches(self, spec: Mapping[str, Any], chunks: Iterator[tuple[int, Sequence[Mapping[str, Any]]]] | None,
-                *, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
-        """The batches of one run from ``spec["start"]`` on, in order; ``chunks`` feeds samples mode."""
+                *, pin_memory: bool = False) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
+        """``(index, tensors, meta)`` of one run from ``spec["start"]`` on, in order; ``chunks`` feeds samples mode."""
         # The receiver pulls chunk i + prefetch before it can deliver batch i + 1, and the trainer answers once
         # per `every` batches: so many more chunks must be out for the pipeline never to wait on the trainer.
         ahead = spec["prefetch"] + _every(spec["prefetch"]) - 1
@@ -177,9 +178,9 @@ class Receiver:
         spec, deaths = dict(spec), 0
         while True:
             try:
-                for index, batch in self._attempt(spec, feed, pin_memory):
+                for index, batch, meta in self._attempt(spec, feed, pin_memory):
                     spec["start"], deaths = index + 1, 0
-                    yield batch
+                    yield index, batch, meta
                 return
             except _Died as died:
                 deaths += 1
@@ -195,7 +196,7 @@ class Receiver:
                 self._child = _Child()
 
     def _attempt(self, spec: dict[str, Any], feed: _Feed | None,
-                 pin_memory: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+                 pin_memory: bool) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
         self._fold_stats()
         child = self._child
         self._runs += 1
@@ -223,7 +224,7 @@ class Receiver:
                 if message[0] == "error":
                     finished = True
                     raise error_from_dict(message[2])
-                _, _, index, slot, fields = message
+                _, _, index, slot, fields, meta = message
                 batch = child.slots.tensors(slot, fields, pin_memory=pin_memory)
                 taken += 1
                 chunk = feed.delivered() if feed is not None else None
@@ -232,7 +233,7 @@ class Receiver:
                 if taken == every:  # credits, freed slots and new chunks go back in one message per `every`
                     child.send(("next", run, chunks, child.slots.take_released(), taken))
                     taken, chunks = 0, []
-                yield index, batch
+                yield index, batch, meta
         except _Died:
             finished = True
             raise

@@ -28,6 +28,8 @@ __all__ = ["END", "serve"]
 
 END = "end"
 """Samples mode: the trainer has no more chunks."""
+_TRAINER_META = ("reports", "dataset_fingerprint")
+"""What of a batch's metadata goes to the trainer with it (the loader's reports and state)."""
 
 
 class _Out:
@@ -98,13 +100,14 @@ class _Run:
             for index, blob in blobs:
                 if not self._wait_for_room():
                     return
-                fields = describe(decode_batch(blob), blob)
+                decoded = decode_batch(blob)
+                meta = {k: decoded.meta[k] for k in _TRAINER_META if k in decoded.meta}
                 with self._room:
                     self._sent.append(blob.nbytes)
                 if remote._connection.stats != reported:  # failovers, hedges, stalls: the loader's counters
                     reported = dict(remote._connection.stats)
                     self._out.send(("stats", self.run, reported))
-                self._out.send(("batch", self.run, index, allocate.lend(), fields))
+                self._out.send(("batch", self.run, index, allocate.lend(), describe(decoded, blob), meta))
             self._out.send(("stats", self.run, dict(remote._connection.stats)))
             self._out.send(("done", self.run))
         except FeedlineError as exc:

@@ -3,8 +3,10 @@
     feedline serve &                      # or: bash scripts/serve.sh
     python examples/train_tiny_lm.py --endpoint localhost:50051 --steps 30
 
-Labels arrive in the default `shifted` format: labels[t] is the target of the logits at input_ids[t], so the
-loss is a plain cross-entropy over positions with no further shift (IGNORE_INDEX positions are skipped).
+This hand-written model computes its loss with no shift of its own, so it asks for `label_format="shifted"`
+(NeMo's convention): labels[t] is the target of the logits at input_ids[t], and the loss is a plain
+cross-entropy over the positions that are not IGNORE_INDEX. (An HF model shifts by itself and takes the
+default, `unshifted`: see hf_trainer.py.)
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def train(endpoint: str, steps: int, processor: str = "qwen2.5", vocab: int = 15
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses: list[float] = []
     while len(losses) < steps:
-        for batch in RemoteLoader(endpoint, processor, samples=rows(), batch_size=8):
+        for batch in RemoteLoader(endpoint, processor, samples=rows(), batch_size=8, label_format="shifted"):
             supervised = batch["labels"] != IGNORE_INDEX  # labels[t] is the target of the logits at input_ids[t]
             logits = model(batch["input_ids"], batch["attention_mask"], supervised)
             loss = nn.functional.cross_entropy(logits, batch["labels"][supervised])

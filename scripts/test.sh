@@ -10,7 +10,9 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -e ".[service,test]"
+"$VENV/bin/python" -m pip install -q -e ".[service,test,integrations]"
+# NeMo AutoModel's own dependencies pin CUDA kernels, another transformers and protobuf 6: its code only.
+"$VENV/bin/python" -m pip install -q --no-deps "nemo-automodel==0.7.0"
 # Debian's chromium and the Playwright driver for the browser test of the mask page (never Playwright's browsers).
 bash scripts/install_browser.sh "$VENV/bin/python" || echo "WARNING: browser install failed; tests/test_page_browser.py will be SKIPPED" >&2
 
@@ -25,6 +27,9 @@ if "$VENV/bin/python" -m pip list --format=freeze | grep -i '^nvidia-'; then
     echo "error: nvidia-* packages were installed; torch must stay the 2.13.0 CPU wheel" >&2
     exit 1
 fi
+
+# The check gate: formatting, lint and strict typing, zero findings (scripts/check.sh).
+bash scripts/check.sh "$VENV/bin/python"
 
 export TOKENIZERS_PARALLELISM=false
 if [ "${FEEDLINE_CI_BENCH:-0}" = "1" ]; then

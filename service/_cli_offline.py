@@ -55,7 +55,8 @@ def _add_processor_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_option_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-policy", choices=("assistant", "nemo"), default="assistant")
-    parser.add_argument("--label-format", choices=("shifted", "unshifted", "loss_mask"), default="shifted")
+    parser.add_argument("--label-format", choices=("shifted", "unshifted", "loss_mask"), default=None,
+                        help="default: the label policy's convention (assistant: unshifted, nemo: shifted)")
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--truncation", choices=("none", "right", "left"), default="none")
     parser.add_argument("--padding", choices=("none", "longest", "max_length"), default="none")

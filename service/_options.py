@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from feedline.proto import InvalidOptions, LabelFormat, LabelPolicy
@@ -92,10 +92,15 @@ class CollateOptions:
     truncation: "none" keeps samples whole (an over-long one then follows ``overlong``), "right"/"left" cut
     to ``max_length``. padding: "longest" pads a batch to its longest row, "max_length" to ``max_length``,
     "none" leaves rows ragged (only meaningful for one-sample batches and the offline CLI).
+
+    label_format left unset (None) follows the policy's convention, decided here and nowhere else:
+    ``unshifted`` for the default policy (HF models shift labels themselves, so ``model(**batch).loss`` is
+    right), ``shifted`` for ``label_policy="nemo"`` (NeMo's recipes expect pre-shifted labels). After
+    construction ``label_format`` always holds the resolved value.
     """
 
     label_policy: LabelPolicy = LabelPolicy.ASSISTANT
-    label_format: LabelFormat = LabelFormat.SHIFTED
+    label_format: LabelFormat = None  # type: ignore[assignment]  # None: the policy's convention (resolved below)
     max_length: int | None = None
     truncation: str = "none"
     padding: str = "longest"
@@ -108,11 +113,16 @@ class CollateOptions:
     on_sample_error: str = "error"  # "skip": a row that fails (bad media, template error) is reported, not fatal
     pixel_dtype: str = "float32"
     packing: PackOptions | None = None
+    # Whether label_format was chosen rather than derived: a later label_policy re-derives only a derived one.
+    label_format_given: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Accept the string values too (CollateOptions(label_format="unshifted")), as from_mapping does.
         object.__setattr__(self, "label_policy", _enum(LabelPolicy, self.label_policy, "label_policy"))
-        object.__setattr__(self, "label_format", _enum(LabelFormat, self.label_format, "label_format"))
+        given = self.label_format is not None
+        fmt = _enum(LabelFormat, self.label_format, "label_format") if given else _policy_format(self.label_policy)
+        object.__setattr__(self, "label_format", fmt)
+        object.__setattr__(self, "label_format_given", given)
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
             raise InvalidOptions("must be an integer >= 2", field="max_length")
         if self.pad_to_multiple_of is not None and (
@@ -140,24 +150,33 @@ class CollateOptions:
         if unknown:
             raise InvalidOptions(f"unknown option(s) {unknown}; known: {sorted(known)}", field=unknown[0])
         values = {k: _coerce(k, v) for k, v in data.items()}
+        if values.get("label_format") is None and not current.label_format_given:
+            values["label_format"] = None  # re-derived from the (possibly new) label_policy
         if "packing" in values:
             values["packing"] = PackOptions.from_mapping(values["packing"]) if values["packing"] else None
         return dataclasses.replace(current, **values)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (enums as their string values)."""
+        """JSON-ready form (enums as their string values); ``from_mapping(to_dict())`` gives equal options."""
         out = dataclasses.asdict(self)
+        del out["label_format_given"]
         out["label_policy"] = self.label_policy.value
-        out["label_format"] = self.label_format.value
+        # None when derived: a processor's defaults then keep following whatever label_policy a request sets.
+        out["label_format"] = self.label_format.value if self.label_format_given else None
         out["packing"] = self.packing.to_dict() if self.packing else None
         return out
+
+
+def _policy_format(policy: LabelPolicy) -> LabelFormat:
+    """The label format a policy implies when none is chosen: NeMo's recipes shift, HF models shift themselves."""
+    return LabelFormat.SHIFTED if policy is LabelPolicy.NEMO else LabelFormat.UNSHIFTED
 
 
 def _coerce(name: str, value: Any) -> Any:
     if name == "label_policy":
         return _enum(LabelPolicy, value, name)
     if name == "label_format":
-        return _enum(LabelFormat, value, name)
+        return None if value is None else _enum(LabelFormat, value, name)
     if name == "truncation":
         return _alias(_TRUNCATION_ALIASES, value, name)
     if name == "padding":

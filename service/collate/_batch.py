@@ -38,6 +38,7 @@ class SampleReport:
     warnings: tuple[str, ...] = ()
     error: dict[str, Any] | None = None
     family: str | None = None  # the model-family rule used, for rows through a multimodal processor
+    truncated: int = 0  # tokens cut away (truncation, or cut to fit a pack): the trainer's loader counts these
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +50,7 @@ class SampleReport:
             "warnings": list(self.warnings),
             "error": self.error,
             "family": self.family,
+            "truncated": self.truncated,
         }
 
 
@@ -108,6 +110,7 @@ def _report(index: int, sample: TokenizedSample, options: CollateOptions) -> Sam
         num_label_tokens=count,
         warnings=sample.warnings,
         family=sample.family,
+        truncated=sample.truncated,
     )
 
 
@@ -141,6 +144,7 @@ def _with_pack_outcome(reports: list[SampleReport], samples: Sequence[TokenizedS
         r, keep = out[ok[i]], int(plan.keep[int(np.flatnonzero(plan.indices == i)[0])])
         first = 1 if plan.label_format is LabelFormat.SHIFTED else 0
         out[ok[i]] = replace(r, num_label_tokens=int(samples[i].supervised[first:keep].sum()),
+                             truncated=r.truncated + samples[i].num_tokens - keep,
                              warnings=r.warnings + (f"truncated on the right to {keep} tokens to fit one pack",))
     return out
 

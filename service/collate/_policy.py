@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feedline.proto import FeedlineError, LabelFormat, LabelPolicy
+from feedline.proto import FeedlineError, LabelPolicy
 
 from .._options import CollateOptions
 from ..engine._conversation import Row
@@ -34,21 +34,20 @@ TextLabeller = Callable[[Processor, Sequence[tuple[int, "Row | FeedlineError"]],
 @dataclass(frozen=True)
 class Policy:
     """What a label policy decides. ``keeps_overlong``: an over-long sample is emitted whole (NeMo) instead of
-    refused; ``shift_narrows``: a shifted batch padded to ``max_length`` is one column narrower."""
+    refused."""
 
     name: LabelPolicy
     label_text: TextLabeller
     media_supervision: MediaSupervision
     pad_id: Callable[[Processor], int]
     keeps_overlong: bool
-    shift_narrows: bool
 
     def padded_width(self, options: CollateOptions) -> int | None:
-        """The width ``padding="max_length"`` pads to, or None when the batch pads to its longest row."""
+        """The width ``padding="max_length"`` pads to (exactly ``max_length`` in every label format, as NeMo pads
+        its shifted lists to seq_length again), or None when the batch pads to its longest row."""
         if options.padding != "max_length" or options.max_length is None:
             return None
-        narrow = self.shift_narrows and options.label_format is LabelFormat.SHIFTED
-        return options.max_length - (1 if narrow else 0)
+        return options.max_length
 
 
 def _nemo_text(processor: Processor, parsed: Sequence[tuple[int, Row | FeedlineError]],
@@ -64,12 +63,11 @@ def _nemo_media(processor: Processor, plan: TextLabels, call: ProcessorCall, med
 _POLICIES = {
     LabelPolicy.ASSISTANT: Policy(
         name=LabelPolicy.ASSISTANT, label_text=label_text_rows, media_supervision=default_supervision,
-        pad_id=lambda processor: processor.pad_token_id, keeps_overlong=False, shift_narrows=True,
+        pad_id=lambda processor: processor.pad_token_id, keeps_overlong=False,
     ),
-    # NeMo pads its shifted lists to seq_length again, so nemo rows keep max_length columns.
     LabelPolicy.NEMO: Policy(
         name=LabelPolicy.NEMO, label_text=_nemo_text, media_supervision=_nemo_media,
-        pad_id=nemo_pad_token_id, keeps_overlong=True, shift_narrows=False,
+        pad_id=nemo_pad_token_id, keeps_overlong=True,
     ),
 }
 

@@ -210,13 +210,14 @@ class _FeedlineServicer:
                                      f"({total} batches)", field="start_batch_index")
             end = min(total, request.start_batch_index + request.max_batches) if request.max_batches else total
             options = options_from_proto(request.options)
+            extra = {"dataset_fingerprint": source.fingerprint}  # what the client keeps in its state_dict
             for batch_index in range(request.start_batch_index, end):
                 call["batch_index"] = batch_index
                 _check_live(context)
                 indices = batch_rows(len(source), plan, batch_index)
                 frame_bytes = self._frame_bytes(request.max_frame_bytes)
                 if not len(indices):  # this rank's share of the last, partial global step is empty
-                    empty = encode_batch({}, {"batch_index": batch_index, "reports": []})
+                    empty = encode_batch({}, {"batch_index": batch_index, "reports": [], **extra})
                     yield from split_frames(empty, batch_id=batch_index, max_frame_bytes=frame_bytes, wrap=True)
                     continue
                 rows = source.rows(indices)  # a row that is not JSON names its dataset row already
@@ -225,7 +226,7 @@ class _FeedlineServicer:
                                          fingerprint=request.processor_fingerprint, options=options)
                 except FeedlineError as exc:  # name the dataset row, not the position in the batch
                     raise exc.at_sample(int(indices[exc.sample])) if exc.sample is not None else exc from None
-                yield from result.frames(batch_index, frame_bytes, wrap=True)
+                yield from result.frames(batch_index, frame_bytes, wrap=True, extra=extra)
                 call["batches"] = call.get("batches", 0) + 1
 
     def ListProcessors(self, request: pb.ListProcessorsRequest, context: grpc.ServicerContext

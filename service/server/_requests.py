@@ -53,14 +53,15 @@ class CollateResult:
             "reports": [r.to_dict() for r in self.batch.reports],
         }
 
-    def encode(self, batch_index: int = 0) -> bytearray:
-        """The batch as one codec blob (reports and fingerprint in its metadata)."""
+    def encode(self, batch_index: int = 0, extra: Mapping[str, Any] | None = None) -> bytearray:
+        """The batch as one codec blob (reports, fingerprint and ``extra`` in its metadata)."""
         tensors, tags = self.wire
-        return encode_batch(tensors, self.meta(batch_index), dtype_tags=tags)
+        return encode_batch(tensors, {**self.meta(batch_index), **(extra or {})}, dtype_tags=tags)
 
-    def frames(self, batch_index: int, max_frame_bytes: int, *, wrap: bool = False) -> list[bytes]:
+    def frames(self, batch_index: int, max_frame_bytes: int, *, wrap: bool = False,
+               extra: Mapping[str, Any] | None = None) -> list[bytes]:
         """The batch as codec frames addressed to ``batch_index`` (``wrap``: as serialized ``Frame`` messages)."""
-        return split_frames(self.encode(batch_index), batch_id=batch_index, max_frame_bytes=max_frame_bytes,
+        return split_frames(self.encode(batch_index, extra), batch_id=batch_index, max_frame_bytes=max_frame_bytes,
                             wrap=wrap)
 
     def to_json(self) -> dict[str, Any]:

@@ -73,3 +73,21 @@ def test_mask_json_counts_match_collate(tmp_path: Path, qwen_processor, capsys) 
     assert sum(t["supervised"] for t in report["tokens"]) == report["num_label_tokens"]
     assert sum(t["kind"] == "truncated" for t in report["tokens"]) > 0
     assert any("truncation cuts" in w for w in report["warnings"])
+
+
+def test_collate_label_format_follows_the_label_policy(tmp_path: Path) -> None:
+    """No --label-format: HF's unshifted labels by default, NeMo's shifted ones with --label-policy nemo."""
+    src = tmp_path / "rows.jsonl"
+    src.write_text(json.dumps(_chat("Name a colour", "Blue")) + "\n", encoding="utf-8")
+    records = {}
+    for policy in ("assistant", "nemo"):
+        out = tmp_path / f"{policy}.jsonl"
+        assert _run(["collate", "--input", str(src), "--output", str(out), "--label-policy", policy,
+                     "--no-progress"]) == 0
+        records[policy] = json.loads(out.read_text())
+    hf, nemo = records["assistant"], records["nemo"]
+    hf_targets = [label for label in hf["labels"] if label != IGNORE_INDEX]
+    assert [t for t, label in zip(hf["input_ids"], hf["labels"], strict=True) if label != IGNORE_INDEX] == hf_targets
+    assert nemo["input_ids"] == hf["input_ids"][:-1]  # shifted: cut by one, labels[t] is input t+1's token
+    nemo_targets = [label for label in nemo["labels"] if label != IGNORE_INDEX]
+    assert [hf["input_ids"][t + 1] for t, label in enumerate(nemo["labels"]) if label != IGNORE_INDEX] == nemo_targets

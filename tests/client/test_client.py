@@ -85,7 +85,7 @@ def test_pinned_fingerprint_mismatch_is_refused(server: str) -> None:
 
 def test_samples_mode_streams_every_batch_in_order(server: str, qwen_processor: Processor) -> None:
     rows = _rows(21)
-    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=4, prefetch=3)
+    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=4, prefetch=3, shuffle=False)
     batches = list(loader)
     assert len(batches) == 6
     for i, batch in enumerate(batches):

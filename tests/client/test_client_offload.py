@@ -164,7 +164,7 @@ def test_an_abandoned_epoch_does_not_leak_into_the_next(server: str, mode: str) 
 
 def test_bad_input_is_the_servers_error_through_the_receiver(server: str) -> None:
     rows = _rows(6) + [{"messages": [{"role": "robot", "content": "x"}]}]
-    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=4)
+    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=4, shuffle=False)
     with pytest.raises(InvalidSample) as info:
         list(loader)
     assert info.value.sample == 2 and info.value.field == "messages[0].role"
@@ -214,7 +214,7 @@ def _zombie(pid: int) -> bool:
 def test_a_row_that_cannot_travel_is_an_invalid_sample(server: str, offload: bool, content: Any) -> None:
     """bytes pass msgpack (trainer) and fail JSON (receiver); object() fails msgpack: both name the row."""
     rows = _rows(3) + [{"messages": [{"role": "user", "content": content}]}] + _rows(2)
-    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=5, offload=offload)
+    loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=5, offload=offload, shuffle=False)
     with pytest.raises(InvalidSample) as info:
         list(loader)
     assert info.value.sample == 3 and "serialis" in info.value.message

@@ -164,10 +164,10 @@ def test_label_formats(qwen_processor: Processor) -> None:
     row = _chat("q", "the answer")
     sample = tokenize_row(qwen_processor, row, DEFAULT)
     n = sample.num_tokens
-    shifted = collate(qwen_processor, [row], DEFAULT).tensors
-    unshifted = collate(qwen_processor, [row], CollateOptions(label_format=LabelFormat.UNSHIFTED)).tensors
+    shifted = collate(qwen_processor, [row], CollateOptions(label_format=LabelFormat.SHIFTED)).tensors
+    unshifted = collate(qwen_processor, [row], DEFAULT).tensors  # the default policy's default: HF's convention
     loss = collate(qwen_processor, [row], CollateOptions(label_format=LabelFormat.LOSS_MASK)).tensors
-    assert shifted["input_ids"].shape == (1, n - 1)
+    assert shifted["input_ids"].shape == (1, n - 1) and unshifted["input_ids"].shape == (1, n)
     np.testing.assert_array_equal(shifted["labels"][0], unshifted["labels"][0][1:])
     np.testing.assert_array_equal(unshifted["input_ids"][0], sample.input_ids)
     np.testing.assert_array_equal(loss["loss_mask"][0], sample.supervised.astype(np.int64))
@@ -176,15 +176,30 @@ def test_label_formats(qwen_processor: Processor) -> None:
 
 def test_padding_and_attention(qwen_processor: Processor) -> None:
     rows = [_chat("q", "short"), _chat("a longer question here", "and a much longer answer than before")]
-    batch = collate(qwen_processor, rows, CollateOptions(pad_to_multiple_of=8))
+    batch = collate(qwen_processor, rows, CollateOptions(pad_to_multiple_of=8, label_format="shifted"))
     ids, att, labels = batch.tensors["input_ids"], batch.tensors["attention_mask"], batch.tensors["labels"]
     assert ids.shape[1] % 8 == 0
     n0 = batch.reports[0].num_tokens - 1
     assert att[0, :n0].all() and not att[0, n0:].any()
     assert (ids[0, n0:] == qwen_processor.pad_token_id).all() and (labels[0, n0:] == IGNORE_INDEX).all()
     assert [r.num_label_tokens for r in batch.reports] == [int((row != IGNORE_INDEX).sum()) for row in labels]
-    fixed = collate(qwen_processor, rows, CollateOptions(max_length=128, padding="max_length"))
-    assert fixed.tensors["input_ids"].shape == (2, 127)
+    for fmt in LabelFormat:  # padded to max_length means exactly max_length wide, whatever the label format
+        fixed = collate(qwen_processor, rows, CollateOptions(max_length=128, padding="max_length", label_format=fmt))
+        assert {k: v.shape for k, v in fixed.tensors.items()} == dict.fromkeys(fixed.tensors, (2, 128)), fmt
+
+
+def test_label_format_follows_the_policy_unless_chosen() -> None:
+    """One decision: HF's unshifted labels by default, NeMo's shifted ones under label_policy="nemo"."""
+    assert CollateOptions().label_format is LabelFormat.UNSHIFTED
+    assert CollateOptions(label_policy="nemo").label_format is LabelFormat.SHIFTED
+    assert CollateOptions(label_policy="nemo", label_format="unshifted").label_format is LabelFormat.UNSHIFTED
+    base = CollateOptions.from_mapping({"max_length": 64})  # a processor's defaults with no format chosen
+    assert CollateOptions.from_mapping({"label_policy": "nemo"}, base=base).label_format is LabelFormat.SHIFTED
+    chosen = CollateOptions.from_mapping({"label_format": "loss_mask"})
+    assert CollateOptions.from_mapping({"label_policy": "nemo"}, base=chosen).label_format is LabelFormat.LOSS_MASK
+    for options in (base, chosen, CollateOptions(label_policy="nemo")):
+        assert CollateOptions.from_mapping(options.to_dict()) == options
+    assert base.to_dict()["label_format"] is None  # /v1/processors shows a derived format as "follows the policy"
 
 
 def test_truncation_and_overlong(qwen_processor: Processor) -> None:

@@ -86,7 +86,7 @@ def test_placeholders_never_supervised_even_in_assistant_turn() -> None:
 def test_nemo_policy_matches_default_on_plain_vqa() -> None:
     proc = processor("qwen2.5-vl")
     rows = [vqa_row(image_part()), vqa_row(image_part(seed=2), answer="Static.")]
-    mine = collate(proc, rows, OPTS).tensors
+    mine = collate(proc, rows, CollateOptions(label_format="shifted")).tensors  # nemo's format, compared alike
     nemo = collate(proc, rows, CollateOptions.from_mapping({"label_policy": "nemo"})).tensors
     assert np.array_equal(mine["labels"], nemo["labels"])  # same supervision when no defect is triggered
     assert nemo["input_ids"].shape == nemo["mm_token_type_ids"].shape  # same-shape tensors cut by one

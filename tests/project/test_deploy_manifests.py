@@ -35,7 +35,7 @@ from feedline.service.server import ServeConfig
 K8S_VERSION = "1.33"
 """Kubernetes release the manifests must validate against (native sidecars and gRPC probes are GA here)."""
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 DOCKER = ROOT / "deploy" / "docker"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))

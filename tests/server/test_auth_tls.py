@@ -327,7 +327,7 @@ def test_http_mutual_tls(qwen_processor: Processor, pki: Pki) -> None:
                 client.get(f"https://127.0.0.1:{port}/readyz")
 
 
-HEALTHCHECK = Path(__file__).resolve().parents[1] / "deploy" / "docker" / "healthcheck.py"
+HEALTHCHECK = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "healthcheck.py"
 
 
 def _healthcheck(port: int, **files: Path) -> int:

@@ -28,7 +28,7 @@ CHROMIUM = os.environ.get("FEEDLINE_CHROMIUM") or shutil.which("chromium") or sh
 if CHROMIUM is None:
     pytest.skip(f"BROWSER TEST SKIPPED: no chromium executable on PATH; {_INSTALL_HINT}", allow_module_level=True)
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 VIEWPORT = {"width": 1366, "height": 900}  # a common laptop screen
 
 CONVERSATION: dict[str, Any] = {
@@ -53,7 +53,8 @@ REASONING: dict[str, Any] = {
 
 # (case id, processor, row, form actions as (kind, selector, value), options the page must send)
 CASES = [
-    ("default", "qwen2.5", CONVERSATION, [], {"label_policy": "assistant", "label_format": "shifted"}),
+    ("default", "qwen2.5", CONVERSATION, [], {"label_policy": "assistant"}),
+    ("nemo", "qwen2.5", CONVERSATION, [("select", "#label_policy", "nemo")], {"label_policy": "nemo"}),
     ("last-turn", "qwen2.5", CONVERSATION, [("check", "#train_on_last_turn_only", True)],
      {"train_on_last_turn_only": True}),
     ("truncated", "qwen2.5", CONVERSATION, [("fill", "#max_length", "60"), ("select", "#truncation", "right")],
@@ -158,6 +159,10 @@ def test_supervised_tokens_shown_equal_num_label_tokens(
     assert shown_warnings == report["warnings"]
     if name == "truncated":
         assert truncated and any("truncation cuts" in w for w in report["warnings"])
+    if name in ("default", "nemo"):  # no format chosen: the server applies the policy's convention
+        assert "label_format" not in body["options"]
+        assert report["label_format"] == {"default": "unshifted", "nemo": "shifted"}[name]
+        assert page.inner_text("#sum-labels").startswith(report["label_format"])
     _screenshot(page, name)
 
 

@@ -256,7 +256,8 @@ def test_list_processors(served: dict[str, Any]) -> None:
     (info,) = response.processors
     assert info.name == "qwen2.5" and info.fingerprint == served["processor"].fingerprint
     assert json.loads(info.info_json)["fingerprint"] == info.fingerprint
-    assert dict(info.defaults)["label_format"] == "shifted"
+    # No format chosen: it follows the request's label_policy (unshifted for assistant, shifted for nemo).
+    assert dict(info.defaults)["label_format"] is None and dict(info.defaults)["label_policy"] == "assistant"
 
 
 def test_health_and_drain(qwen_processor: Processor) -> None:
@@ -355,4 +356,7 @@ def test_stream_dataset_sends_an_empty_batch_for_an_empty_share(served: dict[str
     """20 rows over 3 ranks of 3: the last global step has 2 rows, so rank 0 gets nothing in it."""
     batches = _dataset_batches(served, _dataset_request(batch_size=3, world_size=3, rank=0))
     sizes = [b.tensors["input_ids"].shape[0] if b.tensors else 0 for b in batches]
-    assert sizes == [3, 3, 0] and batches[-1].meta == {"batch_index": 2, "reports": []}
+    fingerprint = batches[0].meta["dataset_fingerprint"]  # every batch names the data (the client's state keeps it)
+    assert sizes == [3, 3, 0]
+    assert batches[-1].meta == {"batch_index": 2, "reports": [], "dataset_fingerprint": fingerprint}
+    assert len(fingerprint) == 64 and {b.meta["dataset_fingerprint"] for b in batches} == {fingerprint}

@@ -106,7 +106,7 @@
 
   function applyDefaults(d) {
     $("label_policy").value = d.label_policy || "assistant";
-    $("label_format").value = d.label_format || "shifted";
+    $("label_format").value = d.label_format || "";  // "": the policy's convention, decided by the server
     $("max_length").value = d.max_length == null ? "" : String(d.max_length);
     $("truncation").value = d.max_length != null && d.truncation ? d.truncation : "right";
     $("train_on_last_turn_only").checked = Boolean(d.train_on_last_turn_only);
@@ -121,7 +121,7 @@
     }
     return {
       label_policy: $("label_policy").value,
-      label_format: $("label_format").value,
+      label_format: $("label_format").value || undefined,  // unset: follows the label policy
       max_length: maxLength,
       truncation: maxLength === null ? "none" : $("truncation").value,
       padding: "longest",
