@@ -281,7 +281,8 @@ class Connection:
         if wrong_port is not None:
             raise wrong_port from None  # not retried: an HTTP port answers the same way every time
         mapped = map_rpc_error(err)
-        if isinstance(mapped, FingerprintMismatch):
+        if isinstance(mapped, FingerprintMismatch) and not (mapped.field or "").startswith("dataset"):
+            # another processor on this replica (a dataset that changed is the same file for every replica)
             with self._lock:
                 self._refused[address] = str(mapped)
             self.stats["refused"] += 1

@@ -14,7 +14,7 @@ import collections
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -289,7 +289,9 @@ def _decoded(blobs: Iterator[tuple[int, Any]], pin_memory: bool) -> Batches:
         yield index, to_torch(decoded, pin_memory=pin_memory), decoded.meta
 
 
-def _prefetched(blobs: Iterator[tuple[int, Any]], prefetch: int, max_bytes: int) -> Iterator[tuple[int, Any]]:
+def _prefetched(
+    blobs: Generator[tuple[int, Any], None, None], prefetch: int, max_bytes: int
+) -> Iterator[tuple[int, Any]]:
     """Read ``blobs`` on a background thread into a buffer bounded in batches and bytes (backpressure)."""
     out = _PrefetchBuffer(prefetch, max_bytes)
 
