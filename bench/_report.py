@@ -111,7 +111,8 @@ def _packing(f: Mapping[str, Any]) -> str:
 
 
 def _wire(f: Mapping[str, Any]) -> str:
-    rows = [[f"{r['batch_mb']} MB", r["raw_gbs"], r["raw_cpu_bound_gbs"], r["protobuf_gbs"], r["protobuf_cpu_bound_gbs"],
+    rows = [[f"{r['batch_mb']} MB", r["raw_gbs"], r["raw_cpu_bound_gbs"], r["protobuf_gbs"],
+             r["protobuf_cpu_bound_gbs"],
              _ratio(r["raw_over_protobuf_cpu"]), r["decode_ms"], r["decode_gbs"]] for r in f["sizes"]]
     return (f"One gRPC stream over loopback, 1 MiB frames, {f['total_mb_per_run']} MB per run, median of "
             f"{f['repeats']}. Wall = what this run got on the shared cores; CPU-bound = bytes / the busier side's CPU "
@@ -208,9 +209,11 @@ _SECTIONS: dict[str, tuple[str, str, str, Callable[[Mapping[str, Any]], str]]] =
              "The engine (render + encode with offsets + labels) against the tokenizer encoding the same rendered "
              "text alone: the ceiling for an HF tokenizer.", "python -m bench.bench_text", _text),
     "hf_assistant_mask": ("Text engine vs transformers' own path",
-                          "`apply_chat_template(..., return_assistant_tokens_mask=True)` with a `{% generation %}` "
-                          "version of the same template, labels from its mask, against the engine producing the "
-                          "same tensors.", "python -m bench.bench_hf_assistant_mask", _hf_mask),
+                          "`apply_chat_template(..., tools=..., return_assistant_tokens_mask=True)` with a "
+                          "`{% generation %}` version of the same template (plain and tool-call turns tagged), "
+                          "labels from its mask, against the engine producing the same tensors. Every chat offers "
+                          "two tools and about half of the answers are tool calls with their results.",
+                          "python -m bench.bench_hf_assistant_mask", _hf_mask),
     "fastpath": ("Fast text path", "bench_fastpath's figures (see bench/FASTPATH_NOTES.md).",
                  "python -m bench.bench_fastpath", _generic),
     "multimodal": ("VLM engine vs the processor alone", "", "python -m bench.bench_multimodal", _multimodal),

@@ -3,7 +3,7 @@
 The tree::
 
     FeedlineError
-    ├── InvalidSample          a row or conversation is malformed (names the sample and the field)
+    ├── InvalidSample          a row or conversation is malformed (names the row, its batch position, the field)
     │   └── MediaError         an image or audio payload cannot be used
     ├── InvalidOptions         a collate/packing option is out of range or inconsistent
     ├── TemplateError          the chat template cannot render, or its output cannot be labelled
@@ -14,7 +14,8 @@ The tree::
     ├── FingerprintMismatch    a pinned processor fingerprint differs from the loaded one
     ├── CodecError             a tensor-batch frame is malformed, truncated or of another version
     ├── ResumeStateError       a saved loader state cannot be applied
-    ├── RequestTooLarge        a request exceeds a configured size limit
+    ├── RequestTooLarge        a request exceeds a configured work cap (bytes, characters, samples, tokens)
+    ├── RequestTimeout         a request used up its time budget
     ├── Unauthenticated        a bearer token is missing or wrong
     └── ServiceUnavailable     the server is not ready, draining, or every replica failed
 
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidSample",
     "MediaError",
     "NoSupervisedTokens",
+    "RequestTimeout",
     "RequestTooLarge",
     "ResumeStateError",
     "SampleTooLong",
@@ -46,31 +48,56 @@ __all__ = [
 
 
 class FeedlineError(Exception):
-    """Base class; carries an optional sample index and field so errors can point at the bad input."""
+    """Base class; points at the bad input and says how to fix it.
+
+    ``sample`` is the row's position in the batch or request, ``row`` its index in the dataset or in the
+    client's stream of samples when known (a dataset row, or a request's ``first_row`` plus the position),
+    ``field`` the offending field. ``hint`` names the option or flag that fixes the error; each class may give
+    a default one. It is kept inside ``message``, so it travels in every error body.
+    """
 
     kind = "feedline_error"
+    hint: str | None = None
 
-    def __init__(self, message: str, *, sample: int | None = None, field: str | None = None) -> None:
-        self.message = message
+    def __init__(
+        self,
+        message: str,
+        *,
+        sample: int | None = None,
+        field: str | None = None,
+        row: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        hint = hint if hint is not None else type(self).hint
+        self.message = f"{message}. {hint}" if hint and hint not in message else message
         self.sample = sample
         self.field = field
+        self.row = row
         super().__init__(self._full_message())
 
     def _full_message(self) -> str:
         where = []
-        if self.sample is not None:
-            where.append(f"sample {self.sample}")
+        if self.row is not None:
+            where.append(f"row {self.row}" + (f" (position {self.sample} in the batch)" if self.sample is not None
+                                              else ""))
+        elif self.sample is not None:
+            where.append(f"sample {self.sample} (position in the batch)")
         if self.field:
             where.append(f"field {self.field!r}")
         return f"{', '.join(where)}: {self.message}" if where else self.message
 
     def at_sample(self, sample: int) -> FeedlineError:
         """Return a copy of this error that names ``sample`` (used when a batch wraps per-row errors)."""
-        return type(self)(self.message, sample=sample, field=self.field)
+        return type(self)(self.message, sample=sample, field=self.field, row=self.row)
+
+    def at_row(self, row: int) -> FeedlineError:
+        """Return a copy that also names the dataset (or stream) row the batch position came from."""
+        return type(self)(self.message, sample=self.sample, field=self.field, row=row)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form used by HTTP bodies, gRPC details and per-sample reports."""
-        return {"kind": self.kind, "message": self.message, "sample": self.sample, "field": self.field}
+        return {"kind": self.kind, "message": self.message, "sample": self.sample, "field": self.field,
+                "row": self.row}
 
 
 class InvalidSample(FeedlineError):
@@ -101,12 +128,17 @@ class NoSupervisedTokens(FeedlineError):
     """A sample has zero supervised tokens; raised unless the caller asked to skip such samples."""
 
     kind = "no_supervised_tokens"
+    hint = ("Options that fix it: on_zero_labels='skip' leaves such samples out; if truncation cut the answer away, "
+            "raise max_length or use truncation='left'; train_on_last_turn_only=false supervises every assistant "
+            "turn; answer_only=false trains on every token")
 
 
 class SampleTooLong(FeedlineError):
     """A sample is longer than max_length and the overlong policy is "error"."""
 
     kind = "sample_too_long"
+    hint = ("Options that fix it: raise max_length; truncation='right' (or 'left') cuts the sample to max_length; "
+            "overlong='drop' leaves such samples out")
 
 
 class UnknownProcessor(FeedlineError):
@@ -140,9 +172,15 @@ class ResumeStateError(FeedlineError):
 
 
 class RequestTooLarge(FeedlineError):
-    """A request exceeds a configured size limit (bytes, samples, turns, pixels)."""
+    """A request exceeds a configured work cap (bytes, characters, samples, tokens, turns, pixels)."""
 
     kind = "request_too_large"
+
+
+class RequestTimeout(FeedlineError):
+    """A request used up its time budget (the server's max_request_seconds, or the client's shorter deadline)."""
+
+    kind = "request_timeout"
 
 
 class Unauthenticated(FeedlineError):
@@ -161,11 +199,12 @@ def error_from_dict(data: dict[str, Any]) -> FeedlineError:
     """Rebuild a FeedlineError sent over the wire as ``to_dict()`` (unknown kinds become FeedlineError)."""
     kinds = {cls.kind: cls for cls in _all_subclasses(FeedlineError)}
     cls = kinds.get(str(data.get("kind")), FeedlineError)
-    sample, field = data.get("sample"), data.get("field")
+    sample, field, row = data.get("sample"), data.get("field"), data.get("row")
     return cls(
         str(data.get("message", "")),
         sample=sample if isinstance(sample, int) else None,
         field=field if isinstance(field, str) else None,
+        row=row if isinstance(row, int) else None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from feedline.proto import IGNORE_INDEX, LabelFormat, LabelPolicy, LabelStrategy
 
+from . import _quiet  # noqa: F401  (first of the service's modules: before any of them imports transformers)
 from .collate._batch import CollatedBatch, SampleReport, collate, pad_samples, tokenize_rows
 from .engine._conversation import Conversation, Message, Part, PromptCompletion, parse_row
 from .collate._batching import BatchPlan, length_grouped_batches, token_budget_batches

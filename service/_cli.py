@@ -38,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="With no arguments, serves the built-in Qwen2.5 tokenizer as 'qwen2.5'.")
     serve.add_argument("--config", type=Path, default=os.environ.get("FEEDLINE_CONFIG") or None,
                        help="YAML config file (env FEEDLINE_CONFIG)")
-    serve.add_argument("--processor", action="append", default=[], metavar="NAME=PATH", type=_processor_arg,
-                       help="serve a processor (builtin name or local directory) under NAME; repeatable")
+    serve.add_argument("--processor", action="append", default=[], metavar="[NAME=]SOURCE", type=_processor_arg,
+                       help="serve a processor: a built-in name or a local directory (a hub id with --allow-hub), "
+                            "under NAME (default: the built-in name or the directory's name); repeatable")
+    serve.add_argument("--allow-hub", action="store_const", const=True, default=None,
+                       help="let processor sources be hub ids (env FEEDLINE_ALLOW_HUB; off: nothing is fetched)")
     serve.add_argument("--host", help="address to bind (env FEEDLINE_HOST; default 0.0.0.0)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port, 0 = any free port (env FEEDLINE_GRPC_PORT; 50051)")
     serve.add_argument("--http-port", type=int, help="HTTP port, 0 = any free port (env FEEDLINE_HTTP_PORT; 8000)")
@@ -65,17 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from feedline.proto import UnknownProcessor
+
+    from ._quiet import quiet_third_party
+
+    quiet_third_party()
+
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"feedline {args.command}: {exc}", file=sys.stderr)
         return 2
+    except UnknownProcessor as exc:  # the offline commands' --processor
+        print(f"feedline {args.command}: {exc.message}", file=sys.stderr)
+        return 2
 
 
 def _processor_arg(value: str) -> ProcessorSpec:
+    """``NAME=SOURCE``, or a bare ``SOURCE`` served under its built-in name or its directory's name."""
     name, sep, source = value.partition("=")
-    if not sep or not name or not source:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {value!r}")
+    if not sep:
+        name, source = Path(value.rstrip("/\\")).name or value, value
+    if not name or not source:
+        raise argparse.ArgumentTypeError(f"expected SOURCE or NAME=SOURCE, got {value!r}")
     return ProcessorSpec(name=name, source=source)
 
 
@@ -84,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     base = load_config(args.config)
     overrides: dict[str, Any] = {
         key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "workers", "grace_period_s", "log_level",
-                                            "auth_token_file", "tls_cert", "tls_key", "tls_client_ca")
+                                            "auth_token_file", "tls_cert", "tls_key", "tls_client_ca", "allow_hub")
     }
     if args.processor:
         flagged = {spec.name for spec in args.processor}
@@ -110,6 +125,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(config: ServeConfig) -> int:
+    from feedline.proto import UnknownProcessor
+
     from .server._auth import Security
     from .server._registry import ProcessorRegistry, ServingState
 
@@ -117,7 +134,11 @@ def _serve(config: ServeConfig) -> int:
     _LOGGER.info("security", extra={"auth": security.auth is not None, "tls": security.tls is not None,
                                     "mutual_tls": bool(security.tls and security.tls.client_ca)})
 
-    registry = ProcessorRegistry(config.processor_specs)
+    registry = ProcessorRegistry(config.processor_specs, allow_hub=config.allow_hub)
+    try:
+        registry.check_sources()  # a name that points nowhere stops the start, not a server unready forever
+    except UnknownProcessor as exc:
+        raise ConfigError(exc.message) from None
     ready = registry.load_all()
     _LOGGER.info("processors", extra={"ready": ready, "status": registry.status()})
     state = ServingState(registry, limits=config.limits, data_roots=config.data_roots,

@@ -48,7 +48,10 @@ def add_offline_commands(subparsers: Any) -> None:
 
 
 def _add_processor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--processor", default="qwen2.5", help="a local directory, hub id, or builtin name")
+    parser.add_argument("--processor", default="qwen2.5",
+                        help="a built-in name or a local directory (a hub id with --allow-hub)")
+    parser.add_argument("--allow-hub", action="store_const", const=True, default=None,
+                        help="let --processor be a hub id (env FEEDLINE_ALLOW_HUB; off: nothing is fetched)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
     parser.add_argument("--media-root", action="append", default=[], type=Path, help="directory media may be read from")
 
@@ -86,7 +89,8 @@ def options_from_args(args: argparse.Namespace) -> CollateOptions:
 
 
 def _load(args: argparse.Namespace) -> Processor:
-    return load_processor(str(args.processor), args.processor, trust_remote_code=args.trust_remote_code)
+    return load_processor(str(args.processor), args.processor, trust_remote_code=args.trust_remote_code,
+                          allow_hub=args.allow_hub)
 
 
 def media_policy_from_args(args: argparse.Namespace) -> MediaPolicy:

@@ -38,20 +38,22 @@ class CollateOptions(_message.Message):
     def __init__(self, label_policy: _Optional[str] = ..., label_format: _Optional[str] = ..., max_length: _Optional[int] = ..., truncation: _Optional[str] = ..., padding: _Optional[str] = ..., pad_to_multiple_of: _Optional[int] = ..., train_on_last_turn_only: _Optional[bool] = ..., mask_reasoning_content: _Optional[bool] = ..., answer_only: _Optional[bool] = ..., on_zero_labels: _Optional[str] = ..., overlong: _Optional[str] = ..., pixel_dtype: _Optional[str] = ..., packing: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CollateRequest(_message.Message):
-    __slots__ = ("processor", "fingerprint", "options", "samples", "batch_index", "max_frame_bytes")
+    __slots__ = ("processor", "fingerprint", "options", "samples", "batch_index", "max_frame_bytes", "first_row")
     PROCESSOR_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
     processor: str
     fingerprint: str
     options: CollateOptions
     samples: _containers.RepeatedScalarFieldContainer[bytes]
     batch_index: int
     max_frame_bytes: int
-    def __init__(self, processor: _Optional[str] = ..., fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., samples: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
+    first_row: int
+    def __init__(self, processor: _Optional[str] = ..., fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., samples: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., first_row: _Optional[int] = ...) -> None: ...
 
 class CollateResponse(_message.Message):
     __slots__ = ("batch_index", "fingerprint", "frames")

@@ -6,7 +6,7 @@ rows; those are reported, never silently lost.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -116,13 +116,17 @@ def _report(index: int, sample: TokenizedSample, options: CollateOptions) -> Sam
 
 def collate(
     processor: Processor, rows: Sequence[Mapping[str, Any]], options: CollateOptions, *,
-    media: MediaPolicy | None = None,
+    media: MediaPolicy | None = None, admit: Callable[[Sequence[SampleReport]], None] | None = None,
 ) -> CollatedBatch:
     """Tokenize, label and pad a batch of rows (``media``: the operator's media policy for image/audio parts).
 
-    Zero rows give zero-row tensors: in dataset mode a rank's share of the last global step can be empty.
+    ``admit`` sees the reports of the tokenized rows before any tensor is built and may raise to refuse the
+    batch (the servers' token caps and time budget). Zero rows give zero-row tensors: in dataset mode a rank's
+    share of the last global step can be empty.
     """
     samples, reports = tokenize_rows(processor, rows, options, media=media)
+    if admit is not None:
+        admit([r for r in reports if r.status == "ok"])
     pad_id = batch_pad_id(processor, options)
     if options.packing is None or not samples:
         tensors = pad_samples(samples, options, pad_id)

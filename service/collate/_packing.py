@@ -143,7 +143,8 @@ def plan_packs(
     if over.size and options.overlong == "error":
         raise SampleTooLong(
             f"{int(lengths[over[0]])} tokens do not fit pack_size={options.pack_size}", sample=int(over[0]),
-            field="packing.pack_size",
+            field="packing.pack_size", hint="Options that fix it: raise packing.pack_size, or set packing.overlong "
+            "to 'truncate' (cut the sample to a row) or 'drop' (leave it out)",
         )
     keep = np.minimum(lengths, max_keep) if options.overlong == "truncate" else lengths
     dropped = lengths - shift <= 0  # a document with no tokens after the shift has nothing to pack

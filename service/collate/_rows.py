@@ -12,8 +12,9 @@ from typing import Any
 from feedline.proto import FeedlineError, NoSupervisedTokens, SampleTooLong
 
 from .._options import CollateOptions
+from ..engine._conversation import Row, require_tool_call_ids
 from ..engine._sample import TokenizedSample
-from ..engine._text import parse_rows
+from ..engine._text import capture, parse_rows
 from ..media._loading import MediaPolicy
 from ..media._path import tokenize_multimodal_rows
 from ..tokenizers._processor import Processor
@@ -32,9 +33,16 @@ def label_rows(
     """
     policy = policy_for(options)
     parsed = parse_rows(rows, options, first_index)
+    if processor.uses_tool_call_id:
+        parsed = [(i, _with_tool_call_ids(row, i)) for i, row in parsed]
     if processor.hf_processor is not None:
         return tokenize_multimodal_rows(processor, parsed, options, policy=media, supervision=policy.media_supervision)
     return policy.label_text(processor, parsed, options)
+
+
+def _with_tool_call_ids(row: Row | FeedlineError, index: int) -> Row | FeedlineError:
+    """The parsed row, or its error when a tool message lacks the id this processor's template uses."""
+    return row if isinstance(row, FeedlineError) else capture(require_tool_call_ids, row, index)
 
 
 def label_row(

@@ -23,11 +23,13 @@ __all__ = [
     "PromptCompletion",
     "Row",
     "parse_row",
+    "require_tool_call_ids",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: frozenset[str] = frozenset({"system", "user", "assistant", "tool"})
 MEDIA_TYPES: frozenset[str] = frozenset({"image", "audio", "video"})
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SHAREGPT_ROLES: dict[str, Role] = {
     "system": "system",
@@ -52,7 +54,10 @@ class Part:
 
 @dataclass(frozen=True)
 class Message:
-    """A validated chat message; ``content`` is a tuple of parts (plain strings become one text part)."""
+    """A validated chat message; ``content`` is a tuple of parts (plain strings become one text part).
+
+    ``tool_calls`` are normalised for validation and tool links (ids, JSON arguments); the template never sees
+    that form, it gets ``source``."""
 
     role: Role
     parts: tuple[Part, ...]
@@ -60,6 +65,8 @@ class Message:
     tool_calls: tuple[Mapping[str, Any], ...] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The message as the row gave it (None for ShareGPT turns): what the chat template receives."""
 
     @cached_property
     def text(self) -> str:
@@ -143,27 +150,32 @@ def _parse_message(raw: Any, index: int, where: str) -> Message:
         raise InvalidSample("a message must be an object", sample=index, field=where)
     role = raw.get("role")
     if not isinstance(role, str) or role not in ROLES:
-        raise InvalidSample(f"unknown role {role!r}; expected one of {sorted(ROLES)}", sample=index, field=f"{where}.role")
+        raise InvalidSample(
+            f"unknown role {role!r}; expected one of {sorted(ROLES)}", sample=index, field=f"{where}.role"
+        )
     role = cast(Role, role)
-    reasoning = raw.get("reasoning_content")
+    # transformers hands reasoning to templates under all of these names; the first one given counts.
+    key = next((k for k in _REASONING_KEYS if raw.get(k) is not None), "reasoning_content")
+    reasoning = raw.get(key)
     if reasoning is not None and not isinstance(reasoning, str):
-        raise InvalidSample("must be a string", sample=index, field=f"{where}.reasoning_content")
-    tool_call_id = raw.get("tool_call_id")
-    if role == "tool" and not (isinstance(tool_call_id, str) and tool_call_id):
-        raise InvalidSample("a tool message needs a tool_call_id", sample=index, field=f"{where}.tool_call_id")
+        raise InvalidSample("must be a string", sample=index, field=f"{where}.{key}")
+    tool_call_id = raw.get("tool_call_id")  # optional: required only by templates that use it (``_tool_ids``)
+    if tool_call_id is not None and not isinstance(tool_call_id, str):
+        raise InvalidSample("must be a string", sample=index, field=f"{where}.tool_call_id")
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         raise InvalidSample("must be a string", sample=index, field=f"{where}.name")
-    for key, value in (("reasoning_content", reasoning), ("tool_call_id", tool_call_id), ("name", name)):
+    for name_, value in ((key, reasoning), ("tool_call_id", tool_call_id), ("name", name)):
         if isinstance(value, str):
-            _check_unicode(value, index, f"{where}.{key}")
+            _check_unicode(value, index, f"{where}.{name_}")
     return Message(
         role=role,
         parts=_parse_content(raw.get("content"), index, f"{where}.content"),
-        reasoning_content=reasoning or None,
+        reasoning_content=reasoning,
         tool_calls=_parse_tool_calls(raw.get("tool_calls"), index, f"{where}.tool_calls"),
-        tool_call_id=tool_call_id if role == "tool" else None,
+        tool_call_id=(tool_call_id or None) if role == "tool" else None,
         name=name,
+        source=raw,
     )
 
 
@@ -184,8 +196,9 @@ def _parse_part(raw: Any, index: int, where: str) -> Part:
         raise InvalidSample("a content part must be an object", sample=index, field=where)
     kind = raw.get("type")
     if not isinstance(kind, str):
-        raise InvalidSample(f"a content part needs a string 'type', not {type(kind).__name__}", sample=index,
-                            field=f"{where}.type")
+        raise InvalidSample(
+            f"a content part needs a string 'type', not {type(kind).__name__}", sample=index, field=f"{where}.type"
+        )
     if kind == "text":
         text = raw.get("text")
         if not isinstance(text, str):
@@ -216,7 +229,9 @@ def _parse_tool_call(raw: Any, position: int, index: int, where: str) -> Mapping
         try:
             arguments = json.dumps(arguments, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
-            raise InvalidSample(f"arguments are not JSON: {exc}", sample=index, field=f"{where}.function.arguments") from exc
+            raise InvalidSample(
+                f"arguments are not JSON: {exc}", sample=index, field=f"{where}.function.arguments"
+            ) from exc
     _check_unicode(fn["name"], index, f"{where}.function.name")
     _check_unicode(arguments, index, f"{where}.function.arguments")
     return {
@@ -241,17 +256,30 @@ def _parse_tools(raw: Any, index: int, key: str) -> tuple[Mapping[str, Any], ...
 
 
 def _check_tool_links(messages: tuple[Message, ...], index: int) -> None:
-    """A tool result must answer a call made earlier in the conversation (when calls carry ids)."""
+    """A tool result that names a call must answer one made earlier in the conversation (when calls carry ids)."""
     seen: set[str] = set()
     for i, msg in enumerate(messages):
         for call in msg.tool_calls or ():
             seen.add(str(call["id"]))
-        if msg.role == "tool" and seen and msg.tool_call_id not in seen:
+        if msg.role == "tool" and seen and msg.tool_call_id is not None and msg.tool_call_id not in seen:
             raise InvalidSample(
                 f"tool_call_id {msg.tool_call_id!r} answers no earlier tool call",
                 sample=index,
                 field=f"messages[{i}].tool_call_id",
             )
+
+
+def require_tool_call_ids(row: Row, index: int) -> Row:
+    """Refuse a tool message without ``tool_call_id``: for processors whose chat template uses the id
+    (``Processor.uses_tool_call_id``); other templates take tool results without one."""
+    if isinstance(row, Conversation):
+        for i, message in enumerate(row.messages):
+            if message.role == "tool" and not message.tool_call_id:
+                raise InvalidSample(
+                    "a tool message needs a tool_call_id for this processor: its chat template writes the id of the "
+                    "call a tool result answers", sample=index, field=f"messages[{i}].tool_call_id",
+                )
+    return row
 
 
 def _parse_sharegpt(raw: Any, index: int, key: str) -> tuple[Message, ...]:
@@ -280,21 +308,35 @@ def _parse_prompt_completion(row: Mapping[str, Any], index: int, cols: ColumnMap
         raise InvalidSample("must be a string", sample=index, field=cols.prompt)
     if not isinstance(completion, str) or not completion:
         raise InvalidSample("must be a non-empty string", sample=index, field=cols.completion)
-    return PromptCompletion(prompt=_check_unicode(prompt, index, cols.prompt),
-                            completion=_check_unicode(completion, index, cols.completion))
+    return PromptCompletion(
+        prompt=_check_unicode(prompt, index, cols.prompt), completion=_check_unicode(completion, index, cols.completion)
+    )
 
 
 def _check_unicode(text: str, index: int, where: str) -> str:
     """Refuse a lone UTF-16 surrogate (JSON allows the escape "\\ud800"): no tokenizer can encode it."""
     bad = None if text.isascii() else _SURROGATE.search(text)
     if bad is not None:
-        raise InvalidSample(f"invalid unicode: a lone surrogate U+{ord(bad.group()):04X} at position {bad.start()}",
-                            sample=index, field=where)
+        raise InvalidSample(
+            f"invalid unicode: a lone surrogate U+{ord(bad.group()):04X} at position {bad.start()}",
+            sample=index,
+            field=where,
+        )
     return text
 
 
 def _template_message(msg: Message, keep_parts: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": msg.role}
+    """The message as given (every key, tool-call arguments and empty reasoning untouched), so the render is
+    ``apply_chat_template``'s; only list content changes: media parts for processors, else its joined text."""
+    if msg.source is not None:
+        out = dict(msg.source)
+        content = out.get("content")
+        if keep_parts and msg.media:
+            out["content"] = [_template_part(p) for p in msg.parts]
+        elif content is not None and not isinstance(content, str):
+            out["content"] = msg.text
+        return out
+    out = {"role": msg.role}
     if keep_parts and msg.media:
         out["content"] = [_template_part(p) for p in msg.parts]
     else:

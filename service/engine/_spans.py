@@ -1,8 +1,10 @@
 """Where each assistant turn sits in a rendered chat, as character spans.
 
-Three ways to find them, tried in this order by the engine: the template's own {% generation %} blocks,
-a scan for the turn markers derived from the template (one render), and, as a fallback, rendering every
-conversation prefix (O(turns) renders). All return the same shape, so labels are built by one function.
+Two ways to find them: a scan for the turn markers derived from the template (one render), and the general
+method, which renders what the model is prompted with before every assistant turn (O(turns) renders). The
+engine uses the scan where it is proven on the template's probes and falls back to the general method.
+Generation blocks, when the template has them, then decide which text inside each turn is supervised. All
+return the same shape, so labels are built by one function.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from typing import Any
 
 from feedline.proto import TemplateError
 
-from ._conversation import Message
-from ..tokenizers._markers import TurnMarkers
+from ..tokenizers._markers import TurnMarkers, common_prefix
 from ..tokenizers._render import ChatRenderer
+from ._conversation import Message
 
-__all__ = ["TurnLayout", "generation_layout", "marker_layout", "prefix_layout", "reasoning_holes"]
+__all__ = ["TurnLayout", "generation_layout", "marker_layout", "reasoning_holes", "render_layout"]
 
 Span = tuple[int, int]
 
@@ -28,45 +30,96 @@ class TurnLayout:
 
     ``regions[k]`` is where message ``k``'s part of the rendered text begins (its header included), so every
     character belongs to the message whose region it falls in; text before ``regions[0]`` belongs to none.
+    ``pieces`` are the supervised spans when generation blocks select only part of some turns (None: the turns).
     """
 
     assistant: tuple[Span, ...]
     regions: tuple[int, ...]
+    pieces: tuple[Span, ...] | None = None
+
+    def supervised(self, *, last_turn_only: bool = False) -> tuple[Span, ...]:
+        """The spans to supervise: every turn's, or the last turn's only."""
+        spans = self.pieces if self.pieces is not None else self.assistant
+        if not (last_turn_only and self.assistant):
+            return spans
+        start, stop = self.assistant[-1]
+        return tuple((a, b) for a, b in spans if a >= start and b <= stop)
 
 
 def marker_layout(text: str, messages: Sequence[Message], markers: TurnMarkers) -> TurnLayout:
-    """Scan the rendered text once, message by message, for assistant headers and end-of-turn text."""
+    """Scan the rendered text once, message by message, for assistant headers and closing text."""
     cursor = 0
     spans: list[Span] = []
     regions: list[int] = []
+    last = len(messages) - 1
     for k, msg in enumerate(messages):
         regions.append(cursor)
         if msg.role != "assistant":
-            cursor = _skip_turn_end(text, _skip_verbatim(text, msg.text, cursor, markers.header), markers)
+            cursor = _skip_verbatim(text, msg.text, cursor, markers.header)
+            if not text.startswith(markers.opener(k + 1 == last), cursor):  # Yi's header holds the user's closer
+                cursor = _skip_turn_end(text, cursor, markers.end, markers.trailer)
             continue
-        start, search_from = _assistant_start(text, msg.text, markers.header, cursor, k)
-        end = text.find(markers.end, search_from)
-        if end < 0:
-            raise TemplateError(f"message {k}: no end-of-turn text {markers.end!r} after the assistant turn")
-        stop = end + len(markers.end)
+        opener = markers.opener(k == last)
+        closer = markers.closer(k == last)
+        start, search_from = _assistant_start(text, msg, (opener, closer), markers.lead, cursor, k)
+        if closer:
+            end = text.find(closer, search_from)
+            if end < 0:
+                raise TemplateError(f"message {k}: no closing text {closer!r} after the assistant turn")
+            stop = end + len(closer)
+        elif search_from > start or not msg.text:
+            stop = search_from  # a format without closers (Falcon): the turn is its content
+        else:
+            raise TemplateError(f"message {k}: the format closes turns with nothing and the content is not verbatim")
+        _check_in_order(text, messages, k, (cursor, max(cursor, start - len(opener))), (start, stop))
         spans.append((start, stop))
-        cursor = _skip_turn_end(text, stop, markers)
+        cursor = stop + len(markers.trailer) if closer and text.startswith(markers.trailer, stop) else stop
     return TurnLayout(assistant=tuple(spans), regions=tuple(regions))
 
 
-def _assistant_start(text: str, content: str, header: str, cursor: int, k: int) -> tuple[int, int]:
-    """Content start of an assistant turn, and where to look for its end (after verbatim content)."""
+def _check_in_order(text: str, messages: Sequence[Message], k: int, skipped: tuple[int, int], span: Span) -> None:
+    """A scanned turn must hold its own content, and the text skipped to reach its header none of the next
+    later message's: a header found further on (a tool-call turn written without it) would label another turn."""
+    own = messages[k].text.strip()
+    if own and text.find(own, *span) < 0:
+        raise TemplateError(f"message {k}: the assistant content is not inside the turn the scan found")
+    if skipped[1] > skipped[0] and any(
+        m.text.strip() and text.find(m.text.strip(), *skipped) >= 0 for m in messages[k + 1 :]
+    ):
+        raise TemplateError(f"message {k}: the scan skipped a later message to find this turn's header")
+
+
+def _assistant_start(
+    text: str, msg: Message, markers: tuple[str, str], lead: int, cursor: int, k: int
+) -> tuple[int, int]:
+    """Body start of an assistant turn, and where to look for its end (after verbatim content).
+
+    ``lead`` characters at the end of ``header`` are the turn's own (Llama 2's space after "[/INST]"). A format
+    without an assistant header (anchored on the user's closing text) writes tool-call turns right after that
+    text and answers after tool results without it: the bare anchor at the cursor, then the content itself
+    (followed by the turn's closer), mark the start there.
+    """
+    header, closer = markers
+    content = msg.text
     for candidate in (content, content.strip()):
         if candidate:
             found = text.find(header + candidate, cursor)
             if found >= 0:
                 start = found + len(header)
-                return start, start + len(candidate)
+                return start - lead, start + len(candidate)
+    if lead and text.startswith(header[:-lead], cursor):
+        start = cursor + len(header) - lead
+        return start, start
     found = text.find(header, cursor)
+    own = content.strip()
+    at = text.find(own + closer, cursor) if closer and own and not msg.tool_calls else -1
+    if at >= 0 and (found < 0 or at < found):
+        start = at - lead if text[at - lead : at].isspace() else at
+        return start, at + len(own)
     if found < 0:
         raise TemplateError(f"message {k}: no assistant header {header!r} in the rendered text")
     start = found + len(header)
-    return start, start
+    return start - lead, start
 
 
 def _skip_verbatim(text: str, content: str, cursor: int, header: str | None = None) -> int:
@@ -83,47 +136,125 @@ def _skip_verbatim(text: str, content: str, cursor: int, header: str | None = No
     return found + len(content)
 
 
-def _skip_turn_end(text: str, cursor: int, markers: TurnMarkers) -> int:
-    """Keep a turn's closing text (end-of-turn, trailing newline) in that turn's region, not the next one's."""
-    if text.startswith(markers.end, cursor):
-        cursor += len(markers.end)
-    if markers.trailer and text.startswith(markers.trailer, cursor):
-        cursor += len(markers.trailer)
-    return cursor
+def _skip_turn_end(text: str, cursor: int, closer: str, trailer: str) -> int:
+    """Keep a turn's closing text (its closer, then the whitespace after it) in that turn's region, not the next
+    one's; the whitespace only after a closer (a format without closers separates turns with it)."""
+    if not (closer and text.startswith(closer, cursor)):
+        return cursor
+    cursor += len(closer)
+    return cursor + len(trailer) if trailer and text.startswith(trailer, cursor) else cursor
 
 
-def generation_layout(text: str, generation: Sequence[Span], messages: Sequence[Message]) -> TurnLayout:
-    """Use the template's {% generation %} spans; they must match the assistant messages one to one."""
-    n_assistant = sum(m.role == "assistant" for m in messages)
-    spans = tuple(generation)
-    if len(spans) != n_assistant:
-        raise TemplateError(
-            f"the template marked {len(spans)} generation blocks for {n_assistant} assistant messages"
-        )
-    return TurnLayout(assistant=spans, regions=_regions_from_spans(text, messages, spans))
+def generation_layout(
+    text: str, generation: Sequence[Span], messages: Sequence[Message], turns: TurnLayout | None
+) -> tuple[TurnLayout, list[str]]:
+    """Supervision from the template's {% generation %} blocks, bounded by the assistant turns when known.
 
-
-def prefix_layout(
-    renderer: ChatRenderer, template_messages: Sequence[dict[str, Any]], messages: Sequence[Message], text: str,
-    tools: Sequence[Any] | None,
-) -> TurnLayout:
-    """Fallback: an assistant turn spans from the prompted prefix to the end of its own render.
-
-    The start comes from rendering the prefix with the generation prompt, so the header is never inside the
-    span; the trailing whitespace the template writes after the turn is left out. Each prefix must be a
-    prefix of the full render, else the template rewrites earlier turns and this method cannot be used.
+    The blocks decide which text of a turn is generated, but a block never makes a header supervised (it is
+    clipped to the turn's span) and the turn's closer is always supervised; blocks outside every turn (one around
+    a final eos) are left out. Without ``turns`` the blocks must match the assistant messages one to one.
     """
+    n_assistant = sum(m.role == "assistant" for m in messages)
+    blocks = tuple(generation)
+    warnings: list[str] = []
+    if turns is None:
+        if len(blocks) != n_assistant:
+            raise TemplateError(
+                f"the template marked {len(blocks)} generation blocks for {n_assistant} assistant messages and "
+                "its turn markers cannot be derived"
+            )
+        return TurnLayout(assistant=blocks, regions=_regions_from_spans(text, messages, blocks)), warnings
+    spans: list[Span] = []
+    used = 0
+    for start, stop in turns.assistant:
+        inside = [(max(a, start), min(b, stop)) for a, b in blocks if a < stop and b > start]
+        used += len(inside)
+        if not inside:
+            warnings.append(
+                f"no generation block inside the assistant turn at characters {start}-{stop}; "
+                "the whole turn is supervised"
+            )
+            spans.append((start, stop))
+            continue
+        spans.extend(inside[:-1])
+        spans.append((inside[-1][0], stop))  # through the turn's closer, which the model must learn to emit
+    if len(blocks) != n_assistant or used != len(blocks):
+        warnings.append(
+            f"the template marked {len(blocks)} generation blocks for {n_assistant} assistant messages; "
+            "text outside assistant turns was left unsupervised"
+        )
+    return TurnLayout(assistant=turns.assistant, regions=turns.regions, pieces=tuple(spans)), warnings
+
+
+def render_layout(
+    renderer: ChatRenderer,
+    template_messages: Sequence[dict[str, Any]],
+    messages: Sequence[Message],
+    text: str,
+    tools: Sequence[Any] | None,
+    markers: TurnMarkers | None,
+) -> TurnLayout:
+    """The general method, O(turns) renders: each assistant turn from what the model is prompted with.
+
+    Turn ``k`` starts where the render of ``messages[:k]`` with the generation prompt stops matching the render
+    of ``messages[:k+1]`` (a forced prefix such as "<think>" never appears in the history and is not
+    supervised; whitespace the history adds after the prompt is header) and runs through what that render adds
+    after the header, less the text every render appends (``markers.tail``). Inside the whole conversation the
+    turn may close differently (gpt-oss "<|end|>" for "<|return|>"): the closer there is ``markers.end``.
+    TemplateError (a per-row reason) when the template writes earlier turns differently in the prefix.
+    """
+    tail = markers.tail if markers else ""
     spans: list[Span] = []
     for k, msg in enumerate(messages):
         if msg.role != "assistant":
             continue
-        head = renderer.text(template_messages[:k], tools=tools, add_generation_prompt=True) if k else ""
-        upto = renderer.text(template_messages[: k + 1], tools=tools)
-        if not (text.startswith(head) and text.startswith(upto)):
-            raise TemplateError(f"message {k}: the template rewrites earlier turns; prefix rendering cannot label it")
+        before = _without_tail(renderer.text(template_messages[:k], tools=tools), tail) if k else ""
+        prompt = renderer.text(template_messages[:k], tools=tools, add_generation_prompt=True) if k else ""
+        upto = _without_tail(renderer.text(template_messages[: k + 1], tools=tools), tail)
+        start = _body_start(renderer, prompt, upto, markers, k == len(messages) - 1)
+        shared = common_prefix(text, upto)
+        if not upto.startswith(before) or start < len(before) or shared < start:
+            raise TemplateError(
+                f"message {k}: the template writes the conversation before this turn differently "
+                "when the turn is the last one; the turn cannot be located"
+            )
         stop = len(upto.rstrip())
-        spans.append((len(head), max(stop, len(head))))
+        if shared < stop:
+            stop = _closer_in_history(text, shared, start, markers, k)
+        spans.append((start, max(stop, start)))
     return TurnLayout(assistant=tuple(spans), regions=_regions_from_spans(text, messages, spans))
+
+
+def _without_tail(render: str, tail: str) -> str:
+    return render[: len(render) - len(tail)] if tail and render.endswith(tail) else render
+
+
+def _body_start(renderer: ChatRenderer, prompt: str, upto: str, markers: TurnMarkers | None, is_last: bool) -> int:
+    """Where the generated text of the prefix's last turn starts in ``upto``."""
+    at = renderer.snap(upto, common_prefix(prompt, upto))
+    header = markers.opener(is_last) if markers else ""
+    if header:  # the header found at the divergence, wherever the character comparison stopped
+        found = upto.rfind(header, 0, at + len(header))
+        if found >= 0 and found + len(header) >= at - len(header):
+            return found + len(header) - (markers.lead if markers else 0)
+    rest = prompt[at:]
+    if rest.strip() and upto[at:].lstrip().startswith(rest.strip()):  # the prompt differs in whitespace only
+        at = len(upto) - len(upto[at:].lstrip()) + len(rest.strip())
+        at += len(upto[at:]) - len(upto[at:].lstrip())
+    return at
+
+
+def _closer_in_history(text: str, shared: int, start: int, markers: TurnMarkers | None, k: int) -> int:
+    """End of the turn's closer inside the whole conversation, where it differs from the last-turn closer."""
+    closer = markers.end if markers else ""
+    if closer:
+        for at in range(shared, max(start, shared - len(closer)) - 1, -1):
+            if text.startswith(closer, at):
+                return at + len(closer)
+    raise TemplateError(
+        f"message {k}: the turn closes differently inside the conversation and its closer is not "
+        "known; the turn cannot be located"
+    )
 
 
 def _regions_from_spans(text: str, messages: Sequence[Message], spans: Sequence[Span]) -> tuple[int, ...]:

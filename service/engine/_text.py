@@ -19,12 +19,13 @@ from feedline.proto import (
     TemplateError,
 )
 
-from ._conversation import Conversation, PromptCompletion, Row, parse_row
-from ..tokenizers._markers import TurnMarkers
 from .._options import CollateOptions
+from ..tokenizers._markers import TurnMarkers
 from ..tokenizers._processor import Processor
+from ._conversation import Conversation, PromptCompletion, Row, parse_row
 from ._sample import TokenizedSample
-from ._spans import TurnLayout, generation_layout, marker_layout, prefix_layout, reasoning_holes
+from ._scan_proof import Proof, row_features, scan_proof
+from ._spans import TurnLayout, generation_layout, marker_layout, reasoning_holes, render_layout
 from ._text_labels import TextLabels
 from ._tokenmask import token_regions
 from ._truncation import cut_sample, truncation_window
@@ -35,13 +36,17 @@ _T = TypeVar("_T")
 Parsed = Sequence[tuple[int, "Row | FeedlineError"]]
 
 
-def parse_rows(rows: Sequence[Mapping[str, Any]], options: CollateOptions, first_index: int = 0) -> list[tuple[int, Row | FeedlineError]]:
+def parse_rows(
+    rows: Sequence[Mapping[str, Any]], options: CollateOptions, first_index: int = 0
+) -> list[tuple[int, Row | FeedlineError]]:
     """Each row parsed into the conversation model, paired with its index; a row's error stands in its place."""
     return [(i, capture(parse_row, row, index=i, require_assistant=options.answer_only))
             for i, row in enumerate(rows, start=first_index)]
 
 
-def label_text_rows(processor: Processor, parsed: Parsed, options: CollateOptions) -> list[TokenizedSample | FeedlineError]:
+def label_text_rows(
+    processor: Processor, parsed: Parsed, options: CollateOptions
+) -> list[TokenizedSample | FeedlineError]:
     """The default policy on text rows: render each, encode all texts in one call, label, cut to max_length."""
     prepared = [row if isinstance(row, FeedlineError) else capture(_prepare, processor, row, options, i)
                 for i, row in parsed]
@@ -82,11 +87,14 @@ def _refuse_media(processor: Processor, conv: Conversation, index: int) -> None:
             if part.type != "text":
                 raise InvalidSample(
                     f"processor {processor.name!r} is text-only and cannot take a {part.type} part",
-                    sample=index, field=f"messages[{k}].content[{j}]",
+                    sample=index,
+                    field=f"messages[{k}].content[{j}]",
                 )
 
 
-def _finish(processor: Processor, prepared: tuple[Row, TextLabels], ids: np.ndarray, starts: np.ndarray) -> TokenizedSample:
+def _finish(
+    processor: Processor, prepared: tuple[Row, TextLabels], ids: np.ndarray, starts: np.ndarray
+) -> TokenizedSample:
     parsed, plan = prepared
     if isinstance(parsed, PromptCompletion):
         return _with_bos_eos(processor, ids, plan.token_mask(plan.text, starts))
@@ -111,7 +119,7 @@ def label_conversation(
         layout, strategy, warnings = _find_turns(processor, conv, template_messages, rendered.generation_spans, text)
     except TemplateError as exc:
         raise exc.at_sample(index) from exc
-    turns = layout.assistant[-1:] if options.train_on_last_turn_only else layout.assistant
+    turns = layout.supervised(last_turn_only=options.train_on_last_turn_only)
     if not options.answer_only:
         turns, strategy = ((0, len(text)),), LabelStrategy.ALL_TOKENS
     holes: tuple[tuple[int, int], ...] = ()
@@ -130,20 +138,44 @@ def _find_turns(
     generation: tuple[tuple[int, int], ...],
     text: str,
 ) -> tuple[TurnLayout, LabelStrategy, list[str]]:
-    """Generation tags if the template has them, else derived turn markers, else prefix rendering."""
+    """The assistant turns (scan where proven, else the general method), then the template's generation blocks
+    inside them when it has any."""
     warnings: list[str] = []
-    if processor.renderer.has_generation_tags:
-        return generation_layout(text, generation, conv.messages), LabelStrategy.GENERATION_TAGS, warnings
+    if not processor.renderer.has_generation_tags:
+        layout, strategy = _locate_turns(processor, conv, template_messages, text, warnings)
+        return layout, strategy, warnings
+    turns: TurnLayout | None
+    try:
+        turns = _locate_turns(processor, conv, template_messages, text, warnings)[0]
+    except TemplateError as exc:
+        warnings.append(f"assistant turns not located ({exc.message}); generation blocks used as they are")
+        turns = None
+    layout, tag_warnings = generation_layout(text, generation, conv.messages, turns)
+    return layout, LabelStrategy.GENERATION_TAGS, warnings + tag_warnings
+
+
+def _locate_turns(
+    processor: Processor,
+    conv: Conversation,
+    template_messages: list[dict[str, Any]],
+    text: str,
+    warnings: list[str],
+) -> tuple[TurnLayout, LabelStrategy]:
+    """The one-render scan where the probes proved it for this kind of row, else (or when it fails) the general
+    method; rows of a kind where the scan differed from the general method never use the scan."""
     markers = processor.markers
-    if isinstance(markers, TurnMarkers):
+    usable = markers if isinstance(markers, TurnMarkers) else None
+    proof = scan_proof(processor)
+    standing = [proof[f] for f in row_features(conv)]
+    if usable is not None and Proof.DIFFERS not in standing:
         try:
-            return marker_layout(text, conv.messages, markers), LabelStrategy.TURN_MARKERS, warnings
+            return marker_layout(text, conv.messages, usable), LabelStrategy.TURN_MARKERS
         except TemplateError as exc:
             warnings.append(f"turn-marker scan failed ({exc.message}); used prefix rendering")
-    else:
+    elif usable is None:
         warnings.append(f"no turn markers ({markers.message}); used prefix rendering")
-    layout = prefix_layout(processor.renderer, template_messages, conv.messages, text, conv.tools)
-    return layout, LabelStrategy.PREFIX_RENDER, warnings
+    layout = render_layout(processor.renderer, template_messages, conv.messages, text, conv.tools, usable)
+    return layout, LabelStrategy.PREFIX_RENDER
 
 
 def _with_bos_eos(processor: Processor, ids: np.ndarray, supervised: np.ndarray) -> TokenizedSample:

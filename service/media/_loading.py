@@ -27,6 +27,9 @@ __all__ = ["MediaPolicy", "decode_image", "load_audio", "load_image"]
 
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"RIFF", "WEBP"))
 _HEAD = 64  # characters of a bare string read to tell base64 image data from a path
+_MEDIA_ROOT_HINT = ("Image paths are read only inside the media roots: start the server (or the offline command) with "
+                    "--media-root DIR (config media_roots, env FEEDLINE_MEDIA_ROOTS), or send the image inline as a "
+                    "data URL")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class MediaPolicy:
         """The real path of ``reference`` (relative to a root, or absolute), refused unless inside a root."""
         if not self.roots:
             raise MediaError("image paths are not accepted: the server has no media root configured",
-                             sample=sample, field=where)
+                             sample=sample, field=where, hint=_MEDIA_ROOT_HINT)
         if "\x00" in reference:
             raise MediaError("an image path cannot contain a NUL character", sample=sample, field=where)
         candidates = [reference] if os.path.isabs(reference) else [os.path.join(r, reference) for r in self.roots]
@@ -64,7 +67,8 @@ class MediaPolicy:
                 continue
             if os.path.isfile(real):
                 return Path(real)
-        raise MediaError(f"image path {reference!r} is not a file inside the media roots", sample=sample, field=where)
+        raise MediaError(f"image path {reference!r} is not a file inside the media roots", sample=sample, field=where,
+                         hint=_MEDIA_ROOT_HINT)
 
 
 def _inside(path: str, root: str) -> bool:

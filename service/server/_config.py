@@ -9,13 +9,16 @@ A YAML file::
     media_roots: [/data/media]
     data_roots: [/data/datasets]
     grace_period_s: 30
-    limits: {max_request_bytes: 67108864, max_samples_per_request: 4096, max_in_flight_per_stream: 4}
+    allow_hub: false       # processors by hub id (off: directories and built-in names only, nothing fetched)
+    limits: {max_request_bytes: 67108864, max_samples_per_request: 4096, max_chars_per_sample: 1000000,
+             max_tokens_per_sample: 262144, max_request_seconds: 300}
     processors:
       qwen2.5: {source: qwen2.5, defaults: {max_length: 4096, truncation: right}}
       my-vlm: {source: /models/my-vlm, trust_remote_code: false}
 
 Environment variables (12-factor, for containers) override the file: ``FEEDLINE_HOST``, ``FEEDLINE_GRPC_PORT``,
 ``FEEDLINE_HTTP_PORT``, ``FEEDLINE_WORKERS``, ``FEEDLINE_GRACE_PERIOD_S``, ``FEEDLINE_LOG_LEVEL``,
+``FEEDLINE_ALLOW_HUB``,
 ``FEEDLINE_MEDIA_ROOTS`` / ``FEEDLINE_DATA_ROOTS`` (os.pathsep-separated), and one per limit,
 ``FEEDLINE_<LIMIT NAME IN CAPITALS>`` (e.g. ``FEEDLINE_MAX_REQUEST_BYTES``). Security (service/server/_auth.py):
 ``FEEDLINE_AUTH_TOKEN_FILE``, ``FEEDLINE_TLS_CERT``, ``FEEDLINE_TLS_KEY``, ``FEEDLINE_TLS_CLIENT_CA``.
@@ -24,6 +27,7 @@ Environment variables (12-factor, for containers) override the file: ``FEEDLINE_
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,14 +53,37 @@ class ProcessorSpec:
     trust_remote_code: bool = False
     defaults: Mapping[str, Any] = field(default_factory=dict)
     encoder_mode: str = "auto"
+    template_date: str | None = None
+    """The date templates render (``strftime_now``, ``date_string``), YYYY-MM-DD; None: the fixed default."""
+
+    def __post_init__(self) -> None:
+        if self.template_date is not None:
+            try:
+                datetime.date.fromisoformat(str(self.template_date))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"processors.{self.name}.template_date must be a YYYY-MM-DD date, not {self.template_date!r}"
+                ) from exc
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request bounds; a request past one is refused with RequestTooLarge."""
+    """Per-request bounds, each checked before the work it bounds (``_caps``); a request past one is refused
+    with RequestTooLarge (HTTP 413, gRPC RESOURCE_EXHAUSTED) naming the limit, or RequestTimeout (HTTP 504,
+    gRPC DEADLINE_EXCEEDED) past its time budget.
+
+    The defaults fit long-context fine-tuning (a 256k-token sample, 4096 samples or 2M tokens in one request)
+    and keep one request to seconds of work per core: characters are counted before any rendering (media parts
+    excluded; ``MediaPolicy`` bounds those), tokens after tokenizing and before any tensor is built.
+    """
 
     max_request_bytes: int = 64 << 20
     max_samples_per_request: int = 4096
+    max_chars_per_sample: int = 1_000_000
+    max_chars_per_request: int = 32_000_000
+    max_tokens_per_sample: int = 262_144
+    max_tokens_per_request: int = 2_097_152
+    max_request_seconds: float = 300.0
     max_in_flight_per_stream: int = 4
     max_frame_bytes: int = 1 << 20
     max_message_bytes: int = 256 << 20
@@ -64,8 +91,11 @@ class Limits:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"limits.{f.name} must be a positive integer, not {value!r}")
+            seconds = f.name == "max_request_seconds"  # the one limit that may be fractional
+            kinds = (int, float) if seconds else (int,)
+            if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+                raise ConfigError(f"limits.{f.name} must be a positive {'number' if seconds else 'integer'}, "
+                                  f"not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +113,7 @@ class ServeConfig:
     keepalive_time_s: float = 30.0
     max_connection_age_s: float = 300.0
     log_level: str = "info"
+    allow_hub: bool = False
     limits: Limits = field(default_factory=Limits)
     auth_token_file: Path | None = None
     tls_cert: Path | None = None
@@ -106,9 +137,19 @@ class ServeConfig:
         return self.processors or (ProcessorSpec(BUILTIN_DEFAULT, BUILTIN_DEFAULT),)
 
 
-_SCALARS = {"host": str, "grpc_port": int, "http_port": int, "workers": int, "grace_period_s": float,
-            "keepalive_time_s": float, "max_connection_age_s": float, "log_level": str}
+_SCALARS = {
+    "host": str,
+    "grpc_port": int,
+    "http_port": int,
+    "workers": int,
+    "grace_period_s": float,
+    "keepalive_time_s": float,
+    "max_connection_age_s": float,
+    "log_level": str,
+    "allow_hub": bool,
+}
 _PATH_LISTS = ("media_roots", "data_roots")
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _PATHS = ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca")
 
 
@@ -157,13 +198,18 @@ def _from_env(env: Mapping[str, str], file_limits: Any) -> dict[str, Any]:
     for f in dataclasses.fields(Limits):
         raw = env.get(f"FEEDLINE_{f.name.upper()}")
         if raw:
-            limits[f.name] = _convert(int, raw, f"FEEDLINE_{f.name.upper()}")
+            limits[f.name] = _convert(float if f.name == "max_request_seconds" else int, raw,
+                                      f"FEEDLINE_{f.name.upper()}")
     if limits:
         out["limits"] = limits
     return out
 
 
 def _convert(kind: type, raw: str, name: str) -> Any:
+    if kind is bool:
+        if raw.strip().lower() not in _BOOLS:
+            raise ConfigError(f"{name}={raw!r} is not a boolean (one of {sorted(_BOOLS)})")
+        return _BOOLS[raw.strip().lower()]
     try:
         return kind(raw)
     except ValueError:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from feedline.proto import InvalidOptions, InvalidSample, ResumeStateError
+from feedline.proto import FeedlineError, InvalidOptions, InvalidSample, ResumeStateError
 from feedline.proto._plan import DatasetPlan
 
 __all__ = ["DatasetPlan", "RowSource", "batch_rows", "num_batches", "open_dataset", "resolve_inside"]
@@ -79,7 +79,18 @@ class RowSource:
         return len(self._reader)
 
     def rows(self, indices: Sequence[int]) -> list[Mapping[str, Any]]:
-        return [self._reader[int(i)] for i in indices]
+        """The rows at ``indices``; a row that cannot be read names its dataset row and its batch position."""
+        out = []
+        for position, i in enumerate(indices):
+            try:
+                out.append(self._reader[int(i)])
+            except FeedlineError as exc:
+                raise exc.at_sample(position) from None
+        return out
+
+
+_DATA_ROOT_HINT = ("Datasets are read only inside the data roots: start the server with --data-root DIR (config "
+                   "data_roots, env FEEDLINE_DATA_ROOTS) and name the dataset by its path relative to that directory")
 
 
 def open_dataset(path: str, roots: Sequence[Path]) -> RowSource:
@@ -100,7 +111,7 @@ def _open_cached(path: Path, mtime_ns: int, size: int) -> RowSource:
 def resolve_inside(path: str, roots: Sequence[Path], *, field: str) -> Path:
     """The real path of ``path`` if it lies inside one of ``roots`` (symlinks resolved), else InvalidSample."""
     if not roots:
-        raise InvalidSample("the server has no roots configured for this kind of file", field=field)
+        raise InvalidSample("the server has no data root configured", field=field, hint=_DATA_ROOT_HINT)
     if "\x00" in path:
         raise InvalidSample("a path cannot contain a NUL character", field=field)
     for root in roots:
@@ -108,7 +119,8 @@ def resolve_inside(path: str, roots: Sequence[Path], *, field: str) -> Path:
         candidate = Path(os.path.realpath(real_root / path))
         if candidate.is_relative_to(real_root) and candidate.exists():
             return candidate
-    raise InvalidSample(f"{path!r} does not resolve to an existing file inside the configured roots", field=field)
+    raise InvalidSample(f"{path!r} does not resolve to an existing file inside the server's data roots", field=field,
+                        hint=_DATA_ROOT_HINT)
 
 
 def _fingerprint(path: Path) -> str:
@@ -154,9 +166,10 @@ class _JsonlRows(Sequence[Mapping[str, Any]]):
             fh.seek(int(self._offsets[i]))
             line = fh.readline()
         try:
-            return json.loads(line)
+            row: Mapping[str, Any] = json.loads(line)
         except ValueError as exc:
-            raise InvalidSample(f"dataset line is not JSON: {exc}", sample=i) from exc
+            raise InvalidSample(f"dataset line is not JSON: {exc}", row=i) from exc
+        return row
 
 
 class _TableRows(Sequence[Mapping[str, Any]]):
@@ -169,7 +182,8 @@ class _TableRows(Sequence[Mapping[str, Any]]):
         return int(self._table.num_rows)
 
     def __getitem__(self, i: int) -> Mapping[str, Any]:  # type: ignore[override]
-        return self._table.slice(i, 1).to_pylist()[0]
+        row: Mapping[str, Any] = self._table.slice(i, 1).to_pylist()[0]
+        return row
 
 
 class _ArrowRows(_TableRows):

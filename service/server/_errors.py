@@ -17,6 +17,7 @@ from feedline.proto import (
     InvalidOptions,
     InvalidSample,
     NoSupervisedTokens,
+    RequestTimeout,
     RequestTooLarge,
     ResumeStateError,
     SampleTooLong,
@@ -42,6 +43,7 @@ ERROR_STATUS: dict[type[BaseException], tuple[int, grpc.StatusCode]] = {
     UnknownProcessor: (404, grpc.StatusCode.NOT_FOUND),
     FingerprintMismatch: (412, grpc.StatusCode.FAILED_PRECONDITION),
     RequestTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    RequestTimeout: (504, grpc.StatusCode.DEADLINE_EXCEEDED),
     Unauthenticated: (401, grpc.StatusCode.UNAUTHENTICATED),
     ServiceUnavailable: (503, grpc.StatusCode.UNAVAILABLE),
 }
@@ -65,8 +67,8 @@ def brief(text: str | None) -> str | None:
 
 
 def error_body(exc: BaseException) -> dict[str, Any]:
-    """The JSON error object both servers send: {kind, message, sample, field} (texts capped by ``brief``)."""
+    """The JSON error object both servers send: {kind, message, sample, field, row} (texts capped by ``brief``)."""
     if isinstance(exc, FeedlineError):
         body = exc.to_dict()
         return {**body, "message": brief(body["message"]), "field": brief(body["field"])}
-    return {"kind": "internal", "message": "internal server error", "sample": None, "field": None}
+    return {"kind": "internal", "message": "internal server error", "sample": None, "field": None, "row": None}

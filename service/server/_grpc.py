@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +29,7 @@ from feedline.proto import CodecError, FeedlineError, FingerprintMismatch, Inval
 from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, SERVICE_NAME, feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
+from ._caps import Deadline
 from ._config import Limits
 from ._cpus import available_cpus
 from ._datasets import DatasetPlan, batch_rows, num_batches, open_dataset
@@ -35,7 +37,7 @@ from ._errors import brief, error_body, status_for
 from ._logging import new_request_id, request_id
 from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
-from ._requests import CollateResult, parse_rows, run_collate
+from ._requests import CollateResult, from_first_row, parse_rows, run_collate
 
 __all__ = ["collate_threads_for", "create_server", "drain_server", "options_from_proto"]
 
@@ -220,12 +222,11 @@ class _FeedlineServicer:
                     empty = encode_batch({}, {"batch_index": batch_index, "reports": [], **extra})
                     yield from split_frames(empty, batch_id=batch_index, max_frame_bytes=frame_bytes, wrap=True)
                     continue
-                rows = source.rows(indices)  # a row that is not JSON names its dataset row already
-                try:
-                    result = run_collate(self.state, rows, processor=request.processor,
-                                         fingerprint=request.processor_fingerprint, options=options)
-                except FeedlineError as exc:  # name the dataset row, not the position in the batch
-                    raise exc.at_sample(int(indices[exc.sample])) if exc.sample is not None else exc from None
+                rows = source.rows(indices.tolist())  # a row that is not JSON names its dataset row already
+                result = run_collate(self.state, rows, processor=request.processor,
+                                     fingerprint=request.processor_fingerprint, options=options,
+                                     row_of=_rows_of(indices),
+                                     deadline=Deadline(self.state.limits, context.time_remaining()))
                 yield from result.frames(batch_index, frame_bytes, wrap=True, extra=extra)
                 call["batches"] = call.get("batches", 0) + 1
 
@@ -237,17 +238,20 @@ class _FeedlineServicer:
 
     # --- work ---------------------------------------------------------------------------------------------------
 
-    def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext) -> CollateResult:
+    def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext,
+                 deadline: Deadline | None = None) -> CollateResult:
         _check_live(context)
-        rows = parse_rows(request.samples, self.state.limits)
+        deadline = deadline or Deadline(self.state.limits, context.time_remaining())
+        row_of = from_first_row(request.first_row if request.HasField("first_row") else None)
+        rows = parse_rows(request.samples, self.state.limits, row_of=row_of)
         return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
-                           options=options_from_proto(request.options))
+                           options=options_from_proto(request.options), row_of=row_of, deadline=deadline)
 
-    def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event
-                ) -> list[bytes]:
+    def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event,
+                deadline: Deadline) -> list[bytes]:
         if stop.is_set():
             raise _Cancelled()
-        result = self._collate(request, context)
+        result = self._collate(request, context, deadline)
         return result.frames(request.batch_index, self._frame_bytes(request.max_frame_bytes), wrap=True)
 
     def _read(self, requests: Iterator[pb.CollateRequest], context: grpc.ServicerContext,
@@ -262,7 +266,8 @@ class _FeedlineServicer:
                         return
                 if stop.is_set():
                     return
-                pending.put((request.batch_index, self.pool.submit(self._frames, request, context, stop)))
+                deadline = Deadline(self.state.limits, context.time_remaining())  # from the time it was read
+                pending.put((request.batch_index, self.pool.submit(self._frames, request, context, stop, deadline)))
             end = None
         except grpc.RpcError as exc:  # the client cancelled or the connection broke while we read
             end = _Cancelled(str(exc))
@@ -274,6 +279,11 @@ class _FeedlineServicer:
     def _frame_bytes(self, requested: int) -> int:
         limit = self.state.limits.max_frame_bytes
         return min(requested, limit) if requested else limit
+
+
+def _rows_of(indices: np.ndarray) -> Callable[[int], int]:
+    """``row_of`` for a dataset batch: a batch position to the dataset row the plan put there."""
+    return lambda position: int(indices[position])
 
 
 class _Undecodable:
@@ -337,7 +347,8 @@ def _processor_info(info: Any) -> pb.ProcessorInfo:
 def _rpc(context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]:
     """Request id, metrics and one log line per call; FeedlineErrors become status codes with JSON details."""
     metadata = dict(context.invocation_metadata() or ())
-    token = request_id.set(new_request_id(metadata.get("x-request-id")))
+    given = metadata.get("x-request-id")
+    token = request_id.set(new_request_id(given.decode("latin-1") if isinstance(given, bytes) else given))
     start = time.perf_counter()
     call: dict[str, Any] = {}
     with track_request("grpc", method) as outcome:
@@ -350,7 +361,7 @@ def _rpc(context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]
             body = {**error_body(exc), "batch_index": call.get("batch_index")}
             context.set_trailing_metadata(((ERROR_METADATA_KEY, json.dumps(body)),))
             _log(method, code.name, start, call, error=body)
-            context.abort(code, brief(str(exc)))
+            context.abort(code, brief(str(exc)) or "")
         except _DeadlineExceeded:
             outcome["code"] = "DEADLINE_EXCEEDED"
             _log(method, outcome["code"], start, call)

@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI): collate, mask debugging, processors, health, readiness, metrics, OpenAPI at /docs.
 
-Errors answer ``{"error": {"kind", "message", "sample", "field"}}`` with the status from the shared table.
+Errors answer ``{"error": {"kind", "message", "sample", "field", "row"}}`` with the status from the shared table
+("sample": the position in the batch; "row": the dataset row, when the request's ``first_row`` names it).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from ._errors import error_body, status_for
 from ._logging import new_request_id, request_id
 from ._metrics import CONTENT_TYPE, observe_error, render, track_request
 from ._registry import ServingState
-from ._requests import run_collate, run_mask
+from ._requests import from_first_row, run_collate, run_mask
 
 __all__ = ["BATCH_MEDIA_TYPE", "create_app"]
 
 BATCH_MEDIA_TYPE = "application/x-feedline-batch"
 _STATIC = Path(__file__).resolve().parent / "static"
+_DOCS_ASSETS = "/docs-assets"
 _LOGGER = logging.getLogger("feedline.service.http")
 _ROUTES = {"/v1/collate", "/v1/mask", "/v1/processors", "/healthz", "/readyz", "/metrics"}
 
@@ -44,6 +46,8 @@ class CollateBody(BaseModel):
     fingerprint: str | None = Field(None, description="pin: refused with 412 if the processor's differs")
     options: dict[str, Any] = Field(default_factory=dict, description="collate options over the processor defaults")
     samples: list[dict[str, Any]] = Field(min_length=1, description="conversation rows (OpenAI messages, ShareGPT, prompt/completion)")
+    first_row: int | None = Field(None, ge=0, description="index of the first sample in your dataset: errors then "
+                                                          "name the row as well as the position in the batch")
 
 
 class MaskBody(BaseModel):
@@ -63,6 +67,8 @@ def create_app(state: ServingState, *, auth: TokenAuth | None = None) -> FastAPI
         title="feedline",
         summary="Chat-template tokenization, label masking and collation as a service.",
         version="1",
+        docs_url=None,  # FastAPI's own pages load their assets from a CDN: /docs is served below, offline
+        redoc_url=None,
     )
     registry, limits = state.registry, state.limits
 
@@ -70,7 +76,7 @@ def create_app(state: ServingState, *, auth: TokenAuth | None = None) -> FastAPI
     def collate(body: CollateBody, request: Request) -> Response:
         """Collate samples into tensors: JSON lists, or the binary batch format if the client accepts it."""
         result = run_collate(state, body.samples, processor=body.processor, fingerprint=body.fingerprint,
-                             options=body.options)
+                             options=body.options, row_of=from_first_row(body.first_row))
         if BATCH_MEDIA_TYPE in request.headers.get("accept", ""):
             return Response(bytes(result.encode()), media_type=BATCH_MEDIA_TYPE)
         return JSONResponse(result.to_json())
@@ -102,6 +108,7 @@ def create_app(state: ServingState, *, auth: TokenAuth | None = None) -> FastAPI
         """Prometheus text exposition."""
         return Response(render(), media_type=CONTENT_TYPE)
 
+    _install_docs(app)
     _install_error_handlers(app)
     app.add_middleware(_BodyLimit, limit=limits.max_request_bytes)
     if auth:  # inside the request context (logged, counted), before the body is read
@@ -112,6 +119,26 @@ def create_app(state: ServingState, *, auth: TokenAuth | None = None) -> FastAPI
 
         app.mount("/", StaticFiles(directory=_STATIC, html=True), name="static")
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs, its assets served from the installed ``swagger-ui-bundle-v2`` package (Swagger UI 5,
+    Apache-2.0): no request leaves the server, so the page works on an offline cluster."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(_DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="feedline API",
+            swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{_DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # its default fetches a badge from swagger.io
+        )
 
 
 def _error(status: int, body: dict[str, Any]) -> JSONResponse:
@@ -127,7 +154,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(part) for part in first.get("loc", ()) if part != "body"]
         if first.get("type") == "json_invalid":  # its loc holds a character position, not a field
             reason = (first.get("ctx") or {}).get("error", "")
@@ -135,11 +162,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         sample = int(loc[1]) if len(loc) > 1 and loc[0] == "samples" and loc[1].isdigit() else None
         observe_error("http", "invalid_request")
         return _error(400, {"kind": "invalid_request", "message": first.get("msg", "invalid request"),
-                            "sample": sample, "field": ".".join(loc) or None})
+                            "sample": sample, "field": ".".join(loc) or None, "row": None})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, {"kind": "http", "message": str(exc.detail), "sample": None, "field": None})
+        return _error(exc.status_code, {"kind": "http", "message": str(exc.detail), "sample": None, "field": None,
+                                        "row": None})
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

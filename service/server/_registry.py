@@ -10,9 +10,10 @@ from typing import Any
 
 from feedline.proto import FingerprintMismatch, ServiceUnavailable, UnknownProcessor
 
-from ._config import Limits, ProcessorSpec
 from ..media._loading import MediaPolicy
 from ..tokenizers._processor import Processor, load_processor
+from ..tokenizers._sources import resolve_source
+from ._config import Limits, ProcessorSpec
 
 __all__ = ["ProcessorRegistry", "ServingState"]
 
@@ -27,9 +28,11 @@ class ProcessorRegistry:
     The first configured processor is the default one (used when a request names none).
     """
 
-    def __init__(self, specs: Iterable[ProcessorSpec], *, loader: Loader = load_processor) -> None:
+    def __init__(self, specs: Iterable[ProcessorSpec], *, loader: Loader = load_processor,
+                 allow_hub: bool = False) -> None:
         self._specs = {spec.name: spec for spec in specs}
         self._loader = loader
+        self._allow_hub = allow_hub
         self._loaded: dict[str, Processor] = {}
         self._failed: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -41,6 +44,15 @@ class ProcessorRegistry:
         registry._loaded = {p.name: p for p in processors}
         return registry
 
+    def check_sources(self) -> None:
+        """Resolve every spec's source without loading it: an unknown name or a missing directory raises
+        UnknownProcessor naming the processor, so a server refuses to start instead of staying unready."""
+        for name, spec in self._specs.items():
+            try:
+                resolve_source(spec.source, allow_hub=self._allow_hub)
+            except UnknownProcessor as exc:
+                raise UnknownProcessor(f"processors.{name}: {exc.message}", field="processor") from None
+
     def load_all(self) -> bool:
         """Load every processor not loaded yet; return readiness. Failures are logged and kept, not raised."""
         for name, spec in self._specs.items():
@@ -48,8 +60,13 @@ class ProcessorRegistry:
                 continue
             try:
                 processor = self._loader(
-                    name, spec.source, trust_remote_code=spec.trust_remote_code, defaults=spec.defaults or None,
+                    name,
+                    spec.source,
+                    trust_remote_code=spec.trust_remote_code,
+                    defaults=spec.defaults or None,
                     encoder_mode=spec.encoder_mode,
+                    template_date=spec.template_date,
+                    allow_hub=self._allow_hub,
                 )
             # The boundary where any loader failure (transformers raises many kinds) becomes "not ready, because".
             except Exception as exc:  # noqa: BLE001
@@ -74,9 +91,7 @@ class ProcessorRegistry:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per configured processor: loaded or not, and the failure reason if loading failed."""
-        return {
-            name: {"loaded": name in self._loaded, "error": self._failed.get(name)} for name in self._specs
-        }
+        return {name: {"loaded": name in self._loaded, "error": self._failed.get(name)} for name in self._specs}
 
     def processors(self) -> list[Processor]:
         return list(self._loaded.values())

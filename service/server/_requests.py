@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from feedline.proto import (
+    FeedlineError,
     InvalidSample,
     RequestTooLarge,
     bfloat16_to_float32,
@@ -22,6 +23,7 @@ from feedline.proto import (
 )
 
 from ..collate._batch import CollatedBatch, collate
+from ._caps import Deadline, check_chars, check_sample_chars, token_gate
 from ._config import Limits
 from ..collate._mask_report import mask_report
 from ._metrics import observe_batch
@@ -29,7 +31,7 @@ from .._options import CollateOptions
 from ..tokenizers._processor import Processor
 from ._registry import ServingState
 
-__all__ = ["CollateResult", "parse_rows", "run_collate", "run_mask"]
+__all__ = ["CollateResult", "from_first_row", "parse_rows", "run_collate", "run_mask"]
 
 
 @dataclass(frozen=True)
@@ -76,18 +78,22 @@ class CollateResult:
         }
 
 
-def parse_rows(samples: Sequence[bytes | str], limits: Limits) -> list[Any]:
-    """JSON-decode one sample per entry; an entry that is not a JSON object names its index."""
+def parse_rows(
+    samples: Sequence[bytes | str], limits: Limits, *, row_of: Callable[[int], int] | None = None
+) -> list[Any]:
+    """JSON-decode one sample per entry; an entry that is not a JSON object names its index (and row)."""
     _require_samples(len(samples))
     _check_count(len(samples), limits)
     rows = []
     for index, raw in enumerate(samples):
+        row_index = row_of(index) if row_of else None
         try:
             row = json.loads(raw)
         except ValueError as exc:
-            raise InvalidSample(f"not valid JSON: {exc}", sample=index, field="samples") from None
+            raise InvalidSample(f"not valid JSON: {exc}", sample=index, field="samples", row=row_index) from None
         if not isinstance(row, dict):
-            raise InvalidSample(f"must be a JSON object, not {type(row).__name__}", sample=index, field="samples")
+            raise InvalidSample(f"must be a JSON object, not {type(row).__name__}", sample=index, field="samples",
+                                row=row_index)
         rows.append(row)
     return rows
 
@@ -99,15 +105,35 @@ def run_collate(
     processor: str | None,
     fingerprint: str | None,
     options: Mapping[str, Any] | None,
+    row_of: Callable[[int], int] | None = None,
+    deadline: Deadline | None = None,
 ) -> CollateResult:
-    """Resolve the processor (checking a pinned fingerprint), validate options over its defaults, collate."""
-    _check_count(len(rows), state.limits)
+    """Resolve the processor (checking a pinned fingerprint), validate options over its defaults, collate.
+
+    ``row_of`` maps a position in the batch to the row's index in the dataset or the client's stream, so a
+    row's error names both (a request's ``first_row`` plus the position; a dataset plan's row indices).
+    The work caps are checked before the work they bound (``_caps``); ``deadline`` is the request's time
+    budget, by default ``max_request_seconds`` from now.
+    """
+    limits = state.limits
+    deadline = deadline or Deadline(limits)
+    deadline.check("before collating")
+    _check_count(len(rows), limits)
+    check_chars(rows, limits, row_of)
     resolved = state.registry.get(processor, fingerprint=fingerprint)
     opts = CollateOptions.from_mapping(options, base=resolved.defaults)
-    batch = collate(resolved, rows, opts, media=state.media)
+    try:
+        batch = collate(resolved, rows, opts, media=state.media, admit=token_gate(limits, row_of, deadline))
+    except FeedlineError as exc:
+        raise exc.at_row(row_of(exc.sample)) if row_of and exc.sample is not None else exc from None
     statuses = Counter(r.status for r in batch.reports)
     observe_batch(resolved.name, batch.tensors, statuses, batch.num_label_tokens)
     return CollateResult(resolved, opts, batch)
+
+
+def from_first_row(first_row: int | None) -> Callable[[int], int] | None:
+    """``row_of`` for a request whose first sample is row ``first_row`` of the client's stream (None: unknown)."""
+    return None if first_row is None else (lambda position: first_row + position)
 
 
 def run_mask(
@@ -118,7 +144,8 @@ def run_mask(
     fingerprint: str | None,
     options: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """The per-token supervision report of one row."""
+    """The per-token supervision report of one row (its characters capped like a collated sample's)."""
+    check_sample_chars(row, state.limits, field="sample")
     resolved = state.registry.get(processor, fingerprint=fingerprint)
     return mask_report(resolved, row, CollateOptions.from_mapping(options, base=resolved.defaults), media=state.media)
 

@@ -1,24 +1,38 @@
 """Chat-template rendering: one call, the rendered text plus the character spans of {% generation %} blocks.
 
-Templates are rendered by transformers' own sandboxed Jinja environment, so the text is exactly what
-``apply_chat_template`` would produce. Template errors are translated to TemplateError here, once.
+Templates are rendered by transformers' own sandboxed Jinja environment and input conversion, so the text is
+exactly what ``apply_chat_template`` would produce on the processor's template date. The environment is a private
+copy (transformers caches one per template string) whose ``strftime_now`` returns that fixed date instead of
+reading the clock. Template errors are translated to TemplateError here, once.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-from transformers.utils.chat_template_utils import render_jinja_template
+from transformers.utils import chat_template_utils as _hf
 
 from feedline.proto import TemplateError
 
-__all__ = ["ChatRenderer", "Rendered"]
+__all__ = ["DEFAULT_TEMPLATE_DATE", "ChatRenderer", "Rendered", "parse_template_date"]
+
+DEFAULT_TEMPLATE_DATE = "2025-01-01"
+"""The date every template sees unless the processor is configured with another one (``template_date``).
+
+Templates that print today's date (``strftime_now``, e.g. Llama 3.2's system header) would otherwise give other
+tokens on another day, so the same request would not be byte-identical across replicas, resumes and midnight.
+``date_string`` is left to the template's own default (Llama 3.1 sets a fixed one), so ids stay those of
+``apply_chat_template``."""
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+# transformers copies reasoning_content to the other names templates read it under (thinking, reasoning).
+_ALIAS_REASONING = getattr(_hf, "_alias_reasoning_fields", lambda chat: chat)
+_REASONING_FIELDS: tuple[str, ...] = getattr(_hf, "_REASONING_FIELDS", ("reasoning_content",))
 # The exact pattern NeMo uses to decide whether a template has generation tags (it needs whitespace).
 NEMO_GENERATION_TAG = re.compile(r"\{%-?\s+generation\s+-?%\}")
 
@@ -34,13 +48,28 @@ class Rendered:
 class ChatRenderer:
     """Renders conversations with one chat template and a tokenizer's special-token strings."""
 
-    def __init__(self, template: str, special_tokens: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        template: str,
+        special_tokens: Mapping[str, Any],
+        *,
+        date: _dt.date | None = None,
+        atoms: Sequence[str] = (),
+    ) -> None:
         if not isinstance(template, str) or not template.strip():
             raise TemplateError("the processor has no chat template")
         self.template = template
         self.has_generation_tags = bool(_GENERATION_TAG.search(template))
-        self.mentions_reasoning = "reasoning_content" in template
+        self.mentions_reasoning = any(name in template for name in _REASONING_FIELDS)
+        self.date = date or parse_template_date(DEFAULT_TEMPLATE_DATE)
+        self.atoms = tuple(sorted({a for a in atoms if len(a) > 1}, key=len, reverse=True))
+        moment = _dt.datetime.combine(self.date, _dt.time())
         self._special = {k: v for k, v in special_tokens.items() if isinstance(v, str)}
+        try:
+            self._compiled = _hf._cached_compile_jinja_template(template)  # uncached: a fresh environment
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"the chat template does not compile: {exc}") from exc
+        self._compiled.environment.globals["strftime_now"] = moment.strftime
 
     def render(
         self,
@@ -52,22 +81,45 @@ class ChatRenderer:
     ) -> Rendered:
         """Render one conversation; ``track_generation`` also returns {% generation %} spans."""
         track = track_generation and self.has_generation_tags
+        # The inputs as apply_chat_template hands them over: plain JSON data, reasoning under its aliases.
+        chat = _ALIAS_REASONING(_hf._plain_template_data(list(messages)))
+        variables = {
+            "messages": chat,
+            "tools": _hf._plain_template_data(list(tools)) if tools is not None else None,
+            "documents": None,
+            "add_generation_prompt": add_generation_prompt,
+            **self._special,
+        }
         try:
-            texts, spans = render_jinja_template(
-                conversations=[list(messages)],
-                tools=list(tools) if tools else None,
-                chat_template=self.template,
-                return_assistant_tokens_mask=track,
-                add_generation_prompt=add_generation_prompt,
-                **self._special,
-            )
+            if track:
+                text, spans = _hf._render_with_assistant_indices(compiled_template=self._compiled, **variables)
+            else:
+                text, spans = self._compiled.render(**variables), []
         except jinja2.TemplateError as exc:
             raise TemplateError(f"the chat template failed: {exc}") from exc
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             raise TemplateError(f"the chat template cannot render this conversation: {exc}") from exc
-        generation = tuple((int(a), int(b)) for a, b in spans[0]) if track and spans else ()
-        return Rendered(text=texts[0], generation_spans=generation)
+        return Rendered(text=text, generation_spans=tuple((int(a), int(b)) for a, b in spans))
 
     def text(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
         """Render and return only the text."""
         return self.render(messages, **kwargs).text
+
+    def snap(self, text: str, at: int) -> int:
+        """``at`` moved back to the start of the added token it falls inside (comparing renders character by
+        character splits "<|end|>" from "<|return|>" after "<|"), else ``at`` itself."""
+        for atom in self.atoms:
+            start = text.find(atom, max(0, at - len(atom) + 1), at + len(atom) - 1)
+            if 0 <= start < at < start + len(atom):
+                return start
+        return at
+
+
+def parse_template_date(value: str | _dt.date) -> _dt.date:
+    """A template date from ``YYYY-MM-DD`` (or a date); TemplateError names the option when it is not one."""
+    if isinstance(value, _dt.date):
+        return value
+    try:
+        return _dt.date.fromisoformat(str(value))
+    except ValueError as exc:
+        raise TemplateError(f"template_date {value!r} is not a YYYY-MM-DD date", field="template_date") from exc

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"feedline.proto": ROOT / "proto", "feedline.service": ROOT / "service", "feedline.client": ROOT / "client"}
 WINGS = ["_options", "tokenizers", "engine", "media", "collate", "server"]  # bottom to top
-TOP = {"__init__", "_cli", "_cli_offline"}  # service-level modules above every wing
+TOP = {"__init__", "_cli", "_cli_offline", "_quiet"}  # service-level modules above every wing
 
 
 def _modules() -> dict[str, Path]:

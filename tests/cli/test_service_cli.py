@@ -37,7 +37,9 @@ def test_parser_has_serve_and_the_offline_commands() -> None:
     assert parser.parse_args(["collate", "--input", "x.jsonl", "--output", "-"]).command == "collate"
     assert parser.parse_args(["mask", "--input", "x.json"]).command == "mask"
     with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--processor", "no-equals-sign"])
+        parser.parse_args(["serve", "--processor", "=no-name"])
+    bare = parser.parse_args(["serve", "--processor", "qwen3", "--processor", "/models/my-vlm/"]).processor
+    assert [(p.name, p.source) for p in bare] == [("qwen3", "qwen3"), ("my-vlm", "/models/my-vlm/")]
 
 
 def test_no_arguments_serve_the_builtin_qwen(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,8 @@ def _err(row: object, **kw: object) -> InvalidSample:
     ("row", "field"),
     [
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r"}]}, "messages[1].tool_call_id"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r", "tool_call_id": 5}]},
+         "messages[1].tool_call_id"),
         ({"messages": [{"role": "assistant", "content": "x", "reasoning_content": 5}]}, "messages[0].reasoning_content"),
         ({"messages": [{"role": "user", "content": "only a question"}]}, "messages"),
         ({"messages": []}, "messages"),
@@ -74,8 +75,13 @@ def test_openai_row_is_normalised() -> None:
     assert conv.messages[0].text == "" and conv.messages[1].text == "a b"
     call = conv.messages[2].tool_calls[0]
     assert call == {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": '{"k": 1}'}}
-    assert conv.messages[2].reasoning_content is None
+    assert conv.messages[2].reasoning_content == ""
     assert conv.tools is not None and conv.tools[0]["function"]["name"] == "f"
+    # The template gets the messages as given: None content, the arguments object, the empty reasoning.
+    template = conv.template_messages()
+    assert template[0] == {"role": "system", "content": None}
+    assert template[1] == {"role": "user", "content": "a b"}
+    assert template[2] == row["messages"][2]
 
 
 def test_sharegpt_and_prompt_completion_rows() -> None:

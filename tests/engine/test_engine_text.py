@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from feedline.proto import IGNORE_INDEX, LabelFormat, LabelStrategy, NoSupervisedTokens, SampleTooLong
 from feedline.service import CollateOptions, Processor, collate, tokenize_row
 from feedline.service import label_row
-from feedline.service.engine._spans import marker_layout, prefix_layout
+from feedline.service.engine._spans import marker_layout, render_layout
 from feedline.service.engine._tokenmask import spans_to_token_mask
 
 from tests.support.chat_templates import CHATML_GENERATION, CHATML_REASONING, CHATML_REWRITING, INST_STYLE
@@ -82,7 +82,7 @@ def test_marker_scan_agrees_with_prefix_rendering(qwen_processor: Processor, pai
     text = qwen_processor.renderer.text(messages)
     _, starts = qwen_processor.encoder.encode_with_offsets(text)
     scanned = marker_layout(text, conv.messages, qwen_processor.markers)
-    prefixed = prefix_layout(qwen_processor.renderer, messages, conv.messages, text, None)
+    prefixed = render_layout(qwen_processor.renderer, messages, conv.messages, text, None, qwen_processor.markers)
     assert scanned.assistant == prefixed.assistant
     np.testing.assert_array_equal(
         spans_to_token_mask(text, starts, scanned.assistant), spans_to_token_mask(text, starts, prefixed.assistant)
@@ -135,7 +135,8 @@ def test_last_turn_only_is_applied_before_reasoning_holes(qwen_processor: Proces
 
 def test_inst_style_template_with_one_space_header(qwen_processor: Processor) -> None:
     proc = _variant(qwen_processor, INST_STYLE)
-    assert proc.markers.header == " " and proc.markers.end == END
+    # A one-space "header" is no anchor: the text that closes the user turn before the content is.
+    assert proc.markers.header == " [/INST] " and proc.markers.end == END
     row = _chat("Say yes", "Yes indeed", "And again", "Yes")
     sample = tokenize_row(proc, row, DEFAULT)
     assert sample.strategy is LabelStrategy.TURN_MARKERS

@@ -579,3 +579,37 @@ def test_reports_count_shifted_labels(qwen: Processor) -> None:
         int((row != IGNORE_INDEX).sum()) for row in batch.tensors["labels"]
     ]
     assert batch.tensors["labels"].shape == batch.tensors["input_ids"].shape
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §1.5 ChatDataset's normalisation: arguments objects are serialised with json.dumps defaults (ensure_ascii=True)
+
+
+@pytest.mark.parametrize("builtin", ["qwen2.5", "mistral-7b-v3"])
+def test_non_ascii_tool_arguments_are_escaped_as_nemo_does(builtin: str) -> None:
+    import json
+
+    tokenizer = builtin_tokenizer(builtin)
+    proc = Processor(builtin, tokenizer)
+    arguments = {"city": "Zürich", "note": "東京 — café ☕"}
+    call = {"id": "abcdefghi", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    messages = [
+        {"role": "user", "content": "Wetter in Zürich?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "abcdefghi", "content": "sonnig"},
+        {"role": "assistant", "content": "Sonnig."},
+    ]
+    sample = _nemo(proc, {"messages": messages, "tools": tools})
+
+    def nemo_render(dumps: Any) -> list[int]:
+        normalised = [dict(m) for m in messages]
+        normalised[1]["tool_calls"] = [{**call, "function": {"name": "get_weather", "arguments": dumps(arguments)}}]
+        return list(tokenizer.apply_chat_template(normalised, tools=tools, return_dict=False))
+
+    assert sample.input_ids.tolist() == nemo_render(json.dumps)
+    # The test can fail: ensure_ascii=False (the default policy's old serialisation) gives other ids.
+    assert nemo_render(lambda a: json.dumps(a, ensure_ascii=False)) != nemo_render(json.dumps)
+    decoded = tokenizer.decode(sample.input_ids)
+    assert "u00fc" in decoded and decoded.count("Zürich") == 1  # escaped in the call, as typed by the user

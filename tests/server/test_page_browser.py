@@ -256,3 +256,25 @@ def test_media_placeholders_are_shown_and_never_supervised(page: Any, server: _S
     assert page.inner_text('#legend .count[data-state="media"]') == str(len(media))
     assert len(page.query_selector_all("#tokens .tok.sup")) == report["num_label_tokens"] > 0
     _screenshot(page, "media")
+
+
+def test_docs_render_offline_with_assets_from_the_server(browser: Any, server: _Served) -> None:
+    """/docs is Swagger UI served by feedline itself: any request to another host is aborted (as on an offline
+    cluster), and the page still lists the API's operations with no script error."""
+    origin = f"http://127.0.0.1:{server.http_port}/"
+    context = browser.new_context(viewport=VIEWPORT)
+    requests: list[str] = []
+    errors: list[str] = []
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(origin) else route.abort())
+    opened = context.new_page()
+    opened.on("request", lambda request: requests.append(request.url))
+    opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    opened.goto(f"{origin}docs")
+    opened.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = opened.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.dataset.path)")
+    assert {"/v1/collate", "/v1/mask", "/v1/processors", "/healthz"} <= set(paths), paths
+    assert opened.title() == "feedline API" and not errors, errors
+    assert requests and all(url.startswith(origin) for url in requests), requests
+    assert any(url.endswith("/docs-assets/swagger-ui-bundle.js") for url in requests)
+    _screenshot(opened, "docs")
+    context.close()

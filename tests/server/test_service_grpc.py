@@ -343,13 +343,16 @@ def test_stream_dataset_refusals(served: dict[str, Any], fields: dict[str, Any],
 
 
 @pytest.mark.parametrize(("path", "row"), [("bad.jsonl", 3), ("invalid.jsonl", 3)])
-def test_stream_dataset_error_names_the_dataset_row(served: dict[str, Any], path: str, row: int) -> None:
+def test_stream_dataset_error_names_the_dataset_row_and_batch_position(
+    served: dict[str, Any], path: str, row: int
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         _dataset_batches(served, _dataset_request(dataset=pb.DatasetRef(path=path), shuffle=False,
                                                   batch_size=2, rank=0, world_size=1))
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     error = _error(info.value)
-    assert (error["sample"], error["batch_index"]) == (row, 1)
+    assert (error["row"], error["sample"], error["batch_index"]) == (row, 1, 1)  # batches of 2, no shuffle
+    assert f"row {row} (position 1 in the batch)" in info.value.details()
 
 
 def test_stream_dataset_sends_an_empty_batch_for_an_empty_share(served: dict[str, Any]) -> None:

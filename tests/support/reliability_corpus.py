@@ -25,7 +25,8 @@ __all__ = ["CASES", "GRPC_CODE", "HTTP_STATUS", "LIMITS", "OK", "PNG", "Case", "
 HTTP_STATUS = {
     "invalid_request": 400, "invalid_sample": 400, "media_error": 400, "invalid_options": 400, "codec_error": 400,
     "http": 400, "template_error": 422, "sample_too_long": 422, "no_supervised_tokens": 422,
-    "unknown_processor": 404, "fingerprint_mismatch": 412, "request_too_large": 413, "service_unavailable": 503,
+    "unknown_processor": 404, "fingerprint_mismatch": 412, "request_too_large": 413, "request_timeout": 504,
+    "service_unavailable": 503,
 }
 """HTTP status per error kind (``service/server/_errors.py``; the table in RELIABILITY.md)."""
 
@@ -34,7 +35,7 @@ GRPC_CODE = {
     "codec_error": "INVALID_ARGUMENT", "template_error": "INVALID_ARGUMENT", "sample_too_long": "INVALID_ARGUMENT",
     "no_supervised_tokens": "INVALID_ARGUMENT", "unknown_processor": "NOT_FOUND",
     "fingerprint_mismatch": "FAILED_PRECONDITION", "request_too_large": "RESOURCE_EXHAUSTED",
-    "service_unavailable": "UNAVAILABLE",
+    "request_timeout": "DEADLINE_EXCEEDED", "service_unavailable": "UNAVAILABLE",
 }
 """gRPC status per error kind (the same table, as gRPC codes)."""
 
@@ -222,8 +223,8 @@ CASES: list[Case] = [
     both("roles", "sharegpt-unknown-speaker",
          samples({"conversations": [{"from": "alien", "value": "q"}, {"from": "gpt", "value": "a"}]}),
          "invalid_sample", 0, "conversations[0].from"),
-    both("roles", "tool-without-call-id",
-         samples({"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"},
+    both("roles", "tool-call-id-not-a-string",  # a missing id is fine where the template never uses it
+         samples({"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r", "tool_call_id": 5},
                                {"role": "assistant", "content": "a"}]}),
          "invalid_sample", 0, "messages[1].tool_call_id"),
     both("roles", "no-assistant-turn", samples({"messages": [{"role": "user", "content": "q"}]}), "invalid_sample", 0,
@@ -237,8 +238,10 @@ CASES: list[Case] = [
     # --- empty and huge strings -------------------------------------------------------------------------------
     both("strings", "completion-empty", samples({"prompt": "a", "completion": ""}), "invalid_sample", 0,
          "completion"),
-    both("strings", "huge-string-over-max-length", samples(chat("word " * 200_000, "a"), options={"max_length": 4096}),
+    both("strings", "huge-string-over-max-length", samples(chat("word " * 150_000, "a"), options={"max_length": 4096}),
          "sample_too_long", 0, None),
+    both("strings", "huge-string-over-char-limit", samples(OK, chat("word " * 220_000, "a")), "request_too_large", 1,
+         "samples"),
     Case("strings", "huge-body-over-request-limit", samples({"prompt": "x" * (5 << 20), "completion": "y"}),
          Expect(413, "request_too_large", None, "body"), Expect("RESOURCE_EXHAUSTED", None)),
     both("strings", "huge-processor-name", samples(OK, processor="p" * 100_000), "unknown_processor", None,

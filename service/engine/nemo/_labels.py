@@ -14,6 +14,7 @@ or its unshifted ``input_ids``/``loss_mask``/``attention_mask``.
 from __future__ import annotations
 
 import copy
+import json
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -22,13 +23,13 @@ import numpy as np
 
 from feedline.proto import FeedlineError, InvalidOptions, InvalidSample, LabelStrategy, TemplateError
 
-from .._conversation import Conversation, PromptCompletion
-from ._chat import ChatCall, MaskedIds, format_chat_template
 from ..._options import CollateOptions
 from ...tokenizers._processor import Processor
+from .._conversation import Conversation, PromptCompletion
 from .._sample import TokenizedSample
+from ._chat import ChatCall, MaskedIds, format_chat_template
 
-__all__ = ["content_attention", "nemo_pad_token_id", "nemo_tokenize", "nemo_tokenizer"]
+__all__ = ["content_attention", "nemo_messages", "nemo_pad_token_id", "nemo_tokenize", "nemo_tokenizer"]
 
 _PADDED_TOKENIZERS: weakref.WeakKeyDictionary[Processor, Any] = weakref.WeakKeyDictionary()
 
@@ -111,7 +112,11 @@ def _hf_truncation(options: CollateOptions) -> bool | str:
 
 
 def _format_chat(
-    processor: Processor, tokenizer: Any, conv: Conversation, options: CollateOptions, padding: str,
+    processor: Processor,
+    tokenizer: Any,
+    conv: Conversation,
+    options: CollateOptions,
+    padding: str,
     truncation: bool | str,
 ) -> MaskedIds:
     template = processor.chat_template
@@ -127,10 +132,50 @@ def _format_chat(
         max_length=options.max_length,
     )
     return format_chat_template(
-        call, template, conv.template_messages(), padding=padding, answer_only=options.answer_only,
+        call,
+        template,
+        nemo_messages(conv),
+        padding=padding,
+        answer_only=options.answer_only,
         train_on_last_turn_only=options.train_on_last_turn_only,
         mask_reasoning_content=options.mask_reasoning_content,
     )
+
+
+def nemo_messages(conv: Conversation) -> list[dict[str, Any]]:
+    """The messages as NeMo's ChatDataset hands them to the template (nemo_reference.md §1.5).
+
+    Every key of the message is kept; list content becomes its text parts joined with a space and None
+    content ""; a None ``reasoning_content`` becomes ""; tool calls get ``id`` ``call_{i}`` and ``type``
+    "function" when missing, and arguments that are not a string are serialised with ``json.dumps`` defaults
+    (``ensure_ascii=True``: non-ASCII text becomes ``\\uXXXX`` escapes, as in NeMo's tensors).
+    """
+    out = []
+    for msg, plain in zip(conv.messages, conv.template_messages(), strict=True):
+        if msg.source is None:  # a ShareGPT turn: already NeMo's {role, content} form
+            out.append(plain)
+            continue
+        message = dict(msg.source)
+        message["content"] = msg.text
+        if "reasoning_content" in message and message["reasoning_content"] is None:
+            message["reasoning_content"] = ""
+        if message.get("tool_calls"):
+            message["tool_calls"] = [_nemo_tool_call(c, i) for i, c in enumerate(message["tool_calls"])]
+        out.append(message)
+    return out
+
+
+def _nemo_tool_call(call: Mapping[str, Any], position: int) -> dict[str, Any]:
+    fn = call["function"]
+    arguments = fn.get("arguments", {})
+    return {
+        "id": call.get("id") or f"call_{position}",
+        "type": call.get("type") or "function",
+        "function": {
+            "name": fn["name"],
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+        },
+    }
 
 
 def _template_argument(template: str, tokenizer: Any) -> str | None:
@@ -152,7 +197,10 @@ def _format_prompt_completion(
         bos = 1 if getattr(tokenizer, "add_bos_token", False) else 0
         prompt_tokens = bos + len(tokenizer(row.prompt, add_special_tokens=False)["input_ids"])
     out = tokenizer(
-        row.prompt + row.completion, padding=padding, truncation=truncation, max_length=options.max_length,
+        row.prompt + row.completion,
+        padding=padding,
+        truncation=truncation,
+        max_length=options.max_length,
         padding_side="right",
     )
     ids = np.asarray(out["input_ids"], dtype=np.int64)

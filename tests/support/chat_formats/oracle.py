@@ -28,7 +28,8 @@ body's first) may go either way, but every turn must have at least one of its to
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,16 +81,35 @@ def render(
     date: datetime | None = None,
 ) -> str:
     """The template's text for ``messages`` (``date``: what ``strftime_now`` returns, else today)."""
-    extra: dict[str, Any] = {}
-    if date is not None:
-        extra["strftime_now"] = date.strftime
-    return tokenizer.apply_chat_template(
-        list(messages),
-        tools=list(tools) if tools else None,
-        tokenize=False,
-        add_generation_prompt=generation_prompt,
-        **extra,
-    )
+    with _clock(date):
+        return tokenizer.apply_chat_template(  # type: ignore[no-any-return]
+            list(messages),
+            tools=list(tools) if tools else None,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
+        )
+
+
+@contextmanager
+def _clock(date: datetime | None) -> Iterator[None]:
+    """transformers' ``strftime_now`` reads ``datetime.now()`` in its module (a callable passed as a template
+    variable reaches the template as a placeholder string): show it ``date`` while rendering."""
+    if date is None:
+        yield
+        return
+    from transformers.utils import chat_template_utils
+
+    class Fixed(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Fixed:  # noqa: ARG003 - the signature of datetime.now
+            return cls.fromisoformat(date.isoformat())
+
+    saved = chat_template_utils.datetime
+    chat_template_utils.datetime = Fixed  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        chat_template_utils.datetime = saved  # type: ignore[misc]
 
 
 def _lcp(a: str, b: str) -> int:
@@ -180,10 +200,10 @@ def template_ids(
     date: datetime | None = None,
 ) -> list[int]:
     """``apply_chat_template(messages, tools=tools, tokenize=True)`` as a plain list (transformers 4 or 5)."""
-    extra: dict[str, Any] = {"strftime_now": date.strftime} if date is not None else {}
-    out = tokenizer.apply_chat_template(
-        list(messages), tools=list(tools) if tools else None, tokenize=True, return_dict=False, **extra
-    )
+    with _clock(date):
+        out = tokenizer.apply_chat_template(
+            list(messages), tools=list(tools) if tools else None, tokenize=True, return_dict=False
+        )
     if isinstance(out, Mapping):
         out = out["input_ids"]
     return [int(t) for t in out]
