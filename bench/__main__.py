@@ -47,12 +47,14 @@ def _plain(module: Any, quick: bool) -> dict[str, Any]:
 BENCHES: dict[str, tuple[str, Callable[[Any, bool], dict[str, Any]]]] = {
     "text": ("bench.bench_text", _plain),
     "hf_assistant_mask": ("bench.bench_hf_assistant_mask", _plain),
+    "nemo": ("bench.bench_nemo", _plain),
     "fastpath": ("bench.bench_fastpath", _fastpath),
     "packing": ("bench.bench_packing", _plain),
     "multimodal": ("bench.bench_multimodal", _plain),
     "wire": ("bench.bench_wire", _plain),
     "client": ("bench.bench_client", _plain),
     "scaling": ("bench.bench_scaling", _plain),
+    "datasets": ("bench.bench_datasets", _plain),
 }
 
 
@@ -60,8 +62,14 @@ def run_one(name: str, quick: bool, command: str) -> dict[str, Any]:
     """One benchmark's record: its figures (or its error), mode, wall time and the command that ran it."""
     module_name, call = BENCHES[name]
     started = time.perf_counter()
-    record: dict[str, Any] = {"name": name, "module": module_name, "quick": quick, "command": command,
-                              "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg_before": os.getloadavg()[0]}
+    record: dict[str, Any] = {
+        "name": name,
+        "module": module_name,
+        "quick": quick,
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "loadavg_before": os.getloadavg()[0],
+    }
     try:
         record["figures"] = call(importlib.import_module(module_name), quick)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the suite reports a failed bench and goes on
@@ -75,8 +83,12 @@ def run_one(name: str, quick: bool, command: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes for development (under 2 minutes)")
-    parser.add_argument("--only", type=lambda s: s.split(","), default=list(BENCHES),
-                        help=f"comma-separated subset of: {','.join(BENCHES)}")
+    parser.add_argument(
+        "--only",
+        type=lambda s: s.split(","),
+        default=list(BENCHES),
+        help=f"comma-separated subset of: {','.join(BENCHES)}",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where JSON and PNG go (default bench/results)")
     parser.add_argument("--report-only", action="store_true", help="only redraw plots and BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -97,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             (out / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
             if "error" in record:
                 failed.append(name)
-        print(f"{len(args.only)} benchmarks in {time.perf_counter() - started:.0f} s"
-              + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+        print(
+            f"{len(args.only)} benchmarks in {time.perf_counter() - started:.0f} s"
+            + (f"; failed: {', '.join(failed)}" if failed else ""),
+            file=sys.stderr,
+        )
     from bench._plots import draw_all
 
     plots = draw_all(out)

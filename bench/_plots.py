@@ -25,18 +25,26 @@ def _wire(f: Mapping[str, Any], ax: Any) -> None:
 def _packing(f: Mapping[str, Any], ax: Any) -> None:
     sizes = list(f["pack_sizes"])
     ax.plot(sizes, [f["pack_sizes"][s]["fill"] for s in sizes], "o-", label="feedline (best-fit, window 1000)")
-    ax.plot(sizes, [f["pack_sizes"][s]["sequential_fill"] for s in sizes], "s--",
-            label="sequential first-fit (NeMo THD)")
-    ax.set(xlabel="pack size (tokens)", ylabel="fill (real tokens / slots)", ylim=(0.75, 1.0),
-           title="Packing fill vs pack size")
+    ax.plot(
+        sizes, [f["pack_sizes"][s]["sequential_fill"] for s in sizes], "s--", label="sequential first-fit (NeMo THD)"
+    )
+    ax.set(
+        xlabel="pack size (tokens)",
+        ylabel="fill (real tokens / slots)",
+        ylim=(0.75, 1.0),
+        title="Packing fill vs pack size",
+    )
     ax.legend(loc="lower right")
 
 
 def _scaling(f: Mapping[str, Any], ax: Any) -> None:
     from bench.bench_scaling import CONFIGS as names
 
-    bars = ax.bar([n.replace(" on ", "\non ") for n in names], [f[n]["rows_per_s"] for n in names],
-                  color=["#bbb", "#888", "#4a7", "#47a"])
+    bars = ax.bar(
+        [n.replace(" on ", "\non ") for n in names],
+        [f[n]["rows_per_s"] for n in names],
+        color=["#bbb", "#888", "#4a7", "#47a"],
+    )
     ax.bar_label(bars, [f"{f[n]['rows_per_s'] / f['1 worker on 1 CPU']['rows_per_s']:.2f}x" for n in names])
     ax.set(ylabel="rows/s", title=f"Service throughput ({f['cpus']} cores shared with the load)")
 
@@ -55,7 +63,10 @@ def _client(f: Mapping[str, Any], ax: Any) -> None:
 
 
 _PLOTS: dict[str, Callable[[Mapping[str, Any], Any], None]] = {
-    "wire": _wire, "packing": _packing, "scaling": _scaling, "client": _client,
+    "wire": _wire,
+    "packing": _packing,
+    "scaling": _scaling,
+    "client": _client,
 }
 
 

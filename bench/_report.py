@@ -20,8 +20,10 @@ _PACKAGES = ("torch", "transformers", "tokenizers", "tiktoken", "numpy", "grpcio
 def machine() -> dict[str, Any]:
     """What the figures were measured on: CPU, cores, memory, OS, interpreter, library versions, commit."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or "unknown")
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
     versions = {}
@@ -78,114 +80,378 @@ def _pct(x: float) -> str:
 
 
 def _text(f: Mapping[str, Any]) -> str:
-    rows = [[name, rate / 1e6, _ratio(f["ratio over raw encode"][name]) if name in f["ratio over raw encode"] else "1"]
-            for name, rate in f["tokens_per_s"].items()]
-    return (f"{f['rows']:,} chats, {f['tokens']:,} tokens, one thread, best of the round-robin repeats.\n\n"
-            + _table(["variant", "Mtok/s", "vs raw encode"], rows))
+    rows = [
+        [name, rate / 1e6, _ratio(f["ratio over raw encode"][name]) if name in f["ratio over raw encode"] else "1"]
+        for name, rate in f["tokens_per_s"].items()
+    ]
+    return f"{f['rows']:,} chats, {f['tokens']:,} tokens, one thread, best of the round-robin repeats.\n\n" + _table(
+        ["variant", "Mtok/s", "vs raw encode"], rows
+    )
 
 
 def _hf_mask(f: Mapping[str, Any]) -> str:
     ratios = f["ratio over transformers"]
-    rows = [[name, rate / 1e6, _ratio(ratios[name]) if name in ratios else "1",
-             ", ".join(f["label strategies"].get(name, [])) or "assistant mask"]
-            for name, rate in f["tokens_per_s"].items()]
+    rows = [
+        [
+            name,
+            rate / 1e6,
+            _ratio(ratios[name]) if name in ratios else "1",
+            ", ".join(f["label strategies"].get(name, [])) or "assistant mask",
+        ]
+        for name, rate in f["tokens_per_s"].items()
+    ]
     same = "identical" if f["identical input_ids, labels, attention_mask"] else "NOT identical"
-    return (f"{f['rows']:,} chats, {f['tokens']:,} tokens ({f['supervised_tokens']:,} supervised). input_ids, "
-            f"labels and attention_mask: **{same}** on every path, every batch (checked in the run).\n\n"
-            + _table(["path", "Mtok/s", "vs transformers", "labels from"], rows))
+    return (
+        f"{f['rows']:,} chats, {f['tokens']:,} tokens ({f['supervised_tokens']:,} supervised). input_ids, "
+        f"labels and attention_mask: **{same}** on every path, every batch (checked in the run).\n\n"
+        + _table(["path", "Mtok/s", "vs transformers", "labels from"], rows)
+    )
 
 
 def _packing(f: Mapping[str, Any]) -> str:
     floors = list(f["encode_only_cpu_s"])
-    rows = [[size, p["packs"], p["dropped"], f"{p['fill']:.4f}", f"{p['sequential_fill']:.4f}", p["plan_ms"],
-             p["materialise_ms"],
-             _pct(p["pack_over_tokenize"]), *(_pct(p[f"pack_over_{k.replace(' ', '_')}"]) for k in floors)]
-            for size, p in f["pack_sizes"].items()]
+    rows = [
+        [
+            size,
+            p["packs"],
+            p["dropped"],
+            f"{p['fill']:.4f}",
+            f"{p['sequential_fill']:.4f}",
+            p["plan_ms"],
+            p["materialise_ms"],
+            _pct(p["pack_over_tokenize"]),
+            *(_pct(p[f"pack_over_{k.replace(' ', '_')}"]) for k in floors),
+        ]
+        for size, p in f["pack_sizes"].items()
+    ]
     lengths = f["tokens_per_chat"]
-    return (f"{f['chats']:,} chats, {f['tokens']:,} tokens (per chat: mean {lengths['mean']:.0f}, p99 "
-            f"{lengths['p99']:.0f}, max {lengths['max']}); engine tokenization {f['tokenize_cpu_s']:.2f} CPU s "
-            f"(encoder {f['encoder']}). Fill = real tokens / slots; sequential = NeMo's THD first-fit on the same "
-            "lengths. Cost = plan + materialise, as a share of tokenization and of encode-only time.\n\n"
-            + _table(["pack size", "packs", "dropped", "fill", "sequential fill", "plan ms", "materialise ms",
-                      "cost / tokenize", *(f"cost / {k}" for k in floors)], rows))
+    return (
+        f"{f['chats']:,} chats, {f['tokens']:,} tokens (per chat: mean {lengths['mean']:.0f}, p99 "
+        f"{lengths['p99']:.0f}, max {lengths['max']}); engine tokenization {f['tokenize_cpu_s']:.2f} CPU s "
+        f"(encoder {f['encoder']}). Fill = real tokens / slots; sequential = NeMo's THD first-fit on the same "
+        "lengths. Cost = plan + materialise, as a share of tokenization and of encode-only time.\n\n"
+        + _table(
+            [
+                "pack size",
+                "packs",
+                "dropped",
+                "fill",
+                "sequential fill",
+                "plan ms",
+                "materialise ms",
+                "cost / tokenize",
+                *(f"cost / {k}" for k in floors),
+            ],
+            rows,
+        )
+    )
 
 
 def _wire(f: Mapping[str, Any]) -> str:
-    rows = [[f"{r['batch_mb']} MB", r["raw_gbs"], r["raw_cpu_bound_gbs"], r["protobuf_gbs"],
-             r["protobuf_cpu_bound_gbs"],
-             _ratio(r["raw_over_protobuf_cpu"]), r["decode_ms"], r["decode_gbs"]] for r in f["sizes"]]
-    return (f"One gRPC stream over loopback, 1 MiB frames, {f['total_mb_per_run']} MB per run, median of "
-            f"{f['repeats']}. Wall = what this run got on the shared cores; CPU-bound = bytes / the busier side's CPU "
-            "seconds (the rate with a core each for client and server). Client decode = reassembling the frames and "
-            f"decoding the batch. memcpy reference in the same process: {f['memcpy_gbs']:.1f} GB/s. Earlier analysis: "
-            "bench/WIRE_NOTES.md.\n\n"
-            + _table(["batch", "GB/s (wall)", "GB/s (CPU-bound)", "protobuf-parsed GB/s (wall)",
-                      "protobuf-parsed GB/s (CPU-bound)", "raw / protobuf (CPU-bound)", "client decode ms",
-                      "decode GB/s"], rows))
+    rows = [
+        [
+            f"{r['batch_mb']} MB",
+            r["raw_gbs"],
+            r["raw_cpu_bound_gbs"],
+            r["protobuf_gbs"],
+            r["protobuf_cpu_bound_gbs"],
+            _ratio(r["raw_over_protobuf_cpu"]),
+            r["decode_ms"],
+            r["decode_gbs"],
+        ]
+        for r in f["sizes"]
+    ]
+    return (
+        f"One gRPC stream over loopback, 1 MiB frames, {f['total_mb_per_run']} MB per run, median of "
+        f"{f['repeats']}. Wall = what this run got on the shared cores; CPU-bound = bytes / the busier side's CPU "
+        "seconds (the rate with a core each for client and server). Client decode = reassembling the frames and "
+        f"decoding the batch. memcpy reference in the same process: {f['memcpy_gbs']:.1f} GB/s. Earlier analysis: "
+        "bench/WIRE_NOTES.md.\n\n"
+        + _table(
+            [
+                "batch",
+                "GB/s (wall)",
+                "GB/s (CPU-bound)",
+                "protobuf-parsed GB/s (wall)",
+                "protobuf-parsed GB/s (CPU-bound)",
+                "raw / protobuf (CPU-bound)",
+                "client decode ms",
+                "decode GB/s",
+            ],
+            rows,
+        )
+    )
 
 
 def _multimodal(f: Mapping[str, Any]) -> str:
-    rows = [[r["size"], r["processor_images_per_s"], r["engine_images_per_s"], r["processor_batches_per_s"],
-             r["engine_batches_per_s"], _pct(r["overhead"]), _pct(r["overhead_median"]), _pct(r["overhead_cpu"])]
-            for r in f["sizes"]]
-    return (f"Processor {f['processor']}, batches of {f['batch']} single-image rows (random-noise PNGs, base64 in "
-            f"the JSON), {f['repeats']} interleaved repeats. Processor alone = apply_chat_template + base64 decode + "
-            "PIL open + RGB + one processor call per batch; engine = `collate` on the same rows (validation, "
-            "decode, render, one processor call, labels, batch). Overhead = engine / processor alone - 1, from the "
-            "fastest repeats, the medians and CPU time (target: under 10%). Analysis: bench/MULTIMODAL_NOTES.md.\n\n"
-            + _table(["size", "processor img/s", "engine img/s", "processor batch/s", "engine batch/s", "overhead",
-                      "overhead (median)", "overhead (CPU)"], rows))
+    rows = [
+        [
+            r["size"],
+            r["processor_images_per_s"],
+            r["engine_images_per_s"],
+            r["processor_batches_per_s"],
+            r["engine_batches_per_s"],
+            _pct(r["overhead"]),
+            _pct(r["overhead_median"]),
+            _pct(r["overhead_cpu"]),
+        ]
+        for r in f["sizes"]
+    ]
+    return (
+        f"Processor {f['processor']}, batches of {f['batch']} single-image rows (random-noise PNGs, base64 in "
+        f"the JSON), {f['repeats']} interleaved repeats. Processor alone = apply_chat_template + base64 decode + "
+        "PIL open + RGB + one processor call per batch; engine = `collate` on the same rows (validation, "
+        "decode, render, one processor call, labels, batch). Overhead = engine / processor alone - 1, from the "
+        "fastest repeats, the medians and CPU time (target: under 10%). Analysis: bench/MULTIMODAL_NOTES.md.\n\n"
+        + _table(
+            [
+                "size",
+                "processor img/s",
+                "engine img/s",
+                "processor batch/s",
+                "engine batch/s",
+                "overhead",
+                "overhead (median)",
+                "overhead (CPU)",
+            ],
+            rows,
+        )
+    )
+
+
+def _nemo(f: Mapping[str, Any]) -> str:
+    from bench.bench_nemo import TOKENIZERS
+
+    rows = [
+        [
+            name,
+            f[name]["rows"],
+            f[name]["tokens"],
+            *f[name]["us_per_row"].values(),
+            _ratio(f[name]["fast / reference speed"]),
+            f[name]["identical on every row"],
+            ", ".join(f"{k}: {v}" for k, v in f[name]["rows by path"].items()),
+        ]
+        for name in TOKENIZERS
+    ]
+    sides = list(f[TOKENIZERS[0]]["us_per_row"])
+    met = "met" if f["target met"] else "**not met**"
+    return (
+        '`label_policy="nemo"`: the fast path (one encode of the whole conversation, prefixes rendered as '
+        "text only) against the reference path (NeMo's own calls: one render + encode per prefix; NeMo itself "
+        "does not install here without CUDA packages), CPU per row, best of round-robin repeats. Every row's "
+        "bytes are compared; the bench fails on any difference.\n\n"
+        + _table(
+            [
+                "tokenizer",
+                "rows",
+                "tokens",
+                *[f"{s} us/row" for s in sides],
+                "fast / reference",
+                "identical",
+                "rows by path",
+            ],
+            rows,
+        )
+        + f"\n\nTarget (issue 19): at least {f['target']:.0f}x the reference: {met}."
+    )
 
 
 def _client(f: Mapping[str, Any]) -> str:
     from bench.bench_client import SIDES, TARGET_SIDES
 
     base = f["local, 0 workers"]["trainer_cpu_ms_per_batch"]
-    rows = [[side, f[side]["trainer_cpu_ms_per_batch"], _pct(f[side]["trainer_cpu_ms_per_batch"] / base),
-             f[side]["other_processes_cpu_ms_per_batch"], f[side]["total_cpu_ms_per_batch"], f[side]["samples_per_s"],
-             f[side]["mb_per_batch"], f[side]["first_batch_s"]] for side in SIDES]
+    rows = [
+        [
+            side,
+            f[side]["trainer_cpu_ms_per_batch"],
+            _pct(f[side]["trainer_cpu_ms_per_batch"] / base),
+            f[side]["other_processes_cpu_ms_per_batch"],
+            f[side]["total_cpu_ms_per_batch"],
+            f[side]["samples_per_s"],
+            f[side]["mb_per_batch"],
+            f[side]["first_batch_s"],
+        ]
+        for side in SIDES
+    ]
     imp = f["client import"]
     met = "met" if f["target met"] else "**not met**"
     hf_base = "local, 0 workers, hf encoder"
-    remote = "; ".join(f"{side} {_pct(f[side]['trainer_cpu_ms_per_batch'] / base)} (receiver process "
-                       f"{f[side]['receiver_cpu_ms_per_batch']:.2f} ms/batch, in 'other processes'), against the "
-                       f"local path on HF's encoder {_pct(f[f'ratio trainer CPU {side} / {hf_base}'])}"
-                       for side in TARGET_SIDES)
-    return (f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
-            "Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "
-            "processes = DataLoader workers (`RUSAGE_CHILDREN`, start-up included) or the server and the loader's "
-            "receiver process (/proc). The in-process sides are RemoteLoader with `offload=False`. Analysis: "
-            "bench/CLIENT_NOTES.md.\n\n"
-            + _table(["side", "trainer CPU ms/batch", "vs local 0 workers", "other processes CPU ms/batch",
-                      "total CPU ms/batch", "samples/s", "MB/batch", "first batch s"], rows)
-            + f"\n\nTarget (issue 6): RemoteLoader's trainer CPU at most {f['target']:.0%} of the local 0-worker "
-              f"path's: {met} ({remote}).\n\n"
-            f"`import feedline.client`: {imp['importtime_ms']:.0f} ms (`-X importtime`, cumulative, best of 3); a "
-            "fresh "
-            f"interpreter with the import {imp['interpreter_wall_ms']:.0f} ms wall against "
-            f"{imp['bare_interpreter_wall_ms']:.0f} ms bare; torch/transformers/fastapi imported by it: "
-            f"{imp['heavy_modules_imported']}.")
+    remote = "; ".join(
+        f"{side} {_pct(f[side]['trainer_cpu_ms_per_batch'] / base)} (receiver process "
+        f"{f[side]['receiver_cpu_ms_per_batch']:.2f} ms/batch, in 'other processes'), against the "
+        f"local path on HF's encoder {_pct(f[f'ratio trainer CPU {side} / {hf_base}'])}"
+        for side in TARGET_SIDES
+    )
+    engine = f["local, 0 workers"].get("total_cpu_us_per_row")
+    per_row = (
+        ""
+        if engine is None
+        else (
+            "Total CPU per row, every process counted (trainer, receiver, server, DataLoader workers), against the "
+            "in-process engine (local, 0 workers):\n\n"
+            + _table(
+                ["path", "total CPU us/row", "vs in-process engine"],
+                [
+                    [side, f[side]["total_cpu_us_per_row"], _ratio(f[side]["total_cpu_us_per_row"] / engine)]
+                    for side in SIDES
+                    if "total_cpu_us_per_row" in f[side]
+                ],
+            )
+            + f"\n\nTarget (issue 19): both RemoteLoader modes at most {f.get('row target', 1.15):.2f}x: "
+            + ("met" if f.get("row target met") else "**not met**")
+            + ".\n\n"
+        )
+    )
+    return (
+        per_row + f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
+        "Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "
+        "processes = DataLoader workers (`RUSAGE_CHILDREN`, start-up included) or the server and the loader's "
+        "receiver process (/proc). The in-process sides are RemoteLoader with `offload=False`. Analysis: "
+        "bench/CLIENT_NOTES.md.\n\n"
+        + _table(
+            [
+                "side",
+                "trainer CPU ms/batch",
+                "vs local 0 workers",
+                "other processes CPU ms/batch",
+                "total CPU ms/batch",
+                "samples/s",
+                "MB/batch",
+                "first batch s",
+            ],
+            rows,
+        )
+        + f"\n\nTarget (issue 6): RemoteLoader's trainer CPU at most {f['target']:.0%} of the local 0-worker "
+        f"path's: {met} ({remote}).\n\n"
+        f"`import feedline.client`: {imp['importtime_ms']:.0f} ms (`-X importtime`, cumulative, best of 3); a "
+        "fresh "
+        f"interpreter with the import {imp['interpreter_wall_ms']:.0f} ms wall against "
+        f"{imp['bare_interpreter_wall_ms']:.0f} ms bare; torch/transformers/fastapi imported by it: "
+        f"{imp['heavy_modules_imported']}."
+    )
 
 
 def _scaling(f: Mapping[str, Any]) -> str:
     from bench.bench_scaling import CONFIGS
 
-    rows = [[name, f[name]["rows_per_s"], f[name]["tokens_per_s"] / 1e6, f[name]["server_cores_used"],
-             f[name]["rows_per_server_cpu_s"],
-             _ratio(f[name]["rows_per_s"] / f["1 worker on 1 CPU"]["rows_per_s"]),
-             _ratio(f[name]["rows_per_s"] / f["1 worker"]["rows_per_s"])]
-            for name in CONFIGS]
-    return (f"Real `feedline serve` processes, {f['batch_rows']} chats per batch, {f['load_streams']} CollateStream "
-            f"streams from {f['load_processes']} load processes, {f['seconds']:.0f} s per configuration; 1 replica is "
-            f"the 1-worker server. **This machine has {f['cpus']} cores**, shared by the servers and the load "
-            "processes (and by anything else running): \"cores used\" is the servers' CPU per second of load, the "
-            "ceiling for 2 workers or 2 replicas is 2.0x only on otherwise idle cores. \"1 worker on 1 CPU\" is "
-            "pinned to one CPU (affinity), so it sizes itself for one: the first ratio column is the scaling of "
-            "worker processes (issue 5's target: 2 workers at least 1.7x); the second compares with one worker "
-            "free to use both cores (its collate pool then runs 2 batches at once). Analysis: "
-            "bench/WIRE_NOTES.md section 2.\n\n"
-            + _table(["configuration", "rows/s", "Mtok/s", "server cores used", "rows per server CPU s",
-                      "vs 1 worker on 1 CPU", "vs 1 worker"], rows))
+    rows = [
+        [
+            name,
+            f[name]["rows_per_s"],
+            f[name]["tokens_per_s"] / 1e6,
+            f[name]["server_cores_used"],
+            f[name]["rows_per_server_cpu_s"],
+            _ratio(f[name]["rows_per_s"] / f["1 worker on 1 CPU"]["rows_per_s"]),
+            _ratio(f[name]["rows_per_s"] / f["1 worker"]["rows_per_s"]),
+        ]
+        for name in CONFIGS
+    ]
+    return (
+        f"Real `feedline serve` processes, {f['batch_rows']} chats per batch, {f['load_streams']} CollateStream "
+        f"streams from {f['load_processes']} load processes, {f['seconds']:.0f} s per configuration; 1 replica is "
+        f"the 1-worker server. **This machine has {f['cpus']} cores**, shared by the servers and the load "
+        'processes (and by anything else running): "cores used" is the servers\' CPU per second of load, the '
+        'ceiling for 2 workers or 2 replicas is 2.0x only on otherwise idle cores. "1 worker on 1 CPU" is '
+        "pinned to one CPU (affinity), so it sizes itself for one: the first ratio column is the scaling of "
+        "worker processes (issue 5's target: 2 workers at least 1.7x); the second compares with one worker "
+        "free to use both cores (its collate pool then runs 2 batches at once). Analysis: "
+        "bench/WIRE_NOTES.md section 2.\n\n"
+        + _table(
+            [
+                "configuration",
+                "rows/s",
+                "Mtok/s",
+                "server cores used",
+                "rows per server CPU s",
+                "vs 1 worker on 1 CPU",
+                "vs 1 worker",
+            ],
+            rows,
+        )
+    )
+
+
+def _datasets(f: Mapping[str, Any]) -> str:
+    head = [
+        "rows",
+        "format",
+        "open cold / warm s",
+        "dataset CPU ms/batch start / middle / end",
+        "block decode ms/batch (amortized)",
+        "engine CPU ms/batch",
+        "dataset / engine (worst)",
+        "random row us",
+    ]
+    served = [
+        "rows",
+        "format",
+        "first batch (cold open) s",
+        "server CPU ms/batch start / middle / end",
+        "first batch resuming at 90% s",
+        "server RSS growth MB",
+    ]
+    split, serve, hf = [], [], []
+    for n, r in f["sizes"].items():
+        for kind, x in r["in process"].items():
+            split.append(
+                [
+                    n,
+                    kind,
+                    f"{x['open cold s']:.3f} / {x['open warm s']:.3f}",
+                    " / ".join(f"{x[f'dataset CPU ms/batch, {p}']:.3f}" for p in ("start", "middle", "end")),
+                    f"{x.get('block decode amortized ms/batch', 0.0):.3f}",
+                    f"{x['engine CPU ms/batch, middle']:.2f}",
+                    _pct(x["dataset / engine, worst"]),
+                    x["random row us"],
+                ]
+            )
+        for kind, x in r["server"].items():
+            serve.append(
+                [
+                    n,
+                    kind,
+                    x["first batch (cold open) s"],
+                    " / ".join(f"{x[f'server CPU ms/batch, {p}']:.1f}" for p in ("start", "middle", "end")),
+                    x["first batch, resume at 90% s"],
+                    x["server RSS growth MB"],
+                ]
+            )
+        if "hf datasets" in r:
+            h = r["hf datasets"]
+            hf.append([n, h["open s"], h["RSS growth MB"], h["random row us"], h["random batch of 8 ms"]])
+    return (
+        f"Batches of {f['batch_size']} short chats; per-batch figures are means over {f['span_batches']} "
+        "batches at each place of the epoch. In this process (CPU time, the same rows):\n\n"
+        + _table(head, split)
+        + "\n\nA real `feedline serve` per size (its CPU from /proc covers gRPC, dataset and engine; RSS growth "
+        "over all requests to that format, after the others):\n\n"
+        + _table(served, serve)
+        + (
+            "\n\nHF `datasets` on the same saved directory (`load_from_disk`, `ds[i]`, `ds[list]`):\n\n"
+            + _table(["rows", "open s", "RSS growth MB", "random row us", "random batch of 8 ms"], hf)
+            if hf
+            else ""
+        )
+        + "\n\n"
+        + _datasets_targets(f)
+    )
+
+
+def _datasets_targets(f: Mapping[str, Any]) -> str:
+    """Issue 18's targets against the largest size measured."""
+    n, r = max(f["sizes"].items(), key=lambda item: int(item[0]))
+    warm = max(x["open warm s"] for x in r["in process"].values())
+    cold = {kind: x["open cold s"] for kind, x in r["in process"].items()}
+    rss = max(x["server RSS growth MB"] for x in r["server"].values())
+    return (
+        f"Targets (issue 18) at {int(n):,} rows: dataset work at most 10% of the engine's per batch at every size: "
+        f"worst {_pct(f['dataset / engine CPU per batch, worst'])}; open under 1 s plus a small cost per file: "
+        f"{warm:.3f} s at most once a file's line index exists (first open ever, index built: "
+        + ", ".join(f"{kind} {s:.2f} s" for kind, s in cold.items())
+        + f"); server RSS growth under 100 MB: at most {rss:.0f} MB over every format's requests. 64 concurrent "
+        "ranks with no health failure: tests/server/test_dataset_service.py (asserted in CI)."
+    )
 
 
 def _generic(f: Any) -> str:
@@ -205,23 +471,45 @@ def _generic(f: Any) -> str:
 
 # name -> (title, what is compared, its own command, renderer)
 _SECTIONS: dict[str, tuple[str, str, str, Callable[[Mapping[str, Any]], str]]] = {
-    "text": ("Text engine vs raw tokenizer encode",
-             "The engine (render + encode with offsets + labels) against the tokenizer encoding the same rendered "
-             "text alone: the ceiling for an HF tokenizer.", "python -m bench.bench_text", _text),
-    "hf_assistant_mask": ("Text engine vs transformers' own path",
-                          "`apply_chat_template(..., tools=..., return_assistant_tokens_mask=True)` with a "
-                          "`{% generation %}` version of the same template (plain and tool-call turns tagged), "
-                          "labels from its mask, against the engine producing the same tensors. Every chat offers "
-                          "two tools and about half of the answers are tool calls with their results.",
-                          "python -m bench.bench_hf_assistant_mask", _hf_mask),
-    "fastpath": ("Fast text path", "bench_fastpath's figures (see bench/FASTPATH_NOTES.md).",
-                 "python -m bench.bench_fastpath", _generic),
+    "text": (
+        "Text engine vs raw tokenizer encode",
+        "The engine (render + encode with offsets + labels) against the tokenizer encoding the same rendered "
+        "text alone: the ceiling for an HF tokenizer.",
+        "python -m bench.bench_text",
+        _text,
+    ),
+    "hf_assistant_mask": (
+        "Text engine vs transformers' own path",
+        "`apply_chat_template(..., return_assistant_tokens_mask=True)` with a `{% generation %}` "
+        "version of the same template, labels from its mask, against the engine producing the "
+        "same tensors.",
+        "python -m bench.bench_hf_assistant_mask",
+        _hf_mask,
+    ),
+    "nemo": ("The nemo label policy: fast path vs NeMo's calls", "", "python -m bench.bench_nemo", _nemo),
+    "fastpath": (
+        "Fast text path",
+        "bench_fastpath's figures (see bench/FASTPATH_NOTES.md).",
+        "python -m bench.bench_fastpath",
+        _generic,
+    ),
     "multimodal": ("VLM engine vs the processor alone", "", "python -m bench.bench_multimodal", _multimodal),
     "wire": ("Wire: GB/s against batch size, client decode time", "", "python -m bench.bench_wire", _wire),
-    "client": ("End to end: trainer-process CPU per batch, RemoteLoader vs an in-process DataLoader", "",
-               "python -m bench.bench_client", _client),
+    "client": (
+        "End to end: trainer-process CPU per batch, RemoteLoader vs an in-process DataLoader",
+        "",
+        "python -m bench.bench_client",
+        _client,
+    ),
     "scaling": ("Scaling: worker processes and replicas", "", "python -m bench.bench_scaling", _scaling),
     "packing": ("Packing: fill ratio and cost at 4096/8192/16384", "", "python -m bench.bench_packing", _packing),
+    "datasets": (
+        "Dataset mode at 10^5, 10^6 and 10^7 rows: open, first batch, memory, cost per batch",
+        "JSONL, Parquet shards, a saved HF dataset and S3 (moto) through a real server, beside HF "
+        "`datasets` random access (bench/bench_datasets.py's docstring says what is measured).",
+        "python -m bench.bench_datasets",
+        _datasets,
+    ),
 }
 
 
@@ -238,6 +526,15 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     if (f := fig("hf_assistant_mask")) and "ratio over transformers" in f:
         for name, r in f["ratio over transformers"].items():
             rows.append([f"labels: {name} / transformers apply_chat_template (identical tensors)", _ratio(r)])
+    if (f := fig("nemo")) and "target met" in f:
+        for name, r in f.items():
+            if isinstance(r, Mapping) and "fast / reference speed" in r:
+                rows.append(
+                    [
+                        f"nemo policy ({name}): fast path / NeMo's calls (identical outputs)",
+                        _ratio(r["fast / reference speed"]),
+                    ]
+                )
     if (f := fig("fastpath")) and "ratio collate fast / raw hf encode" in f:
         rows.append(["fast path: collate fast / raw hf encode", _ratio(f["ratio collate fast / raw hf encode"])])
     if (f := fig("multimodal")) and "sizes" in f:
@@ -245,25 +542,59 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
             rows.append([f"VLM {r['size']}: engine overhead over the processor alone (CPU)", _pct(r["overhead_cpu"])])
     if (f := fig("wire")) and "sizes" in f:
         last = f["sizes"][-1]
-        rows.append([f"wire: {last['batch_mb']} MB batches, raw frames / protobuf-parsed (CPU-bound GB/s)",
-                     _ratio(last["raw_over_protobuf_cpu"])])
-        rows.append([f"wire: {last['batch_mb']} MB batches, GB/s wall (CPU-bound)",
-                     f"{last['raw_gbs']:.2f} ({last['raw_cpu_bound_gbs']:.2f})"])
+        rows.append(
+            [
+                f"wire: {last['batch_mb']} MB batches, raw frames / protobuf-parsed (CPU-bound GB/s)",
+                _ratio(last["raw_over_protobuf_cpu"]),
+            ]
+        )
+        rows.append(
+            [
+                f"wire: {last['batch_mb']} MB batches, GB/s wall (CPU-bound)",
+                f"{last['raw_gbs']:.2f} ({last['raw_cpu_bound_gbs']:.2f})",
+            ]
+        )
     if (f := fig("client")) and "local, 0 workers" in f:
-        for side in ("local, 2 workers", "remote, samples", "remote, dataset", "remote, samples, in-process",
-                     "remote, dataset, in-process"):
+        for side in ("local, 2 workers", "remote, samples", "remote, dataset", "remote collate"):
+            if f"ratio total CPU per row {side} / engine" in f:
+                rows.append(
+                    [
+                        f"total CPU per row (all processes): {side} / in-process engine",
+                        _ratio(f[f"ratio total CPU per row {side} / engine"]),
+                    ]
+                )
+        for side in (
+            "local, 2 workers",
+            "remote, samples",
+            "remote, dataset",
+            "remote, samples, in-process",
+            "remote, dataset, in-process",
+        ):
             for base in ("local, 0 workers", "local, 0 workers, hf encoder"):
                 rows.append([f"trainer CPU per batch: {side} / {base}", _pct(f[f"ratio trainer CPU {side} / {base}"])])
     if (f := fig("scaling")) and "1 worker" in f:
-        rows.append(["service throughput: 2 workers / 1 worker on 1 CPU",
-                     _ratio(f["ratio 2 workers / 1 worker on 1 CPU"])])
-        rows.append(["service throughput: 2 workers / 1 worker (free to use both CPUs)",
-                     _ratio(f["ratio 2 workers / 1 worker"])])
+        rows.append(
+            ["service throughput: 2 workers / 1 worker on 1 CPU", _ratio(f["ratio 2 workers / 1 worker on 1 CPU"])]
+        )
+        rows.append(
+            [
+                "service throughput: 2 workers / 1 worker (free to use both CPUs)",
+                _ratio(f["ratio 2 workers / 1 worker"]),
+            ]
+        )
         rows.append(["service throughput: 2 replicas / 1 replica", _ratio(f["ratio 2 replicas / 1 replica"])])
+    if (f := fig("datasets")) and "dataset / engine CPU per batch, worst" in f:
+        rows.append(
+            [
+                "dataset mode: dataset work / engine work per batch, worst size and format",
+                _pct(f["dataset / engine CPU per batch, worst"]),
+            ]
+        )
     if (f := fig("packing")) and "pack_sizes" in f:
         for size, p in f["pack_sizes"].items():
-            rows.append([f"packing {size}: fill (sequential first-fit)",
-                         f"{p['fill']:.4f} ({p['sequential_fill']:.4f})"])
+            rows.append(
+                [f"packing {size}: fill (sequential first-fit)", f"{p['fill']:.4f} ({p['sequential_fill']:.4f})"]
+            )
     return rows
 
 
@@ -276,9 +607,11 @@ def _section(name: str, record: Mapping[str, Any] | None, plots: Mapping[str, Pa
         parts.append(f"Not run yet: `python -m bench --only {name}`.")
         return "\n\n".join(parts)
     mode = "quick" if record["quick"] else "full"
-    parts.append(f"{mode.capitalize()} run, {record['date']}, {record['wall_s']:.0f} s wall, load average "
-                 f"{record['loadavg_before']:.1f} before and {record['loadavg_after']:.1f} after. "
-                 f"On its own: `{command}{' --quick' if record['quick'] else ''}`.")
+    parts.append(
+        f"{mode.capitalize()} run, {record['date']}, {record['wall_s']:.0f} s wall, load average "
+        f"{record['loadavg_before']:.1f} before and {record['loadavg_after']:.1f} after. "
+        f"On its own: `{command}{' --quick' if record['quick'] else ''}`."
+    )
     figures = record.get("figures")
     if "error" in record:
         parts.append(f"**Failed:** `{record['error']}`")

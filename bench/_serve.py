@@ -41,9 +41,27 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_"))}
         env["TOKENIZERS_PARALLELISM"] = "false"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "feedline.service._cli", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
-             "--http-port", "0", "--workers", str(workers), "--log-level", "info", *args],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "feedline.service._cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--grpc-port",
+                "0",
+                "--http-port",
+                "0",
+                "--workers",
+                str(workers),
+                "--log-level",
+                "info",
+                *args,
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self.workers = workers
@@ -81,6 +99,18 @@ class Server:
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by the server process and its worker processes."""
         return cpu_seconds(self.proc.pid)
+
+    def wait_idle(self, quiet_s: float = 0.3, timeout: float = 30.0) -> None:
+        """Return once the server has used no CPU for ``quiet_s`` (work a closed client left in flight, such
+        as a warm-up's prefetched batches, must not be counted in the next measurement)."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            now = self.cpu_seconds()
+            if now - last < 0.01:
+                return
+            last = now
 
     def close(self) -> int:
         if self.proc.poll() is None:
@@ -134,8 +164,12 @@ def drive(ports: Sequence[int], seconds: float, requests_file: str, *, processes
     """Run ``processes`` load processes for ``seconds`` against ``ports``; the number of batches answered."""
     port_list = ",".join(map(str, ports))
     loaders = [
-        subprocess.Popen([sys.executable, "-m", "bench._serve", "load", port_list, str(streams), str(seconds),
-                          requests_file], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        subprocess.Popen(
+            [sys.executable, "-m", "bench._serve", "load", port_list, str(streams), str(seconds), requests_file],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         for _ in range(processes)
     ]
     return sum(json.loads(p.communicate()[0])["batches"] for p in loaders)

@@ -20,8 +20,8 @@ one from this process's CPU time are printed beside it.
 from __future__ import annotations
 
 import argparse
-import functools
 import base64
+import functools
 import io
 import statistics
 import tempfile
@@ -48,20 +48,35 @@ def rows_for(w: int, h: int, n: int) -> list[dict[str, Any]]:
     for i in range(n):
         buf = io.BytesIO()
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-        rows.append({"messages": [
-            {"role": "user", "content": [{"type": "image", "image": base64.b64encode(buf.getvalue()).decode()},
-                                         {"type": "text", "text": f"Describe picture {i} in detail."}]},
-            {"role": "assistant", "content": "A field of coloured noise, with no discernible object in it. " * 3},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "image": base64.b64encode(buf.getvalue()).decode()},
+                            {"type": "text", "text": f"Describe picture {i} in detail."},
+                        ],
+                    },
+                    {
+                        "role": "assistant",
+                        "content": "A field of coloured noise, with no discernible object in it. " * 3,
+                    },
+                ]
+            }
+        )
     return rows
 
 
 def processor_alone(hf: Any, rows: list[dict[str, Any]]) -> Callable[[], Any]:
     """One batch the way a user's collate_fn makes it with the processor alone, from the same rows."""
+
     def run() -> Any:
         texts = [hf.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-        images = [Image.open(io.BytesIO(base64.b64decode(r["messages"][0]["content"][0]["image"]))).convert("RGB")
-                  for r in rows]
+        images = [
+            Image.open(io.BytesIO(base64.b64decode(r["messages"][0]["content"][0]["image"]))).convert("RGB")
+            for r in rows
+        ]
         return hf(text=texts, images=images, padding=True, return_tensors="np")
 
     return run
@@ -90,11 +105,18 @@ def measure(processor: str, batch: int, repeats: int) -> dict[str, Any]:
             t_engine.append(timed(engine))
         (a, a_cpu), (e, e_cpu) = (tuple(map(min, zip(*t, strict=False))) for t in (t_alone, t_engine))
         a_med, e_med = (statistics.median(w for w, _ in t) for t in (t_alone, t_engine))
-        result["sizes"].append({
-            "size": label, "processor_images_per_s": batch / a, "engine_images_per_s": batch / e,
-            "processor_batches_per_s": 1 / a, "engine_batches_per_s": 1 / e, "overhead": e / a - 1,
-            "overhead_median": e_med / a_med - 1, "overhead_cpu": e_cpu / a_cpu - 1,
-        })
+        result["sizes"].append(
+            {
+                "size": label,
+                "processor_images_per_s": batch / a,
+                "engine_images_per_s": batch / e,
+                "processor_batches_per_s": 1 / a,
+                "engine_batches_per_s": 1 / e,
+                "overhead": e / a - 1,
+                "overhead_median": e_med / a_med - 1,
+                "overhead_cpu": e_cpu / a_cpu - 1,
+            }
+        )
     return result
 
 
@@ -112,17 +134,25 @@ def main() -> None:
     args = ap.parse_args()
     batch, repeats = (4, 3) if args.quick else (args.batch, args.repeats)
     result = measure(args.processor, batch, repeats)
-    print(f"processor {args.processor}; batch {batch}; {repeats} interleaved repeats after a warm-up; random-noise PNGs")
-    print("processor alone: apply_chat_template + base64 decode + PIL open + convert('RGB') + one processor call "
-          "per batch")
+    print(
+        f"processor {args.processor}; batch {batch}; {repeats} interleaved repeats after a warm-up; random-noise PNGs"
+    )
+    print(
+        "processor alone: apply_chat_template + base64 decode + PIL open + convert('RGB') + one processor call "
+        "per batch"
+    )
     print("engine: collate() on the same rows (validate, decode once, render, one processor call, label, batch)")
     print("throughput and overhead from each side's fastest repeat; then overhead from medians and from CPU time")
-    print(f"{'size':>9} {'proc img/s':>11} {'engine img/s':>13} {'proc batch/s':>13} {'engine batch/s':>15}"
-          f" {'overhead':>9} {'(median)':>9} {'(CPU)':>9}")
+    print(
+        f"{'size':>9} {'proc img/s':>11} {'engine img/s':>13} {'proc batch/s':>13} {'engine batch/s':>15}"
+        f" {'overhead':>9} {'(median)':>9} {'(CPU)':>9}"
+    )
     for r in result["sizes"]:
-        print(f"{r['size']:>9} {r['processor_images_per_s']:11.1f} {r['engine_images_per_s']:13.1f} "
-              f"{r['processor_batches_per_s']:13.2f} {r['engine_batches_per_s']:15.2f} {r['overhead']:9.1%}"
-              f" {r['overhead_median']:9.1%} {r['overhead_cpu']:9.1%}")
+        print(
+            f"{r['size']:>9} {r['processor_images_per_s']:11.1f} {r['engine_images_per_s']:13.1f} "
+            f"{r['processor_batches_per_s']:13.2f} {r['engine_batches_per_s']:15.2f} {r['overhead']:9.1%}"
+            f" {r['overhead_median']:9.1%} {r['overhead_cpu']:9.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,9 @@ def sequential_fill(lengths: np.ndarray, pack_size: int) -> float:
     return total / max(1, packs * pack_size)
 
 
-def time_packing(samples: list[Any], lengths: np.ndarray, pack_size: int, pad_id: int) -> tuple[float, float, Any, float]:
+def time_packing(
+    samples: list[Any], lengths: np.ndarray, pack_size: int, pad_id: int
+) -> tuple[float, float, Any, float]:
     options = PackOptions(pack_size=pack_size, window=1000, seed=0, overlong="drop")
     t0 = clock()
     plan = plan_packs(lengths, options)
@@ -116,11 +118,19 @@ def measure(n: int, seed: int = 0, repeats: int = 3) -> dict[str, Any]:
     lengths = sample_lengths(samples)
     floors = encode_only_seconds(processor, chats)
     result: dict[str, Any] = {
-        "chats": n, "tokens": int(lengths.sum()), "encoder": processor.encoder.name,
-        "tokens_per_chat": {"mean": float(lengths.mean()), "median": float(np.median(lengths)),
-                            "p90": float(np.percentile(lengths, 90)), "p99": float(np.percentile(lengths, 99)),
-                            "max": int(lengths.max())},
-        "tokenize_cpu_s": tokenize_s, "encode_only_cpu_s": floors, "pack_sizes": {},
+        "chats": n,
+        "tokens": int(lengths.sum()),
+        "encoder": processor.encoder.name,
+        "tokens_per_chat": {
+            "mean": float(lengths.mean()),
+            "median": float(np.median(lengths)),
+            "p90": float(np.percentile(lengths, 90)),
+            "p99": float(np.percentile(lengths, 99)),
+            "max": int(lengths.max()),
+        },
+        "tokenize_cpu_s": tokenize_s,
+        "encode_only_cpu_s": floors,
+        "pack_sizes": {},
     }
     for pack_size in steps(PACK_SIZES, "packing"):
         runs = [time_packing(samples, lengths, pack_size, processor.pad_token_id) for _ in range(repeats)]
@@ -129,9 +139,13 @@ def measure(n: int, seed: int = 0, repeats: int = 3) -> dict[str, Any]:
         plan, fill = runs[0][2], runs[0][3]
         pack_s = plan_s + mat_s
         result["pack_sizes"][str(pack_size)] = {
-            "packs": len(plan), "dropped": len(plan.dropped), "fill": fill,
-            "sequential_fill": sequential_fill(lengths, pack_size), "plan_ms": plan_s * 1e3,
-            "materialise_ms": mat_s * 1e3, "pack_over_tokenize": pack_s / tokenize_s,
+            "packs": len(plan),
+            "dropped": len(plan.dropped),
+            "fill": fill,
+            "sequential_fill": sequential_fill(lengths, pack_size),
+            "plan_ms": plan_s * 1e3,
+            "materialise_ms": mat_s * 1e3,
+            "pack_over_tokenize": pack_s / tokenize_s,
             **{f"pack_over_{k.replace(' ', '_')}": pack_s / v for k, v in floors.items()},
         }
     return result
@@ -153,22 +167,33 @@ def main(argv: list[str] | None = None) -> int:
     r = measure(args.chats or (2000 if args.quick else 20000), args.seed, args.repeats)
     lengths, tokenize_s = r["tokens_per_chat"], r["tokenize_cpu_s"]
     print(f"tokenizer: feedline built-in qwen2.5, encoder {r['encoder']}")
-    print(f"chats: {r['chats']}, tokens: {r['tokens']:,}; tokens per chat mean {lengths['mean']:.0f}, "
-          f"median {lengths['median']:.0f}, p90 {lengths['p90']:.0f}, p99 {lengths['p99']:.0f}, max {lengths['max']}")
-    print(f"tokenization (engine tokenize_row, 1 process): {tokenize_s:.2f} CPU s "
-          f"({r['tokens'] / tokenize_s / 1e6:.2f} M tokens/s, {r['chats'] / tokenize_s:.0f} chats/s)")
+    print(
+        f"chats: {r['chats']}, tokens: {r['tokens']:,}; tokens per chat mean {lengths['mean']:.0f}, "
+        f"median {lengths['median']:.0f}, p90 {lengths['p90']:.0f}, p99 {lengths['p99']:.0f}, max {lengths['max']}"
+    )
+    print(
+        f"tokenization (engine tokenize_row, 1 process): {tokenize_s:.2f} CPU s "
+        f"({r['tokens'] / tokenize_s / 1e6:.2f} M tokens/s, {r['chats'] / tokenize_s:.0f} chats/s)"
+    )
     print("encode only, for comparison: " + ", ".join(f"{k} {v:.2f} CPU s" for k, v in r["encode_only_cpu_s"].items()))
     print()
     floors = [f"pack_over_{k.replace(' ', '_')}" for k in r["encode_only_cpu_s"]]
-    print(f"{'pack_size':>9} {'packs':>6} {'dropped':>7} {'fill':>7} {'seq. fill':>9} {'plan ms':>8} {'material. ms':>14} "
-          f"{'pack/tokenize':>13} " + " ".join(f"{'/' + f[10:]:>14}" for f in floors))
+    print(
+        f"{'pack_size':>9} {'packs':>6} {'dropped':>7} {'fill':>7} {'seq. fill':>9} {'plan ms':>8} "
+        f"{'material. ms':>14} "
+        f"{'pack/tokenize':>13} " + " ".join(f"{'/' + f[10:]:>14}" for f in floors)
+    )
     for size, p in r["pack_sizes"].items():
-        print(f"{size:>9} {p['packs']:>6} {p['dropped']:>7} {p['fill']:>7.4f} {p['sequential_fill']:>9.4f} "
-              f"{p['plan_ms']:>8.1f} {p['materialise_ms']:>14.1f} {p['pack_over_tokenize']:>13.2%} "
-              + " ".join(f"{p[f]:>14.2%}" for f in floors))
-    print("\nfill = real tokens / slots (padded layout); seq. fill = sequential first-fit packing (NeMo THD), for "
-          "comparison;\npack/tokenize = (plan + materialise) / engine tokenization time; /hf_encode and /fast_encoder: "
-          f"the same packing time over encode-only time.\ntotal {time.perf_counter() - started:.0f} s")
+        print(
+            f"{size:>9} {p['packs']:>6} {p['dropped']:>7} {p['fill']:>7.4f} {p['sequential_fill']:>9.4f} "
+            f"{p['plan_ms']:>8.1f} {p['materialise_ms']:>14.1f} {p['pack_over_tokenize']:>13.2%} "
+            + " ".join(f"{p[f]:>14.2%}" for f in floors)
+        )
+    print(
+        "\nfill = real tokens / slots (padded layout); seq. fill = sequential first-fit packing (NeMo THD), for "
+        "comparison;\npack/tokenize = (plan + materialise) / engine tokenization time; /hf_encode and /fast_encoder: "
+        f"the same packing time over encode-only time.\ntotal {time.perf_counter() - started:.0f} s"
+    )
     return 0
 
 

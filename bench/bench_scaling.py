@@ -40,8 +40,12 @@ def _requests() -> list[bytes]:
     from feedline.proto.v1 import feedline_pb2 as pb
 
     rows = chat_rows(BATCH_ROWS * 32, seed=0)
-    return [pb.CollateRequest(samples=[json.dumps(r).encode() for r in rows[i * BATCH_ROWS:(i + 1) * BATCH_ROWS]],
-                              batch_index=i).SerializeToString() for i in range(32)]
+    return [
+        pb.CollateRequest(
+            samples=[json.dumps(r).encode() for r in rows[i * BATCH_ROWS : (i + 1) * BATCH_ROWS]], batch_index=i
+        ).SerializeToString()
+        for i in range(32)
+    ]
 
 
 def _measure(servers: list[Server], seconds: float, requests_file: str) -> dict[str, float]:
@@ -50,8 +54,11 @@ def _measure(servers: list[Server], seconds: float, requests_file: str) -> dict[
     drive(ports, min(2.0, seconds / 3), requests_file)  # warm every worker and connection
 
     def totals() -> tuple[float, float, float]:
-        return (sum(s.cpu_seconds() for s in servers), sum(s.metric("feedline_samples_total") for s in servers),
-                sum(s.metric('feedline_tokens_total{kind="input"') for s in servers))
+        return (
+            sum(s.cpu_seconds() for s in servers),
+            sum(s.metric("feedline_samples_total") for s in servers),
+            sum(s.metric('feedline_tokens_total{kind="input"') for s in servers),
+        )
 
     before = totals()
     drive(ports, seconds, requests_file)
@@ -68,8 +75,14 @@ def run(quick: bool, seconds: float | None = None) -> dict[str, Any]:
     """Throughput for 1 worker, 2 workers and 2 replicas; ratios to 1 worker."""
     seconds = seconds or (3.0 if quick else 20.0)
     requests_file = request_file(_requests())
-    result: dict[str, Any] = {"batch_rows": BATCH_ROWS, "seconds": seconds, "cpus": os.cpu_count(),
-                              "load_streams": 16, "load_processes": 2, "loadavg_before": os.getloadavg()[0]}
+    result: dict[str, Any] = {
+        "batch_rows": BATCH_ROWS,
+        "seconds": seconds,
+        "cpus": os.cpu_count(),
+        "load_streams": 16,
+        "load_processes": 2,
+        "loadavg_before": os.getloadavg()[0],
+    }
     try:
         started = time.perf_counter()
         with serving((1, ()), (1, ()), (2, ()), (1, (), {min(os.sched_getaffinity(0))})) as (a, b, c, d):
@@ -82,8 +95,9 @@ def run(quick: bool, seconds: float | None = None) -> dict[str, Any]:
     base = result["1 worker"]["rows_per_s"]
     result["ratio 2 workers / 1 worker"] = result["2 workers"]["rows_per_s"] / base
     result["ratio 2 replicas / 1 replica"] = result["2 replicas"]["rows_per_s"] / base
-    result["ratio 2 workers / 1 worker on 1 CPU"] = (result["2 workers"]["rows_per_s"]
-                                                     / result["1 worker on 1 CPU"]["rows_per_s"])
+    result["ratio 2 workers / 1 worker on 1 CPU"] = (
+        result["2 workers"]["rows_per_s"] / result["1 worker on 1 CPU"]["rows_per_s"]
+    )
     result["loadavg_after"] = os.getloadavg()[0]
     return result
 
@@ -94,16 +108,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="load duration per configuration (default 20)")
     args = parser.parse_args()
     result = run(args.quick, args.seconds)
-    print(f"{result['cpus']} CPUs; {BATCH_ROWS} chats per batch, 16 streams from 2 load processes, "
-          f"{result['seconds']:.0f} s per configuration; servers started in {result['servers_start_s']:.0f} s")
+    print(
+        f"{result['cpus']} CPUs; {BATCH_ROWS} chats per batch, 16 streams from 2 load processes, "
+        f"{result['seconds']:.0f} s per configuration; servers started in {result['servers_start_s']:.0f} s"
+    )
     print(f"{'configuration':>18} {'rows/s':>8} {'Mtok/s':>7} {'cores used':>11} {'rows/CPU s':>11}")
     for name in CONFIGS:
         r = result[name]
-        print(f"{name:>18} {r['rows_per_s']:8.0f} {r['tokens_per_s'] / 1e6:7.2f} {r['server_cores_used']:11.2f} "
-              f"{r['rows_per_server_cpu_s']:11.0f}")
-    print(f"2 workers / 1 worker on 1 CPU: {result['ratio 2 workers / 1 worker on 1 CPU']:.2f}x (target 1.7x); "
-          f"2 workers / 1 worker: {result['ratio 2 workers / 1 worker']:.2f}x; "
-          f"2 replicas / 1 replica: {result['ratio 2 replicas / 1 replica']:.2f}x")
+        print(
+            f"{name:>18} {r['rows_per_s']:8.0f} {r['tokens_per_s'] / 1e6:7.2f} {r['server_cores_used']:11.2f} "
+            f"{r['rows_per_server_cpu_s']:11.0f}"
+        )
+    print(
+        f"2 workers / 1 worker on 1 CPU: {result['ratio 2 workers / 1 worker on 1 CPU']:.2f}x (target 1.7x); "
+        f"2 workers / 1 worker: {result['ratio 2 workers / 1 worker']:.2f}x; "
+        f"2 replicas / 1 replica: {result['ratio 2 replicas / 1 replica']:.2f}x"
+    )
     return 0
 
 

@@ -50,8 +50,10 @@ def _wire_server() -> None:
     frames = {}
     for size in _SIZES_MB:
         n = size * _MB // 8
-        tensors = {"input_ids": rng.integers(0, 150_000, n // 2, dtype=np.int64),
-                   "pixel_values": rng.standard_normal(n // 2 * 2, dtype=np.float32)}
+        tensors = {
+            "input_ids": rng.integers(0, 150_000, n // 2, dtype=np.int64),
+            "pixel_values": rng.standard_normal(n // 2 * 2, dtype=np.float32),
+        }
         frames[size] = split_frames(encode_batch(tensors, {"reports": [{"index": 0}]}), wrap=True)
 
     def stream(request: bytes, context: Any) -> Any:
@@ -59,9 +61,12 @@ def _wire_server() -> None:
         for _ in range(count):
             yield from frames[size]
 
-    handler = grpc.method_handlers_generic_handler("bench.Wire", {
-        "Stream": grpc.unary_stream_rpc_method_handler(stream, request_deserializer=None, response_serializer=None),
-    })
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Wire",
+        {
+            "Stream": grpc.unary_stream_rpc_method_handler(stream, request_deserializer=None, response_serializer=None),
+        },
+    )
     server = grpc.server(futures.ThreadPoolExecutor(4), options=list(CHANNEL_OPTIONS))
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -70,8 +75,9 @@ def _wire_server() -> None:
     server.wait_for_termination()
 
 
-def _wire_run(port: int, size: int, count: int, parse_protobuf: bool, server_pid: int = 0
-              ) -> tuple[float, float, float]:
+def _wire_run(
+    port: int, size: int, count: int, parse_protobuf: bool, server_pid: int = 0
+) -> tuple[float, float, float]:
     """(GB/s end to end, client assemble+decode seconds per batch, GB/s if neither side waited for a core)."""
     import grpc
 
@@ -106,8 +112,9 @@ def bench_wire(total_mb: int, repeats: int, sizes: Sequence[int] = _SIZES_MB) ->
     Medians of ``repeats``. CPU-bound GB/s = bytes / the busier side's CPU seconds: the rate one stream would
     reach with a core each for client and server (stable on a shared machine, where wall-clock GB/s is not).
     """
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_wire", "--_wire-server"], stdout=subprocess.PIPE,
-                            text=True, cwd=_ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bench_wire", "--_wire-server"], stdout=subprocess.PIPE, text=True, cwd=_ROOT
+    )
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
@@ -119,9 +126,18 @@ def bench_wire(total_mb: int, repeats: int, sizes: Sequence[int] = _SIZES_MB) ->
             pbs = [_wire_run(port, size, count, True, proc.pid) for _ in range(repeats)]
             gbs, decode_s, cpu_gbs = (float(np.median([r[i] for r in raw])) for i in range(3))
             pb_gbs, pb_cpu_gbs = float(np.median([r[0] for r in pbs])), float(np.median([r[2] for r in pbs]))
-            rows.append({"batch_mb": size, "raw_gbs": gbs, "raw_cpu_bound_gbs": cpu_gbs, "protobuf_gbs": pb_gbs,
-                         "protobuf_cpu_bound_gbs": pb_cpu_gbs, "raw_over_protobuf_cpu": cpu_gbs / pb_cpu_gbs,
-                         "decode_ms": decode_s * 1e3, "decode_gbs": size / 1024 / decode_s})
+            rows.append(
+                {
+                    "batch_mb": size,
+                    "raw_gbs": gbs,
+                    "raw_cpu_bound_gbs": cpu_gbs,
+                    "protobuf_gbs": pb_gbs,
+                    "protobuf_cpu_bound_gbs": pb_cpu_gbs,
+                    "raw_over_protobuf_cpu": cpu_gbs / pb_cpu_gbs,
+                    "decode_ms": decode_s * 1e3,
+                    "decode_gbs": size / 1024 / decode_s,
+                }
+            )
         blob = np.ones(32 * _MB, dtype=np.uint8)
         t = time.perf_counter()
         for _ in range(10):
@@ -152,12 +168,16 @@ def main() -> int:
     figures = bench_wire(total_mb, repeats)
     print(f"one stream over loopback gRPC, 1 MiB frames, {total_mb} MB per run, median of {repeats}")
     print("GB/s = wall clock; cpu-bound GB/s = bytes / the busier side's CPU seconds (what a core each would give)")
-    print(f"{'batch':>7} {'GB/s':>6} {'cpu-bound':>10} {'pb GB/s':>8} {'pb cpu-bound':>13} {'raw/pb':>7} "
-          f"{'decode ms':>10} {'decode GB/s':>12}")
+    print(
+        f"{'batch':>7} {'GB/s':>6} {'cpu-bound':>10} {'pb GB/s':>8} {'pb cpu-bound':>13} {'raw/pb':>7} "
+        f"{'decode ms':>10} {'decode GB/s':>12}"
+    )
     for r in figures["sizes"]:
-        print(f"{r['batch_mb']:>5}MB {r['raw_gbs']:>6.2f} {r['raw_cpu_bound_gbs']:>10.2f} {r['protobuf_gbs']:>8.2f} "
-              f"{r['protobuf_cpu_bound_gbs']:>13.2f} {r['raw_over_protobuf_cpu']:>6.2f}x {r['decode_ms']:>10.2f} "
-              f"{r['decode_gbs']:>12.1f}")
+        print(
+            f"{r['batch_mb']:>5}MB {r['raw_gbs']:>6.2f} {r['raw_cpu_bound_gbs']:>10.2f} {r['protobuf_gbs']:>8.2f} "
+            f"{r['protobuf_cpu_bound_gbs']:>13.2f} {r['raw_over_protobuf_cpu']:>6.2f}x {r['decode_ms']:>10.2f} "
+            f"{r['decode_gbs']:>12.1f}"
+        )
     print(f"reference: memcpy of 32 MB in this process {figures['memcpy_gbs']:.1f} GB/s")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

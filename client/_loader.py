@@ -45,7 +45,10 @@ class RemoteLoader:
 
     ``RemoteLoader(endpoints, "qwen2.5", samples=rows, batch_size=8)`` sends rows;
     ``RemoteLoader(endpoints, "qwen2.5", dataset="train.jsonl", batch_size=8, rank=r, world_size=w)`` names a
-    dataset under the servers' data roots. ``state_dict()`` is a few integers plus the plan;
+    dataset under the servers' data roots (a file, a directory or glob of shards, a saved HF dataset, or an
+    object-store URL the servers allow); ``dataset=[{"path": "a.jsonl", "weight": 0.7}, {"path": "b/*.parquet",
+    "weight": 0.3}]`` mixes several (or ``"repeat": passes`` per dataset instead of weights), and each batch
+    then carries ``dataset_index`` and ``dataset_row`` per sample. ``state_dict()`` is a few integers plus the plan;
     ``load_state_dict()`` makes the next ``iter()`` continue where the saved run stopped.
 
     Samples mode works like ``DataLoader(samples, batch_size, sampler=DistributedSampler(samples, world_size,
@@ -71,7 +74,7 @@ class RemoteLoader:
         processor: str = "qwen2.5",
         *,
         samples: Iterable[Mapping[str, Any]] | None = None,
-        dataset: str | None = None,
+        dataset: str | Sequence[Mapping[str, Any]] | None = None,
         dataset_fingerprint: str = "",
         batch_size: int = 8,
         seed: int = 0,
@@ -94,22 +97,36 @@ class RemoteLoader:
             raise InvalidOptions("give exactly one of samples= or dataset=", field="samples")
         if prefetch < 1:
             raise InvalidOptions("must be >= 1", field="prefetch")
-        self._remote = RemoteCollate(endpoints, processor, fingerprint=fingerprint, retry=retry,
-                                     pin_memory=pin_memory, credentials=credentials, metadata=metadata, **options)
+        self._remote = RemoteCollate(
+            endpoints,
+            processor,
+            fingerprint=fingerprint,
+            retry=retry,
+            pin_memory=pin_memory,
+            credentials=credentials,
+            metadata=metadata,
+            **options,
+        )
         can_offload = os.name == "posix" and credentials is None
         if offload and not can_offload:
-            raise InvalidOptions("offload=True needs a POSIX system and no grpc credentials object (it cannot "
-                                 "cross into the receiver process)", field="offload")
+            raise InvalidOptions(
+                "offload=True needs a POSIX system and no grpc credentials object (it cannot "
+                "cross into the receiver process)",
+                field="offload",
+            )
         self.offload = can_offload if offload is None else offload
         self._receiver_process: Receiver | None = None
         self._closer: Any = lambda: None
-        self.dataset = dataset
+        self.dataset: str | list[dict[str, Any]] | None = (
+            dataset if dataset is None or isinstance(dataset, str) else [_mixture_part(p) for p in dataset]
+        )
         self.dataset_fingerprint = dataset_fingerprint
         shuffle_given = shuffle is not None
         if shuffle is None:  # a DataLoader's sampler shuffles what it can index; an iterable keeps its order
             shuffle = dataset is not None or is_sized(samples)
-        self.plan = DatasetPlan(seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank,
-                                world_size=world_size)
+        self.plan = DatasetPlan(
+            seed=seed, shuffle=shuffle, batch_size=batch_size, drop_last=drop_last, rank=rank, world_size=world_size
+        )
         self._source = SampleSource(samples, self.plan, shuffle_given=shuffle_given) if samples is not None else None
         self._counts = ReportCounts(on_report)
         self.last_report: BatchReport | None = None
@@ -131,8 +148,10 @@ class RemoteLoader:
         ``len()`` of a DataLoader over an IterableDataset, so trainers fall back to ``max_steps``)."""
         batches = self._source.batch_rows(self.epoch) if self._source is not None else None
         if batches is None:
-            raise TypeError("this RemoteLoader has no length: it reads a dataset on the server or an unsized "
-                            "iterable (give the trainer max_steps)")
+            raise TypeError(
+                "this RemoteLoader has no length: it reads a dataset on the server or an unsized "
+                "iterable (give the trainer max_steps)"
+            )
         return len(batches)
 
     @property
@@ -189,8 +208,11 @@ class RemoteLoader:
         except FingerprintMismatch as exc:
             resumed = self._resumed_fingerprint and self._resumed_fingerprint == self.dataset_fingerprint
             if exc.field == "dataset.fingerprint" and resumed:
-                raise ResumeStateError(f"the dataset changed since the state was saved, so the saved position "
-                                       f"would resume on other rows: {exc.message}", field="dataset") from None
+                raise ResumeStateError(
+                    f"the dataset changed since the state was saved, so the saved position "
+                    f"would resume on other rows: {exc.message}",
+                    field="dataset",
+                ) from None
             raise
         finally:
             self._counts.summarise(self.epoch)
@@ -234,12 +256,17 @@ class RemoteLoader:
         if self._source is not None:
             current = self._source.fingerprint()
             if saved and current and saved != current:
-                raise ResumeStateError(f"samples= changed since the state was saved ({saved} then, {current} now): "
-                                       "its saved position would resume on other rows", field="samples")
+                raise ResumeStateError(
+                    f"samples= changed since the state was saved ({saved} then, {current} now): "
+                    "its saved position would resume on other rows",
+                    field="samples",
+                )
             return
         if saved and self.dataset_fingerprint and saved != self.dataset_fingerprint:
-            raise ResumeStateError(f"the state was saved on dataset fingerprint {saved}, this loader pins "
-                                   f"{self.dataset_fingerprint}", field="dataset_fingerprint")
+            raise ResumeStateError(
+                f"the state was saved on dataset fingerprint {saved}, this loader pins {self.dataset_fingerprint}",
+                field="dataset_fingerprint",
+            )
         self.dataset_fingerprint = self._resumed_fingerprint = saved or self.dataset_fingerprint
 
     # ----------------------------------------------------------------- sources
@@ -248,9 +275,14 @@ class RemoteLoader:
         request = self._dataset_request(start) if self.dataset is not None else None
         pin = self._remote.pin_memory
         if self.offload:
-            spec = {"mode": "samples" if request is None else "dataset", "remote": self._remote,
-                    "request": request.SerializeToString() if request is not None else b"",
-                    "prefetch": self.prefetch, "max_bytes": self.max_prefetch_bytes, "start": start}
+            spec = {
+                "mode": "samples" if request is None else "dataset",
+                "remote": self._remote,
+                "request": request.SerializeToString() if request is not None else b"",
+                "prefetch": self.prefetch,
+                "max_bytes": self.max_prefetch_bytes,
+                "start": start,
+            }
             return self._receiver().batches(spec, chunks, pin_memory=pin)
         if request is not None:
             blobs = _prefetched(dataset_blobs(self._remote, request), self.prefetch, self.max_prefetch_bytes)
@@ -261,8 +293,10 @@ class RemoteLoader:
 
     def _dataset_request(self, start: int) -> pb.StreamDatasetRequest:
         remote = self._remote
+        path, parts = (self.dataset, []) if isinstance(self.dataset, str) else ("", self.dataset or [])
         return pb.StreamDatasetRequest(
-            dataset=pb.DatasetRef(path=self.dataset or "", fingerprint=self.dataset_fingerprint),
+            dataset=pb.DatasetRef(path=path, fingerprint=self.dataset_fingerprint),
+            mixture=[pb.DatasetRef(**part) for part in parts],
             processor=remote.processor,
             processor_fingerprint=remote.fingerprint,
             options=remote._options_msg,
@@ -289,6 +323,17 @@ def _decoded(blobs: Iterator[tuple[int, Any]], pin_memory: bool) -> Batches:
         yield index, to_torch(decoded, pin_memory=pin_memory), decoded.meta
 
 
+def _mixture_part(part: Mapping[str, Any] | str) -> dict[str, Any]:
+    """One dataset of a mixture as DatasetRef fields: a path, or a mapping with path, weight, repeat, fingerprint."""
+    entry = {"path": part} if isinstance(part, str) else dict(part)
+    unknown = set(entry) - {"path", "weight", "repeat", "fingerprint"}
+    if unknown or not isinstance(entry.get("path"), str):
+        raise InvalidOptions(
+            f"a mixture entry needs a 'path' and may set weight, repeat, fingerprint; got {part!r}", field="dataset"
+        )
+    return entry
+
+
 def _prefetched(
     blobs: Generator[tuple[int, Any], None, None], prefetch: int, max_bytes: int
 ) -> Iterator[tuple[int, Any]]:
@@ -304,7 +349,9 @@ def _prefetched(
         except Exception as exc:  # noqa: BLE001 - handed to the trainer's thread, which raises it
             out.put(exc)
         finally:
-            blobs.close()
+            close = getattr(blobs, "close", None)  # a generator: stop it and its calls now, not at collection
+            if close is not None:
+                close()
 
     reader = threading.Thread(target=read, name="feedline-reader", daemon=True)
     reader.start()
@@ -334,8 +381,10 @@ class _PrefetchBuffer:
     def put(self, item: Any, nbytes: int = 0) -> bool:
         """Wait for room (one item always fits); False if the consumer closed the buffer."""
         with self._cond:
-            while not self.closed and self._items and (
-                len(self._items) >= self._max_items or self._bytes + nbytes > self._max_bytes
+            while (
+                not self.closed
+                and self._items
+                and (len(self._items) >= self._max_items or self._bytes + nbytes > self._max_bytes)
             ):
                 self._cond.wait()
             if self.closed:

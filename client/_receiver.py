@@ -35,11 +35,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack
-
-from feedline.proto import InvalidSample, ServiceUnavailable, error_from_dict
+from feedline.proto import ServiceUnavailable, error_from_dict
 
 from ._receiver_process import END
+from ._requests import pack_rows
 from ._slots import SlotMaps
 
 __all__ = ["Receiver"]
@@ -58,12 +57,15 @@ class _Child:
         parent_ctrl, child_ctrl = socket.socketpair()
         parent_data, child_data = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        code = ("import sys; from feedline.client._receiver_process import serve; "
-                "serve(int(sys.argv[1]), int(sys.argv[2]))")
+        code = (
+            "import sys; from feedline.client._receiver_process import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+        )
         with child_ctrl, child_data:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code, str(child_ctrl.fileno()), str(child_data.fileno())],
-                pass_fds=(child_ctrl.fileno(), child_data.fileno()), env=env, stdin=subprocess.DEVNULL,
+                pass_fds=(child_ctrl.fileno(), child_data.fileno()),
+                env=env,
+                stdin=subprocess.DEVNULL,
             )
         self._ctrl = Connection(parent_ctrl.detach())
         self._data = Connection(parent_data.detach())
@@ -80,7 +82,7 @@ class _Child:
         """The next message that is not a slot announcement (those are mapped on the way)."""
         while True:
             try:
-                message = self._data.recv()
+                message: tuple[Any, ...] = self._data.recv()
                 if message[0] == "stats":
                     self.stats[message[1]] = message[2]
                 elif message[0] != "slot":
@@ -168,8 +170,13 @@ class Receiver:
             self._past.update(counters)
         self._child.stats.clear()
 
-    def batches(self, spec: Mapping[str, Any], chunks: Iterator[tuple[int, Sequence[Mapping[str, Any]]]] | None,
-                *, pin_memory: bool = False) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
+    def batches(
+        self,
+        spec: Mapping[str, Any],
+        chunks: Iterator[tuple[int, Sequence[Mapping[str, Any]]]] | None,
+        *,
+        pin_memory: bool = False,
+    ) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
         """``(index, tensors, meta)`` of one run from ``spec["start"]`` on, in order; ``chunks`` feeds samples mode."""
         # The receiver pulls chunk i + prefetch before it can deliver batch i + 1, and the trainer answers once
         # per `every` batches: so many more chunks must be out for the pipeline never to wait on the trainer.
@@ -189,14 +196,16 @@ class Receiver:
                         f"the feedline receiver process died {deaths} times without delivering a batch ({died}); "
                         "RemoteLoader(offload=False) receives in the trainer process instead"
                     ) from None
-                _LOGGER.warning("receiver process died (%s); continuing from batch %d on a new one", died,
-                                spec["start"])
+                _LOGGER.warning(
+                    "receiver process died (%s); continuing from batch %d on a new one", died, spec["start"]
+                )
                 self._fold_stats()
                 self._child.close()
                 self._child = _Child()
 
-    def _attempt(self, spec: dict[str, Any], feed: _Feed | None,
-                 pin_memory: bool) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
+    def _attempt(
+        self, spec: dict[str, Any], feed: _Feed | None, pin_memory: bool
+    ) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
         self._fold_stats()
         child = self._child
         self._runs += 1
@@ -211,8 +220,10 @@ class Receiver:
             while True:
                 if self._runs != run:
                     finished = True
-                    raise RuntimeError("this iteration of the RemoteLoader was superseded by a newer iter() of the "
-                                       "same loader (one receiver serves one iteration at a time)")
+                    raise RuntimeError(
+                        "this iteration of the RemoteLoader was superseded by a newer iter() of the "
+                        "same loader (one receiver serves one iteration at a time)"
+                    )
                 message = child.recv()
                 if message[1] != run:  # a batch of a run the trainer abandoned: its slot is free at once
                     if message[0] == "batch":
@@ -253,18 +264,8 @@ def _every(prefetch: int) -> int:
     return max(1, prefetch // 2)
 
 
-def _packed(chunk: tuple[int, Sequence[Mapping[str, Any]]] | str) -> tuple[int, bytes] | str:
-    """A chunk's rows as msgpack (a third of pickle's cost on chat rows); rows msgpack cannot hold are an
-    InvalidSample naming the row, raised here in the trainer."""
-    if chunk == END:
-        return END
+def _packed(chunk: tuple[int, Sequence[Mapping[str, Any]]]) -> tuple[int, bytes]:
+    """A chunk's rows as one msgpack array, the bytes the receiver puts into the request as they are (rows
+    are serialised once, here in the trainer, which also names a row msgpack cannot hold)."""
     index, rows = chunk
-    try:
-        return index, msgpack.packb(rows)
-    except (TypeError, ValueError, OverflowError):
-        for i, row in enumerate(rows):
-            try:
-                msgpack.packb(row)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise InvalidSample(f"row cannot be serialised: {exc}", sample=i) from None
-        raise
+    return index, pack_rows(rows)

@@ -15,8 +15,6 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack
-
 from feedline.proto import FeedlineError, ServiceUnavailable
 from feedline.proto._codec import decode_batch
 from feedline.proto.v1 import feedline_pb2 as pb
@@ -77,15 +75,16 @@ class _Run:
     def _wait_for_room(self) -> bool:
         prefetch, max_bytes = self.spec["prefetch"], self.spec["max_bytes"]
         with self._room:
-            while not self.stop.is_set() and self._sent and (
-                len(self._sent) >= prefetch or sum(self._sent) >= max_bytes
+            while (
+                not self.stop.is_set() and self._sent and (len(self._sent) >= prefetch or sum(self._sent) >= max_bytes)
             ):
                 self._room.wait()
         return not self.stop.is_set()
 
     def _rows(self) -> Iterator[Any]:
+        """The trainer's chunks, rows still msgpack bytes: they go into the requests without a decode."""
         while (chunk := self._chunks.get()) != END:
-            yield chunk[0], msgpack.unpackb(chunk[1])
+            yield chunk[0], chunk[1]
 
     def _produce(self) -> None:
         remote, allocate = self.spec["remote"], self._pool.allocator()
@@ -117,7 +116,9 @@ class _Run:
             if not self.stop.is_set():
                 self._out.send(("error", self.run, ServiceUnavailable(f"receiver: {exc!r}").to_dict()))
         finally:
-            blobs.close()
+            close = getattr(blobs, "close", None)  # a generator: stop it and its calls now, not at collection
+            if close is not None:
+                close()
             allocate.close()
             remote._connection.close()
 

@@ -1,17 +1,17 @@
-"""Building the wire requests from plain Python arguments (validated names, JSON samples)."""
+"""Building the wire requests from plain Python arguments (validated names, msgpack samples)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgpack
 from google.protobuf import struct_pb2
 
 from feedline.proto import FingerprintMismatch, InvalidOptions, InvalidSample, UnknownProcessor
 from feedline.proto.v1 import feedline_pb2 as pb
 
-__all__ = ["check_fingerprint", "collate_request", "fingerprint_of", "options_message"]
+__all__ = ["check_fingerprint", "collate_request", "fingerprint_of", "options_message", "pack_rows"]
 
 _OPTION_FIELDS = frozenset(f.name for f in pb.CollateOptions.DESCRIPTOR.fields)
 
@@ -35,22 +35,35 @@ def options_message(options: Mapping[str, Any]) -> pb.CollateOptions:
 
 
 def collate_request(
-    processor: str, fingerprint: str, options: pb.CollateOptions, samples: Sequence[Mapping[str, Any]], batch_index: int
+    processor: str,
+    fingerprint: str,
+    options: pb.CollateOptions,
+    samples: Sequence[Mapping[str, Any]] | bytes,
+    batch_index: int,
 ) -> pb.CollateRequest:
+    """The request for one batch; ``samples`` are rows, or rows already packed by ``pack_rows`` (the receiver
+    process passes the trainer's bytes through), and travel as one msgpack array, serialised once."""
     return pb.CollateRequest(
         processor=processor,
         fingerprint=fingerprint,
         options=options,
-        samples=[_json(s, i) for i, s in enumerate(samples)],
+        samples_msgpack=samples if isinstance(samples, bytes) else pack_rows(samples),
         batch_index=batch_index,
     )
 
 
-def _json(sample: Mapping[str, Any], index: int) -> bytes:
+def pack_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Rows as one msgpack array; a row msgpack cannot hold is an InvalidSample naming it."""
     try:
-        return json.dumps(sample, ensure_ascii=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise InvalidSample(f"sample is not JSON-serialisable: {exc}", sample=index) from None
+        packed: bytes = msgpack.packb(rows)
+        return packed
+    except (TypeError, ValueError, OverflowError):
+        for index, row in enumerate(rows):
+            try:
+                msgpack.packb(row)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InvalidSample(f"row cannot be serialised: {exc}", sample=index) from None
+        raise
 
 
 def check_fingerprint(answered: str, pinned: str) -> None:

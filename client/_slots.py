@@ -48,8 +48,10 @@ def _shared_file(size: int) -> int:
 def describe(batch: DecodedBatch, base: np.ndarray) -> list[Field]:
     """Where each array of ``batch`` (decoded from the slot view ``base``) lies in the slot."""
     start = base.ctypes.data
-    return [(name, batch.dtypes.get(name, arr.dtype.name), tuple(arr.shape), arr.ctypes.data - start)
-            for name, arr in batch.tensors.items()]
+    return [
+        (name, batch.dtypes.get(name, arr.dtype.name), tuple(arr.shape), arr.ctypes.data - start)
+        for name, arr in batch.tensors.items()
+    ]
 
 
 class SlotPool:

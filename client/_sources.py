@@ -20,6 +20,7 @@ import numpy as np
 
 from feedline.proto import ServiceUnavailable
 from feedline.proto._framing import FrameAssembler, join_frames
+from feedline.proto.v1 import RESUME_METADATA_KEY
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._connection import Connection, HedgedCall
@@ -45,17 +46,24 @@ def dataset_blobs(
 ) -> Generator[tuple[int, np.ndarray], None, None]:
     """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream, or one that waits
     longer than the connection's stall limit for a frame, resumes on another replica from the next undelivered
-    index. ``stop`` ends the retries (the caller closed the run)."""
+    index. A call the server ends early (it serves in time-bounded chunks) is continued with a new call from the
+    index it names. ``stop`` ends the retries (the caller closed the run)."""
     conn = remote._connection
     next_index, failures, stalls = request.start_batch_index, 0, 0
     address = conn.pick()
     while True:
         watch = _StallWatch(conn, address, stalls)
+        started = next_index
         try:
-            for blob in _stream(conn, address, request, next_index, allocate, watch):
+            stream = _stream(conn, address, request, next_index, allocate, watch)
+            while True:
+                try:
+                    blob = next(stream)
+                except StopIteration as end:
+                    resume = end.value
+                    break
                 yield next_index, blob
                 next_index, failures, stalls = next_index + 1, 0, 0
-            return
         except grpc.RpcError as err:
             if stop is not None and stop.is_set():
                 return
@@ -75,6 +83,12 @@ def dataset_blobs(
                     watch.limit,
                 )
             address = conn.pick(avoid=(address,))
+            continue
+        if resume is None:  # the requested range is done
+            return
+        if resume != next_index or next_index == started:  # a server serves at least one batch per call
+            raise ServiceUnavailable(f"the server asked to resume at batch {resume} after sending up to {next_index}")
+        address = conn.pick()  # the server ended this chunk of the epoch: the next call may go to another replica
 
 
 def _stream(
@@ -84,10 +98,13 @@ def _stream(
     start: int,
     allocate: Allocate | None,
     watch: _StallWatch,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, int | None]:
+    """Blobs of one call from ``start``; returns the batch index the server asks to continue from, if any."""
     request = pb.StreamDatasetRequest()
     request.CopyFrom(template)
     request.start_batch_index = start
+    if template.max_batches:  # the same end, wherever this call begins
+        request.max_batches = template.start_batch_index + template.max_batches - start
     call = conn.stream_dataset(address, request)
     watch.start(call)
     frames = iter(call)
@@ -104,6 +121,8 @@ def _stream(
                 yield blob
                 assembler = FrameAssembler(allocate=allocate)
         assembler.check_complete()
+        resume = dict(call.trailing_metadata() or ()).get(RESUME_METADATA_KEY)
+        return int(resume) if resume is not None else None
     finally:
         watch.close()
         call.cancel()  # a consumer that stops early must not leave the server streaming

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tiny_model import chat_rows, tiny_causal_lm
+from tiny_model import chat_rows, recording_loader, tiny_causal_lm
 from transformers import Trainer, TrainingArguments
 
 from feedline.client import RemoteCollate, RemoteLoader
@@ -77,15 +77,7 @@ def train_with_loader(
 ) -> tuple[list[float], list[int]]:
     """Train ``steps`` steps; returns each step's loss and the sample indices of the first batch."""
     rows = rows or chat_rows()
-    firsts: list[list[int]] = []
-    loader = RemoteLoader(
-        endpoint,
-        "qwen2.5",
-        samples=rows,
-        batch_size=4,
-        seed=seed,
-        on_report=lambda report: firsts.append([s["row"] for s in report.samples]),
-    )
+    loader, firsts = recording_loader(endpoint, rows, seed)
     trainer = RecordingFeedlineTrainer(
         model=tiny_causal_lm(seed), args=_args(out, steps, 4), train_dataset=rows, feedline_loader=loader
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from tiny_model import chat_rows, tiny_causal_lm
+from tiny_model import chat_rows, recording_loader, tiny_causal_lm
 
 from feedline.client import RemoteLoader
 
@@ -47,15 +47,7 @@ def train(
 ) -> tuple[list[float], list[int]]:
     """Train ``steps`` steps; returns each step's loss and the sample indices of the first batch."""
     rows = rows or chat_rows()
-    firsts: list[list[int]] = []
-    loader = RemoteLoader(
-        endpoint,
-        "qwen2.5",
-        samples=rows,
-        batch_size=4,
-        seed=seed,
-        on_report=lambda report: firsts.append([s["row"] for s in report.samples]),
-    )
+    loader, firsts = recording_loader(endpoint, rows, seed)
     module = FeedlineLM(loader, seed)
     trainer = L.Trainer(
         max_steps=steps,

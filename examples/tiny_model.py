@@ -50,3 +50,19 @@ def chat_rows(n: int = 32) -> list[dict[str, Any]]:
         }
         for i, (q, a) in ((i, facts[i % len(facts)]) for i in range(n))
     ]
+
+
+def recording_loader(endpoint: str, rows: list[dict[str, Any]], seed: int = 0) -> tuple[Any, list[list[int]]]:
+    """A RemoteLoader over ``rows`` (batches of 4) and the list its reports fill: each batch's sample rows."""
+    from feedline.client import RemoteLoader
+
+    firsts: list[list[int]] = []
+    loader = RemoteLoader(
+        endpoint,
+        "qwen2.5",
+        samples=rows,
+        batch_size=4,
+        seed=seed,
+        on_report=lambda report: firsts.append([s["row"] for s in report.samples]),
+    )
+    return loader, firsts

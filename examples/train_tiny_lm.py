@@ -38,8 +38,12 @@ class TinyLM(nn.Module):
 
 
 def rows() -> list[dict]:
-    facts = [("What is the capital of France?", "Paris."), ("What colour is the sky?", "Blue."),
-             ("How many legs does a spider have?", "Eight."), ("What is 2 + 2?", "Four.")]
+    facts = [
+        ("What is the capital of France?", "Paris."),
+        ("What colour is the sky?", "Blue."),
+        ("How many legs does a spider have?", "Eight."),
+        ("What is 2 + 2?", "Four."),
+    ]
     return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in facts] * 4
 
 

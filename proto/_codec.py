@@ -57,8 +57,18 @@ _MAX_DIMS = 32
 DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(name).newbyteorder("<")
     for name in (
-        "bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-        "float16", "float32", "float64",
+        "bool",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
     )
 }
 DTYPES["bfloat16"] = np.dtype("<u2")
@@ -211,9 +221,7 @@ def _unpack_header(data: memoryview) -> tuple[list[Any], dict[str, Any]]:
         header = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
         raise CodecError(f"header is not valid msgpack: {exc}") from exc
-    if not isinstance(header, dict) or not isinstance(header.get("t"), list) or not isinstance(
-        header.get("m"), dict
-    ):
+    if not isinstance(header, dict) or not isinstance(header.get("t"), list) or not isinstance(header.get("m"), dict):
         raise CodecError("header must be a map with a list 't' and a map 'm'")
     return header["t"], header["m"]
 
@@ -226,21 +234,22 @@ def _check_entry(entry: Any, floor: int, total: int) -> tuple[str, str, tuple[in
         raise CodecError("array name must be a non-empty string")
     if not isinstance(tag, str) or tag not in DTYPES:
         raise CodecError(f"dtype {tag!r} is not allowed", field=name)
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_DIMS
-        or not all(type(d) is int and d >= 0 for d in shape)
-    ):
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(type(d) is int and d >= 0 for d in shape):
         raise CodecError(f"shape {shape!r} is not a list of non-negative integers", field=name)
     for label, value in (("offset", offset), ("nbytes", nbytes), ("crc", crc)):
         if type(value) is not int or value < 0:
             raise CodecError(f"{label} {value!r} is not a non-negative integer", field=name)
     if math.prod(shape) * DTYPES[tag].itemsize != nbytes:
-        raise CodecError(f"shape {shape} of {tag} needs {math.prod(shape) * DTYPES[tag].itemsize} bytes, "
-                         f"header says {nbytes}", field=name)
+        raise CodecError(
+            f"shape {shape} of {tag} needs {math.prod(shape) * DTYPES[tag].itemsize} bytes, header says {nbytes}",
+            field=name,
+        )
     if offset % ALIGNMENT or offset < floor or offset + nbytes > total:
-        raise CodecError(f"buffer [{offset}, {offset + nbytes}) is misplaced in a {total}-byte data area "
-                         f"(must be aligned, from byte {floor} on, inside the blob)", field=name)
+        raise CodecError(
+            f"buffer [{offset}, {offset + nbytes}) is misplaced in a {total}-byte data area "
+            f"(must be aligned, from byte {floor} on, inside the blob)",
+            field=name,
+        )
     return name, tag, tuple(shape), offset, nbytes, crc
 
 

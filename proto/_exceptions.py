@@ -78,8 +78,9 @@ class FeedlineError(Exception):
     def _full_message(self) -> str:
         where = []
         if self.row is not None:
-            where.append(f"row {self.row}" + (f" (position {self.sample} in the batch)" if self.sample is not None
-                                              else ""))
+            where.append(
+                f"row {self.row}" + (f" (position {self.sample} in the batch)" if self.sample is not None else "")
+            )
         elif self.sample is not None:
             where.append(f"sample {self.sample} (position in the batch)")
         if self.field:
@@ -96,8 +97,7 @@ class FeedlineError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form used by HTTP bodies, gRPC details and per-sample reports."""
-        return {"kind": self.kind, "message": self.message, "sample": self.sample, "field": self.field,
-                "row": self.row}
+        return {"kind": self.kind, "message": self.message, "sample": self.sample, "field": self.field, "row": self.row}
 
 
 class InvalidSample(FeedlineError):
@@ -128,17 +128,21 @@ class NoSupervisedTokens(FeedlineError):
     """A sample has zero supervised tokens; raised unless the caller asked to skip such samples."""
 
     kind = "no_supervised_tokens"
-    hint = ("Options that fix it: on_zero_labels='skip' leaves such samples out; if truncation cut the answer away, "
-            "raise max_length or use truncation='left'; train_on_last_turn_only=false supervises every assistant "
-            "turn; answer_only=false trains on every token")
+    hint = (
+        "Options that fix it: on_zero_labels='skip' leaves such samples out; if truncation cut the answer away, "
+        "raise max_length or use truncation='left'; train_on_last_turn_only=false supervises every assistant "
+        "turn; answer_only=false trains on every token"
+    )
 
 
 class SampleTooLong(FeedlineError):
     """A sample is longer than max_length and the overlong policy is "error"."""
 
     kind = "sample_too_long"
-    hint = ("Options that fix it: raise max_length; truncation='right' (or 'left') cuts the sample to max_length; "
-            "overlong='drop' leaves such samples out")
+    hint = (
+        "Options that fix it: raise max_length; truncation='right' (or 'left') cuts the sample to max_length; "
+        "overlong='drop' leaves such samples out"
+    )
 
 
 class UnknownProcessor(FeedlineError):

@@ -128,8 +128,9 @@ class FrameAssembler:
     by default every batch gets a fresh one.
     """
 
-    def __init__(self, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
-                 allocate: Callable[[int], np.ndarray] | None = None) -> None:
+    def __init__(
+        self, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, allocate: Callable[[int], np.ndarray] | None = None
+    ) -> None:
         self.max_batch_bytes = max_batch_bytes
         self._allocate = allocate or _aligned_buffer
         self._buffer: np.ndarray | None = None
@@ -202,8 +203,12 @@ def _aligned_buffer(nbytes: int) -> np.ndarray:
     return raw[skip : skip + nbytes]
 
 
-def join_frames(frames: Iterable[Buffer], *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
-                allocate: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
+def join_frames(
+    frames: Iterable[Buffer],
+    *,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    allocate: Callable[[int], np.ndarray] | None = None,
+) -> np.ndarray:
     """Reassemble exactly one batch from its frames; raises CodecError if frames are missing or extra."""
     assembler = FrameAssembler(max_batch_bytes=max_batch_bytes, allocate=allocate)
     blob = None

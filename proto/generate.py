@@ -53,8 +53,9 @@ def stale_files(target: Path = _TARGET) -> list[str]:
     """Names of stubs in ``target`` that differ from (or are missing next to) a fresh generation."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
-        return [f.name for f in fresh if not (target / f.name).exists() or
-                (target / f.name).read_text() != f.read_text()]
+        return [
+            f.name for f in fresh if not (target / f.name).exists() or (target / f.name).read_text() != f.read_text()
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:

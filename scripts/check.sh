@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${1:-python3}"
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac  # still right after a cd
 "$PY" -m ruff format --check .
 "$PY" -m ruff check .
 # The folders install as feedline.proto/.service/.client; mypy needs that layout, so it reads them through links.

@@ -35,8 +35,10 @@ def main() -> int:
 
     pool = SlotPool(announce)
     rng = np.random.default_rng(0)
-    source = {"input_ids": rng.integers(0, 150_000, (8, 4096), dtype=np.int64),
-              "pixel_values": float32_to_bfloat16(rng.standard_normal((64, 1176), dtype=np.float32))}
+    source = {
+        "input_ids": rng.integers(0, 150_000, (8, 4096), dtype=np.int64),
+        "pixel_values": float32_to_bfloat16(rng.standard_normal((64, 1176), dtype=np.float32)),
+    }
 
     def put() -> tuple[int, list]:
         blob = encode_batch(source, dtype_tags={"pixel_values": "bfloat16"})
@@ -53,8 +55,9 @@ def main() -> int:
     on_gpu = {k: t.to("cuda", non_blocking=True) for k, t in pinned.items()}
     torch.cuda.synchronize()
     assert torch.equal(on_gpu["input_ids"].cpu(), torch.from_numpy(source["input_ids"]))
-    assert torch.equal(on_gpu["pixel_values"].cpu().view(torch.int16),
-                       torch.from_numpy(source["pixel_values"].view(np.int16)))
+    assert torch.equal(
+        on_gpu["pixel_values"].cpu().view(torch.int16), torch.from_numpy(source["pixel_values"].view(np.int16))
+    )
     print("pin_memory=True: pinned, equal after a non-blocking copy to", torch.cuda.get_device_name(), "; slot freed")
 
     slot, fields = put()

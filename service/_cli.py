@@ -34,33 +34,88 @@ def build_parser() -> argparse.ArgumentParser:
     """The full `feedline` argument parser (tests and deployment manifests are checked against it)."""
     parser = argparse.ArgumentParser(prog="feedline", description="feedline: LLM/VLM fine-tuning data as a service")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="serve collation over gRPC and HTTP",
-                                description="With no arguments, serves the built-in Qwen2.5 tokenizer as 'qwen2.5'.")
-    serve.add_argument("--config", type=Path, default=os.environ.get("FEEDLINE_CONFIG") or None,
-                       help="YAML config file (env FEEDLINE_CONFIG)")
-    serve.add_argument("--processor", action="append", default=[], metavar="[NAME=]SOURCE", type=_processor_arg,
-                       help="serve a processor: a built-in name or a local directory (a hub id with --allow-hub), "
-                            "under NAME (default: the built-in name or the directory's name); repeatable")
-    serve.add_argument("--allow-hub", action="store_const", const=True, default=None,
-                       help="let processor sources be hub ids (env FEEDLINE_ALLOW_HUB; off: nothing is fetched)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve collation over gRPC and HTTP",
+        description="With no arguments, serves the built-in Qwen2.5 tokenizer as 'qwen2.5'.",
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("FEEDLINE_CONFIG") or None,
+        help="YAML config file (env FEEDLINE_CONFIG)",
+    )
+    serve.add_argument(
+        "--processor",
+        action="append",
+        default=[],
+        metavar="[NAME=]SOURCE",
+        type=_processor_arg,
+        help="serve a processor: a built-in name or a local directory (a hub id with --allow-hub), "
+        "under NAME (default: the built-in name or the directory's name); repeatable",
+    )
+    serve.add_argument(
+        "--allow-hub",
+        action="store_const",
+        const=True,
+        default=None,
+        help="let processor sources be hub ids (env FEEDLINE_ALLOW_HUB; off: nothing is fetched)",
+    )
     serve.add_argument("--host", help="address to bind (env FEEDLINE_HOST; default 0.0.0.0)")
     serve.add_argument("--grpc-port", type=int, help="gRPC port, 0 = any free port (env FEEDLINE_GRPC_PORT; 50051)")
     serve.add_argument("--http-port", type=int, help="HTTP port, 0 = any free port (env FEEDLINE_HTTP_PORT; 8000)")
     serve.add_argument("--workers", type=int, help="worker processes sharing both ports (env FEEDLINE_WORKERS; 1)")
-    serve.add_argument("--media-root", action="append", default=[], type=Path, metavar="DIR",
-                       help="directory media files may be read from; repeatable")
-    serve.add_argument("--data-root", action="append", default=[], type=Path, metavar="DIR",
-                       help="directory StreamDataset may read datasets from; repeatable")
-    serve.add_argument("--grace-period", type=float, dest="grace_period_s",
-                       help="seconds in-flight work may take after SIGTERM (env FEEDLINE_GRACE_PERIOD_S; 30)")
+    serve.add_argument(
+        "--media-root",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="directory media files may be read from; repeatable",
+    )
+    serve.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="directory StreamDataset may read datasets from; repeatable",
+    )
+    serve.add_argument(
+        "--data-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="object-store prefix StreamDataset may read (s3://bucket/prefix; credentials from the "
+        "environment as the AWS SDK reads them); repeatable (env FEEDLINE_DATA_URLS)",
+    )
+    serve.add_argument(
+        "--dataset-cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where JSONL line indexes are kept (env FEEDLINE_DATASET_CACHE_DIR; ~/.cache/feedline)",
+    )
+    serve.add_argument(
+        "--grace-period",
+        type=float,
+        dest="grace_period_s",
+        help="seconds in-flight work may take after SIGTERM (env FEEDLINE_GRACE_PERIOD_S; 30)",
+    )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    serve.add_argument("--auth-token-file", type=Path, metavar="FILE",
-                       help="accepted bearer tokens, one per line (env FEEDLINE_AUTH_TOKEN_FILE; or one token in "
-                            "FEEDLINE_AUTH_TOKEN)")
+    serve.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="FILE",
+        help="accepted bearer tokens, one per line (env FEEDLINE_AUTH_TOKEN_FILE; or one token in FEEDLINE_AUTH_TOKEN)",
+    )
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve both ports over TLS (env FEEDLINE_TLS_CERT)")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's key (env FEEDLINE_TLS_KEY)")
-    serve.add_argument("--tls-client-ca", type=Path, metavar="PEM",
-                       help="require client certificates signed by this CA: mutual TLS (env FEEDLINE_TLS_CLIENT_CA)")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="require client certificates signed by this CA: mutual TLS (env FEEDLINE_TLS_CLIENT_CA)",
+    )
     serve.set_defaults(func=run_serve)
     add_offline_commands(commands)
     return parser
@@ -98,8 +153,21 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The serve config: file, then environment, then flags (``--processor`` replaces a same-named entry)."""
     base = load_config(args.config)
     overrides: dict[str, Any] = {
-        key: getattr(args, key) for key in ("host", "grpc_port", "http_port", "workers", "grace_period_s", "log_level",
-                                            "auth_token_file", "tls_cert", "tls_key", "tls_client_ca", "allow_hub")
+        key: getattr(args, key)
+        for key in (
+            "host",
+            "grpc_port",
+            "http_port",
+            "workers",
+            "grace_period_s",
+            "log_level",
+            "auth_token_file",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "allow_hub",
+            "dataset_cache_dir",
+        )
     }
     if args.processor:
         flagged = {spec.name for spec in args.processor}
@@ -108,6 +176,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         overrides["media_roots"] = (*base.media_roots, *args.media_root)
     if args.data_root:
         overrides["data_roots"] = (*base.data_roots, *args.data_root)
+    if args.data_url:
+        overrides["data_urls"] = (*base.data_urls, *args.data_url)
     return load_config(args.config, overrides=overrides)
 
 
@@ -120,7 +190,8 @@ def run_serve(args: argparse.Namespace) -> int:
         if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Must be set before prometheus_client is imported, in the parent, so every worker shares it.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="feedline-metrics-"))
+                tempfile.TemporaryDirectory(prefix="feedline-metrics-")
+            )
         return _serve(config)
 
 
@@ -131,8 +202,14 @@ def _serve(config: ServeConfig) -> int:
     from .server._registry import ProcessorRegistry, ServingState
 
     security = Security.from_config(config)
-    _LOGGER.info("security", extra={"auth": security.auth is not None, "tls": security.tls is not None,
-                                    "mutual_tls": bool(security.tls and security.tls.client_ca)})
+    _LOGGER.info(
+        "security",
+        extra={
+            "auth": security.auth is not None,
+            "tls": security.tls is not None,
+            "mutual_tls": bool(security.tls and security.tls.client_ca),
+        },
+    )
 
     registry = ProcessorRegistry(config.processor_specs, allow_hub=config.allow_hub)
     try:
@@ -140,23 +217,34 @@ def _serve(config: ServeConfig) -> int:
     except UnknownProcessor as exc:
         raise ConfigError(exc.message) from None
     ready = registry.load_all()
+    if config.data_roots or config.data_urls:  # the dataset readers' imports before ready, not in a first request
+        import pyarrow.parquet  # noqa: F401
     _LOGGER.info("processors", extra={"ready": ready, "status": registry.status()})
-    state = ServingState(registry, limits=config.limits, data_roots=config.data_roots,
-                         media_roots=config.media_roots)
+    state = ServingState(
+        registry,
+        limits=config.limits,
+        data_roots=config.data_roots,
+        media_roots=config.media_roots,
+        data_urls=config.data_urls,
+        dataset_cache_dir=config.dataset_cache_dir,
+    )
     http_sock = _listen(config.host, config.http_port)
     with _reserve_port(config.host, config.grpc_port, enabled=config.workers > 1) as grpc_port:
         if config.workers == 1:
             return _run_single(config, state, http_sock, security)
-        _LOGGER.info("listening", extra={"grpc_port": grpc_port, "http_port": http_sock.getsockname()[1],
-                                         "workers": config.workers})
+        _LOGGER.info(
+            "listening",
+            extra={"grpc_port": grpc_port, "http_port": http_sock.getsockname()[1], "workers": config.workers},
+        )
         return _run_workers(config, state, http_sock, grpc_port, security)
 
 
 def _run_single(config: ServeConfig, state: Any, http_sock: socket.socket, security: Any) -> int:
     from .server._grpc import create_server
 
-    server, port = create_server(f"{_grpc_host(config.host)}:{config.grpc_port}", state.registry, state=state,
-                                 **_grpc_kwargs(config, security))
+    server, port = create_server(
+        f"{_grpc_host(config.host)}:{config.grpc_port}", state.registry, state=state, **_grpc_kwargs(config, security)
+    )
     _LOGGER.info("listening", extra={"grpc_port": port, "http_port": http_sock.getsockname()[1], "workers": 1})
     return _serve_worker(config, state, server, http_sock, security)
 
@@ -170,8 +258,13 @@ def _run_workers(config: ServeConfig, state: Any, http_sock: socket.socket, grpc
             try:
                 from .server._grpc import create_server
 
-                server, _ = create_server(f"{_grpc_host(config.host)}:{grpc_port}", state.registry, state=state,
-                                          reuse_port=True, **_grpc_kwargs(config, security))
+                server, _ = create_server(
+                    f"{_grpc_host(config.host)}:{grpc_port}",
+                    state.registry,
+                    state=state,
+                    reuse_port=True,
+                    **_grpc_kwargs(config, security),
+                )
                 code = _serve_worker(config, state, server, http_sock, security)
             finally:
                 logging.shutdown()
@@ -218,9 +311,16 @@ def _serve_worker(config: ServeConfig, state: Any, grpc_server: Any, http_sock: 
 
     grpc_server.start()
     grace = config.grace_period_s
-    uv = _uvicorn_server(uvicorn.Config(create_app(state, auth=security.auth), log_config=None, access_log=False,
-                                        lifespan="off", timeout_graceful_shutdown=max(1, int(grace)),
-                                        **security.uvicorn_options()))
+    uv = _uvicorn_server(
+        uvicorn.Config(
+            create_app(state, auth=security.auth),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(grace)),
+            **security.uvicorn_options(),
+        )
+    )
     stopped: list[Any] = []
 
     async def serve() -> None:
@@ -258,8 +358,13 @@ def _uvicorn_server(config: Any) -> Any:
 def _grpc_kwargs(config: ServeConfig, security: Any) -> dict[str, Any]:
     from .server._grpc import collate_threads_for
 
-    return {"keepalive_time_s": config.keepalive_time_s, "max_connection_age_s": config.max_connection_age_s,
-            "collate_threads": collate_threads_for(config.workers), "auth": security.auth, "tls": security.tls}
+    return {
+        "keepalive_time_s": config.keepalive_time_s,
+        "max_connection_age_s": config.max_connection_age_s,
+        "collate_threads": collate_threads_for(config.workers),
+        "auth": security.auth,
+        "tls": security.tls,
+    }
 
 
 def _grpc_host(host: str) -> str:

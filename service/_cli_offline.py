@@ -13,13 +13,13 @@ import numpy as np
 
 from feedline.proto import FeedlineError, bfloat16_to_float32
 
+from ._options import CollateOptions
 from .collate._batch import batch_pad_id, pad_samples, tokenize_rows
 from .collate._mask_report import mask_report
+from .engine._sample import TOKEN_AXIS_KEYS
 from .media._loading import MediaPolicy
 from .media._tensors import wire_dtypes
-from ._options import CollateOptions
 from .tokenizers._processor import Processor, load_processor
-from .engine._sample import TOKEN_AXIS_KEYS
 
 __all__ = ["add_offline_commands"]
 
@@ -48,18 +48,28 @@ def add_offline_commands(subparsers: Any) -> None:
 
 
 def _add_processor_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--processor", default="qwen2.5",
-                        help="a built-in name or a local directory (a hub id with --allow-hub)")
-    parser.add_argument("--allow-hub", action="store_const", const=True, default=None,
-                        help="let --processor be a hub id (env FEEDLINE_ALLOW_HUB; off: nothing is fetched)")
+    parser.add_argument(
+        "--processor", default="qwen2.5", help="a built-in name or a local directory (a hub id with --allow-hub)"
+    )
+    parser.add_argument(
+        "--allow-hub",
+        action="store_const",
+        const=True,
+        default=None,
+        help="let --processor be a hub id (env FEEDLINE_ALLOW_HUB; off: nothing is fetched)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
     parser.add_argument("--media-root", action="append", default=[], type=Path, help="directory media may be read from")
 
 
 def _add_option_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-policy", choices=("assistant", "nemo"), default="assistant")
-    parser.add_argument("--label-format", choices=("shifted", "unshifted", "loss_mask"), default=None,
-                        help="default: the label policy's convention (assistant: unshifted, nemo: shifted)")
+    parser.add_argument(
+        "--label-format",
+        choices=("shifted", "unshifted", "loss_mask"),
+        default=None,
+        help="default: the label policy's convention (assistant: unshifted, nemo: shifted)",
+    )
     parser.add_argument("--max-length", type=int)
     parser.add_argument("--truncation", choices=("none", "right", "left"), default="none")
     parser.add_argument("--padding", choices=("none", "longest", "max_length"), default="none")
@@ -89,8 +99,9 @@ def options_from_args(args: argparse.Namespace) -> CollateOptions:
 
 
 def _load(args: argparse.Namespace) -> Processor:
-    return load_processor(str(args.processor), args.processor, trust_remote_code=args.trust_remote_code,
-                          allow_hub=args.allow_hub)
+    return load_processor(
+        str(args.processor), args.processor, trust_remote_code=args.trust_remote_code, allow_hub=args.allow_hub
+    )
 
 
 def media_policy_from_args(args: argparse.Namespace) -> MediaPolicy:
@@ -128,7 +139,9 @@ def _collate_one(
     if samples:
         arrays = pad_samples(samples, options, batch_pad_id(processor, options))
         record.update(_row_lists(arrays, wire_dtypes(arrays, options.pixel_dtype)))
-    record.update(label_strategy=report.strategy, num_label_tokens=report.num_label_tokens, warnings=list(report.warnings))
+    record.update(
+        label_strategy=report.strategy, num_label_tokens=report.num_label_tokens, warnings=list(report.warnings)
+    )
     if report.error:
         record["report"] = report.error
     return record

@@ -75,7 +75,7 @@ class PackOptions:
         """Build from JSON-like input; unknown keys are errors naming the key."""
         if not isinstance(data, Mapping):
             raise InvalidOptions("packing must be an object", field="packing")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidOptions(f"unknown option(s) {unknown}; known: {sorted(known)}", field=f"packing.{unknown[0]}")
@@ -145,7 +145,7 @@ class CollateOptions:
             return current
         if not isinstance(data, Mapping):
             raise InvalidOptions("options must be an object", field="options")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidOptions(f"unknown option(s) {unknown}; known: {sorted(known)}", field=unknown[0])

@@ -26,7 +26,8 @@ def qwen_processor() -> Processor:
     return load_processor("qwen2.5", "qwen2.5")
 
 
-# --- tokenizers: built-in real vocabularies (service/tokenizers/builtin/_vocab.py), built once per machine, loaded once per session.
+# --- tokenizers: built-in real vocabularies (service/tokenizers/builtin/_vocab.py), built once per machine,
+# loaded once per session.
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ __all__ = [
     "COLLATE_STREAM",
     "ERROR_METADATA_KEY",
     "LIST_PROCESSORS",
+    "RESUME_METADATA_KEY",
     "SERVICE_NAME",
     "STREAM_DATASET",
     "feedline_pb2",
@@ -33,6 +34,8 @@ LIST_PROCESSORS = f"/{SERVICE_NAME}/ListProcessors"
 
 ERROR_METADATA_KEY = "feedline-error"
 """Trailing metadata key of a failed call: the error body ``{kind, message, sample, field}`` as JSON."""
+RESUME_METADATA_KEY = "feedline-resume-batch"
+"""Trailing metadata of a StreamDataset call that ended before its range did: the batch index to continue from."""
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 256 << 20),

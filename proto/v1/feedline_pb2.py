@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x65\x64line/v1/feedline.proto\x12\x0b\x66\x65\x65\x64line.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xe6\x04\n\x0e\x43ollateOptions\x12\x19\n\x0clabel_policy\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0clabel_format\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x17\n\nmax_length\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\ntruncation\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x14\n\x07padding\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1f\n\x12pad_to_multiple_of\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12$\n\x17train_on_last_turn_only\x18\x07 \x01(\x08H\x06\x88\x01\x01\x12#\n\x16mask_reasoning_content\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\x18\n\x0b\x61nswer_only\x18\t \x01(\x08H\x08\x88\x01\x01\x12\x1b\n\x0eon_zero_labels\x18\n \x01(\tH\t\x88\x01\x01\x12\x15\n\x08overlong\x18\x0b \x01(\tH\n\x88\x01\x01\x12\x18\n\x0bpixel_dtype\x18\x0c \x01(\tH\x0b\x88\x01\x01\x12(\n\x07packing\x18\r \x01(\x0b\x32\x17.google.protobuf.StructB\x0f\n\r_label_policyB\x0f\n\r_label_formatB\r\n\x0b_max_lengthB\r\n\x0b_truncationB\n\n\x08_paddingB\x15\n\x13_pad_to_multiple_ofB\x1a\n\x18_train_on_last_turn_onlyB\x19\n\x17_mask_reasoning_contentB\x0e\n\x0c_answer_onlyB\x11\n\x0f_on_zero_labelsB\x0b\n\t_overlongB\x0e\n\x0c_pixel_dtype\"\xcb\x01\n\x0e\x43ollateRequest\x12\x11\n\tprocessor\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12,\n\x07options\x18\x03 \x01(\x0b\x32\x1b.feedline.v1.CollateOptions\x12\x0f\n\x07samples\x18\x04 \x03(\x0c\x12\x13\n\x0b\x62\x61tch_index\x18\x05 \x01(\x04\x12\x17\n\x0fmax_frame_bytes\x18\x06 \x01(\r\x12\x16\n\tfirst_row\x18\x07 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_first_row\"K\n\x0f\x43ollateResponse\x12\x13\n\x0b\x62\x61tch_index\x18\x01 \x01(\x04\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0e\n\x06\x66rames\x18\x03 \x03(\x0c\"\x16\n\x05\x46rame\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\"/\n\nDatasetRef\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"\xe0\x02\n\x14StreamDatasetRequest\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.feedline.v1.DatasetRef\x12\x11\n\tprocessor\x18\x02 \x01(\t\x12\x1d\n\x15processor_fingerprint\x18\x03 \x01(\t\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.feedline.v1.CollateOptions\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x0f\n\x07shuffle\x18\x07 \x01(\x08\x12\x12\n\nbatch_size\x18\x08 \x01(\r\x12\x11\n\tdrop_last\x18\t \x01(\x08\x12\x0c\n\x04rank\x18\n \x01(\r\x12\x12\n\nworld_size\x18\x0b \x01(\r\x12\x19\n\x11start_batch_index\x18\x0c \x01(\x04\x12\x13\n\x0bmax_batches\x18\r \x01(\x04\x12\x17\n\x0fmax_frame_bytes\x18\x0e \x01(\r\"\x17\n\x15ListProcessorsRequest\"\x94\x01\n\rProcessorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12)\n\x08\x64\x65\x66\x61ults\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tinfo_json\x18\x06 \x01(\x0c\"H\n\x16ListProcessorsResponse\x12.\n\nprocessors\x18\x01 \x03(\x0b\x32\x1a.feedline.v1.ProcessorInfo2\xbb\x02\n\x08\x46\x65\x65\x64line\x12\x44\n\x07\x43ollate\x12\x1b.feedline.v1.CollateRequest\x1a\x1c.feedline.v1.CollateResponse\x12\x44\n\rCollateStream\x12\x1b.feedline.v1.CollateRequest\x1a\x12.feedline.v1.Frame(\x01\x30\x01\x12H\n\rStreamDataset\x12!.feedline.v1.StreamDatasetRequest\x1a\x12.feedline.v1.Frame0\x01\x12Y\n\x0eListProcessors\x12\".feedline.v1.ListProcessorsRequest\x1a#.feedline.v1.ListProcessorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x65\x64line/v1/feedline.proto\x12\x0b\x66\x65\x65\x64line.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xe6\x04\n\x0e\x43ollateOptions\x12\x19\n\x0clabel_policy\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0clabel_format\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x17\n\nmax_length\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\ntruncation\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x14\n\x07padding\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1f\n\x12pad_to_multiple_of\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12$\n\x17train_on_last_turn_only\x18\x07 \x01(\x08H\x06\x88\x01\x01\x12#\n\x16mask_reasoning_content\x18\x08 \x01(\x08H\x07\x88\x01\x01\x12\x18\n\x0b\x61nswer_only\x18\t \x01(\x08H\x08\x88\x01\x01\x12\x1b\n\x0eon_zero_labels\x18\n \x01(\tH\t\x88\x01\x01\x12\x15\n\x08overlong\x18\x0b \x01(\tH\n\x88\x01\x01\x12\x18\n\x0bpixel_dtype\x18\x0c \x01(\tH\x0b\x88\x01\x01\x12(\n\x07packing\x18\r \x01(\x0b\x32\x17.google.protobuf.StructB\x0f\n\r_label_policyB\x0f\n\r_label_formatB\r\n\x0b_max_lengthB\r\n\x0b_truncationB\n\n\x08_paddingB\x15\n\x13_pad_to_multiple_ofB\x1a\n\x18_train_on_last_turn_onlyB\x19\n\x17_mask_reasoning_contentB\x0e\n\x0c_answer_onlyB\x11\n\x0f_on_zero_labelsB\x0b\n\t_overlongB\x0e\n\x0c_pixel_dtype\"\xe4\x01\n\x0e\x43ollateRequest\x12\x11\n\tprocessor\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12,\n\x07options\x18\x03 \x01(\x0b\x32\x1b.feedline.v1.CollateOptions\x12\x0f\n\x07samples\x18\x04 \x03(\x0c\x12\x13\n\x0b\x62\x61tch_index\x18\x05 \x01(\x04\x12\x17\n\x0fmax_frame_bytes\x18\x06 \x01(\r\x12\x16\n\tfirst_row\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x17\n\x0fsamples_msgpack\x18\x08 \x01(\x0c\x42\x0c\n\n_first_row\"K\n\x0f\x43ollateResponse\x12\x13\n\x0b\x62\x61tch_index\x18\x01 \x01(\x04\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0e\n\x06\x66rames\x18\x03 \x03(\x0c\"\x16\n\x05\x46rame\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\"O\n\nDatasetRef\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x0e\n\x06repeat\x18\x04 \x01(\x01\"\x8a\x03\n\x14StreamDatasetRequest\x12(\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x17.feedline.v1.DatasetRef\x12\x11\n\tprocessor\x18\x02 \x01(\t\x12\x1d\n\x15processor_fingerprint\x18\x03 \x01(\t\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.feedline.v1.CollateOptions\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x0f\n\x07shuffle\x18\x07 \x01(\x08\x12\x12\n\nbatch_size\x18\x08 \x01(\r\x12\x11\n\tdrop_last\x18\t \x01(\x08\x12\x0c\n\x04rank\x18\n \x01(\r\x12\x12\n\nworld_size\x18\x0b \x01(\r\x12\x19\n\x11start_batch_index\x18\x0c \x01(\x04\x12\x13\n\x0bmax_batches\x18\r \x01(\x04\x12\x17\n\x0fmax_frame_bytes\x18\x0e \x01(\r\x12(\n\x07mixture\x18\x0f \x03(\x0b\x32\x17.feedline.v1.DatasetRef\"\x17\n\x15ListProcessorsRequest\"\x94\x01\n\rProcessorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12)\n\x08\x64\x65\x66\x61ults\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tinfo_json\x18\x06 \x01(\x0c\"H\n\x16ListProcessorsResponse\x12.\n\nprocessors\x18\x01 \x03(\x0b\x32\x1a.feedline.v1.ProcessorInfo2\xbb\x02\n\x08\x46\x65\x65\x64line\x12\x44\n\x07\x43ollate\x12\x1b.feedline.v1.CollateRequest\x1a\x1c.feedline.v1.CollateResponse\x12\x44\n\rCollateStream\x12\x1b.feedline.v1.CollateRequest\x1a\x12.feedline.v1.Frame(\x01\x30\x01\x12H\n\rStreamDataset\x12!.feedline.v1.StreamDatasetRequest\x1a\x12.feedline.v1.Frame0\x01\x12Y\n\x0eListProcessors\x12\".feedline.v1.ListProcessorsRequest\x1a#.feedline.v1.ListProcessorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLATEOPTIONS']._serialized_start=74
   _globals['_COLLATEOPTIONS']._serialized_end=688
   _globals['_COLLATEREQUEST']._serialized_start=691
-  _globals['_COLLATEREQUEST']._serialized_end=894
-  _globals['_COLLATERESPONSE']._serialized_start=896
-  _globals['_COLLATERESPONSE']._serialized_end=971
-  _globals['_FRAME']._serialized_start=973
-  _globals['_FRAME']._serialized_end=995
-  _globals['_DATASETREF']._serialized_start=997
-  _globals['_DATASETREF']._serialized_end=1044
-  _globals['_STREAMDATASETREQUEST']._serialized_start=1047
-  _globals['_STREAMDATASETREQUEST']._serialized_end=1399
-  _globals['_LISTPROCESSORSREQUEST']._serialized_start=1401
-  _globals['_LISTPROCESSORSREQUEST']._serialized_end=1424
-  _globals['_PROCESSORINFO']._serialized_start=1427
-  _globals['_PROCESSORINFO']._serialized_end=1575
-  _globals['_LISTPROCESSORSRESPONSE']._serialized_start=1577
-  _globals['_LISTPROCESSORSRESPONSE']._serialized_end=1649
-  _globals['_FEEDLINE']._serialized_start=1652
-  _globals['_FEEDLINE']._serialized_end=1967
+  _globals['_COLLATEREQUEST']._serialized_end=919
+  _globals['_COLLATERESPONSE']._serialized_start=921
+  _globals['_COLLATERESPONSE']._serialized_end=996
+  _globals['_FRAME']._serialized_start=998
+  _globals['_FRAME']._serialized_end=1020
+  _globals['_DATASETREF']._serialized_start=1022
+  _globals['_DATASETREF']._serialized_end=1101
+  _globals['_STREAMDATASETREQUEST']._serialized_start=1104
+  _globals['_STREAMDATASETREQUEST']._serialized_end=1498
+  _globals['_LISTPROCESSORSREQUEST']._serialized_start=1500
+  _globals['_LISTPROCESSORSREQUEST']._serialized_end=1523
+  _globals['_PROCESSORINFO']._serialized_start=1526
+  _globals['_PROCESSORINFO']._serialized_end=1674
+  _globals['_LISTPROCESSORSRESPONSE']._serialized_start=1676
+  _globals['_LISTPROCESSORSRESPONSE']._serialized_end=1748
+  _globals['_FEEDLINE']._serialized_start=1751
+  _globals['_FEEDLINE']._serialized_end=2066
 # @@protoc_insertion_point(module_scope)

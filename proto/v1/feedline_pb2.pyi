@@ -38,7 +38,7 @@ class CollateOptions(_message.Message):
     def __init__(self, label_policy: _Optional[str] = ..., label_format: _Optional[str] = ..., max_length: _Optional[int] = ..., truncation: _Optional[str] = ..., padding: _Optional[str] = ..., pad_to_multiple_of: _Optional[int] = ..., train_on_last_turn_only: _Optional[bool] = ..., mask_reasoning_content: _Optional[bool] = ..., answer_only: _Optional[bool] = ..., on_zero_labels: _Optional[str] = ..., overlong: _Optional[str] = ..., pixel_dtype: _Optional[str] = ..., packing: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CollateRequest(_message.Message):
-    __slots__ = ("processor", "fingerprint", "options", "samples", "batch_index", "max_frame_bytes", "first_row")
+    __slots__ = ("processor", "fingerprint", "options", "samples", "batch_index", "max_frame_bytes", "first_row", "samples_msgpack")
     PROCESSOR_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class CollateRequest(_message.Message):
     BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_MSGPACK_FIELD_NUMBER: _ClassVar[int]
     processor: str
     fingerprint: str
     options: CollateOptions
@@ -53,7 +54,8 @@ class CollateRequest(_message.Message):
     batch_index: int
     max_frame_bytes: int
     first_row: int
-    def __init__(self, processor: _Optional[str] = ..., fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., samples: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., first_row: _Optional[int] = ...) -> None: ...
+    samples_msgpack: bytes
+    def __init__(self, processor: _Optional[str] = ..., fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., samples: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., first_row: _Optional[int] = ..., samples_msgpack: _Optional[bytes] = ...) -> None: ...
 
 class CollateResponse(_message.Message):
     __slots__ = ("batch_index", "fingerprint", "frames")
@@ -72,15 +74,19 @@ class Frame(_message.Message):
     def __init__(self, frame: _Optional[bytes] = ...) -> None: ...
 
 class DatasetRef(_message.Message):
-    __slots__ = ("path", "fingerprint")
+    __slots__ = ("path", "fingerprint", "weight", "repeat")
     PATH_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REPEAT_FIELD_NUMBER: _ClassVar[int]
     path: str
     fingerprint: str
-    def __init__(self, path: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    weight: float
+    repeat: float
+    def __init__(self, path: _Optional[str] = ..., fingerprint: _Optional[str] = ..., weight: _Optional[float] = ..., repeat: _Optional[float] = ...) -> None: ...
 
 class StreamDatasetRequest(_message.Message):
-    __slots__ = ("dataset", "processor", "processor_fingerprint", "options", "seed", "epoch", "shuffle", "batch_size", "drop_last", "rank", "world_size", "start_batch_index", "max_batches", "max_frame_bytes")
+    __slots__ = ("dataset", "processor", "processor_fingerprint", "options", "seed", "epoch", "shuffle", "batch_size", "drop_last", "rank", "world_size", "start_batch_index", "max_batches", "max_frame_bytes", "mixture")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PROCESSOR_FIELD_NUMBER: _ClassVar[int]
     PROCESSOR_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +101,7 @@ class StreamDatasetRequest(_message.Message):
     START_BATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCHES_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MIXTURE_FIELD_NUMBER: _ClassVar[int]
     dataset: DatasetRef
     processor: str
     processor_fingerprint: str
@@ -109,7 +116,8 @@ class StreamDatasetRequest(_message.Message):
     start_batch_index: int
     max_batches: int
     max_frame_bytes: int
-    def __init__(self, dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., processor: _Optional[str] = ..., processor_fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., start_batch_index: _Optional[int] = ..., max_batches: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
+    mixture: _containers.RepeatedCompositeFieldContainer[DatasetRef]
+    def __init__(self, dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., processor: _Optional[str] = ..., processor_fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., start_batch_index: _Optional[int] = ..., max_batches: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., mixture: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ...) -> None: ...
 
 class ListProcessorsRequest(_message.Message):
     __slots__ = ()

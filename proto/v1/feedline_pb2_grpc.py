@@ -78,7 +78,9 @@ class FeedlineServicer:
 
     def StreamDataset(self, request, context):
         """Batches of a dataset the server can read, in the order fixed by seed and epoch, for one rank, from a
-        batch index on (the cursor). Any replica gives identical bytes for the same request.
+        batch index on (the cursor). Any replica gives identical bytes for the same request. A call serves for a
+        bounded time: when it ends before the requested range does, its trailing metadata
+        `feedline-resume-batch` holds the index the client continues from with a new call (on any replica).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

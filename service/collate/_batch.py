@@ -68,7 +68,11 @@ class CollatedBatch:
 
 
 def tokenize_rows(
-    processor: Processor, rows: Sequence[Mapping[str, Any]], options: CollateOptions, *, first_index: int = 0,
+    processor: Processor,
+    rows: Sequence[Mapping[str, Any]],
+    options: CollateOptions,
+    *,
+    first_index: int = 0,
     media: MediaPolicy | None = None,
 ) -> tuple[list[TokenizedSample], list[SampleReport]]:
     """Tokenize every row (one batched encode); skipped/dropped rows appear only in the reports, with their error."""
@@ -115,8 +119,12 @@ def _report(index: int, sample: TokenizedSample, options: CollateOptions) -> Sam
 
 
 def collate(
-    processor: Processor, rows: Sequence[Mapping[str, Any]], options: CollateOptions, *,
-    media: MediaPolicy | None = None, admit: Callable[[Sequence[SampleReport]], None] | None = None,
+    processor: Processor,
+    rows: Sequence[Mapping[str, Any]],
+    options: CollateOptions,
+    *,
+    media: MediaPolicy | None = None,
+    admit: Callable[[Sequence[SampleReport]], None] | None = None,
 ) -> CollatedBatch:
     """Tokenize, label and pad a batch of rows (``media``: the operator's media policy for image/audio parts).
 
@@ -136,20 +144,30 @@ def collate(
     return CollatedBatch(tensors=tensors, reports=tuple(reports), dtypes=wire_dtypes(tensors, options.pixel_dtype))
 
 
-def _with_pack_outcome(reports: list[SampleReport], samples: Sequence[TokenizedSample], plan: PackPlan) -> list[SampleReport]:
+def _with_pack_outcome(
+    reports: list[SampleReport], samples: Sequence[TokenizedSample], plan: PackPlan
+) -> list[SampleReport]:
     """Mark the samples the packer dropped or truncated (plan indices count only the samples that were kept)."""
     ok = [i for i, r in enumerate(reports) if r.status == "ok"]
     out = list(reports)
     for i in plan.dropped:
         r = out[ok[i]]
-        error = {"kind": "sample_too_long", "message": f"{r.num_tokens} tokens do not fit a pack", "sample": r.index, "field": "packing.pack_size"}
+        error = {
+            "kind": "sample_too_long",
+            "message": f"{r.num_tokens} tokens do not fit a pack",
+            "sample": r.index,
+            "field": "packing.pack_size",
+        }
         out[ok[i]] = replace(r, status="dropped", num_label_tokens=0, error=error)
     for i in plan.truncated:
         r, keep = out[ok[i]], int(plan.keep[int(np.flatnonzero(plan.indices == i)[0])])
         first = 1 if plan.label_format is LabelFormat.SHIFTED else 0
-        out[ok[i]] = replace(r, num_label_tokens=int(samples[i].supervised[first:keep].sum()),
-                             truncated=r.truncated + samples[i].num_tokens - keep,
-                             warnings=r.warnings + (f"truncated on the right to {keep} tokens to fit one pack",))
+        out[ok[i]] = replace(
+            r,
+            num_label_tokens=int(samples[i].supervised[first:keep].sum()),
+            truncated=r.truncated + samples[i].num_tokens - keep,
+            warnings=r.warnings + (f"truncated on the right to {keep} tokens to fit one pack",),
+        )
     return out
 
 

@@ -99,9 +99,12 @@ def _widths(
     widths = -(-raw // multiple) * multiple
     over = np.flatnonzero(widths > budget)
     if over.size and overlong == "error":
-        raise SampleTooLong(f"{int(widths[over[0]])} tokens exceed max_tokens={budget}", sample=int(over[0]),
-                            field="max_tokens",
-                            hint="Options that fix it: raise max_tokens, or overlong='drop' leaves such samples out")
+        raise SampleTooLong(
+            f"{int(widths[over[0]])} tokens exceed max_tokens={budget}",
+            sample=int(over[0]),
+            field="max_tokens",
+            hint="Options that fix it: raise max_tokens, or overlong='drop' leaves such samples out",
+        )
     return widths, tuple(int(i) for i in over)
 
 

@@ -10,14 +10,14 @@ import numpy as np
 
 from feedline.proto import IGNORE_INDEX, LabelFormat
 
+from .._options import CollateOptions
 from ..engine._conversation import Conversation, parse_row
+from ..engine._sample import TokenizedSample
 from ..engine._truncation import truncation_window
 from ..media._loading import MediaPolicy
 from ..media._path import media_window
-from ._rows import label_row
-from .._options import CollateOptions
 from ..tokenizers._processor import Processor
-from ..engine._sample import TokenizedSample
+from ._rows import label_row
 
 __all__ = ["mask_report"]
 
@@ -51,7 +51,9 @@ def mask_report(
     if options.max_length is not None and keep.stop - keep.start > options.max_length:
         # not cut: truncation is off, or (media rows) no cut between media items fits
         action = "drop" if options.overlong == "drop" else "reject"
-        warnings.append(f"{full.num_tokens} tokens exceed max_length {options.max_length}: collate would {action} this sample")
+        warnings.append(
+            f"{full.num_tokens} tokens exceed max_length {options.max_length}: collate would {action} this sample"
+        )
     if keep.stop - keep.start < full.num_tokens:
         cut = full.num_tokens - (keep.stop - keep.start)
         if full.supervised[keep].sum() < full.supervised.sum():

@@ -41,10 +41,9 @@ import numpy as np
 
 from feedline.proto import IGNORE_INDEX, InvalidOptions, InvalidSample, LabelFormat, SampleTooLong
 
-from ..media._tensors import _concatenate as concat_media_items
 from .._options import PackOptions
-from ..engine._sample import TokenizedSample, format_labels
-from ..engine._sample import TOKEN_AXIS_KEYS
+from ..engine._sample import TOKEN_AXIS_KEYS, TokenizedSample, format_labels
+from ..media._tensors import _concatenate as concat_media_items
 
 __all__ = [
     "PackOptions",
@@ -142,8 +141,10 @@ def plan_packs(
     over = np.flatnonzero(lengths > max_keep)
     if over.size and options.overlong == "error":
         raise SampleTooLong(
-            f"{int(lengths[over[0]])} tokens do not fit pack_size={options.pack_size}", sample=int(over[0]),
-            field="packing.pack_size", hint="Options that fix it: raise packing.pack_size, or set packing.overlong "
+            f"{int(lengths[over[0]])} tokens do not fit pack_size={options.pack_size}",
+            sample=int(over[0]),
+            field="packing.pack_size",
+            hint="Options that fix it: raise packing.pack_size, or set packing.overlong "
             "to 'truncate' (cut the sample to a row) or 'drop' (leave it out)",
         )
     keep = np.minimum(lengths, max_keep) if options.overlong == "truncate" else lengths
@@ -175,7 +176,9 @@ def _pack_windows(order: np.ndarray, slots: np.ndarray, options: PackOptions) ->
     for number, start in enumerate(starts):
         members = np.concatenate([carried, order[start : start + options.window]])
         bins = _best_fit_decreasing(members, slots, options.pack_size)
-        carried = _carry(bins, carried, slots, options.pack_size) if start + options.window < order.size else carried[:0]
+        carried = (
+            _carry(bins, carried, slots, options.pack_size) if start + options.window < order.size else carried[:0]
+        )
         rng = np.random.default_rng((options.seed, number))
         packs.extend(bins[b] for b in rng.permutation(len(bins)))
     return packs
@@ -235,8 +238,10 @@ def materialise(
     """Build one batch from packs ``packs`` of ``plan``; ``samples[i]`` is the sample the plan calls ``i``."""
     fmt, multiple, thd = plan.label_format, plan.options.pad_to_multiple, plan.options.layout == "thd"
     rows = [
-        [_document(samples[int(plan.indices[j])], int(plan.indices[j]), int(plan.keep[j]), fmt)
-         for j in range(int(plan.offsets[p]), int(plan.offsets[p + 1]))]
+        [
+            _document(samples[int(plan.indices[j])], int(plan.indices[j]), int(plan.keep[j]), fmt)
+            for j in range(int(plan.offsets[p]), int(plan.offsets[p + 1]))
+        ]
         for p in packs
     ]
     if thd:
@@ -268,8 +273,9 @@ def _document(sample: TokenizedSample, index: int, keep: int, fmt: LabelFormat) 
     if keep > length:
         raise InvalidSample(f"has {length} tokens but the plan expects {keep}", sample=index, field="input_ids")
     if keep < length and set(sample.media) - TOKEN_AXIS_KEYS:
-        raise InvalidOptions("a sample with media cannot be truncated; use overlong='drop'", sample=index,
-                             field="packing.overlong")
+        raise InvalidOptions(
+            "a sample with media cannot be truncated; use overlong='drop'", sample=index, field="packing.overlong"
+        )
     cut = slice(real.start, real.start + keep)
     arrays = format_labels(sample.input_ids[cut], sample.supervised[cut], fmt)
     shift = 1 if fmt is LabelFormat.SHIFTED else 0
@@ -302,7 +308,11 @@ def _assemble(
         for key in token_keys:
             _concat_into(out[key][r], [d.arrays.get(key) for d in row], sizes[r], padded[r], fills.get(key, 0))
         if mrope:
-            np.concatenate([_positions(d, int(p)) for d, p in zip(row, padded[r], strict=False)], axis=1, out=positions[:, r, :used])
+            np.concatenate(
+                [_positions(d, int(p)) for d, p in zip(row, padded[r], strict=False)],
+                axis=1,
+                out=positions[:, r, :used],
+            )
         elif row:
             np.concatenate([count[:p] for p in padded[r].tolist()], out=positions[r, :used])
         positions[..., r, used:] = 0
@@ -349,8 +359,11 @@ def _lengths(sizes: list[np.ndarray], multiple: int, *, flat: bool) -> dict[str,
     cu = np.zeros((len(sizes), seq_lens.shape[1] + 1), dtype=np.int32)
     np.cumsum(seq_lens_padded, axis=1, out=cu[:, 1:])
     if flat:
-        return {"seq_lens": seq_lens.reshape(-1), "seq_lens_padded": seq_lens_padded.reshape(-1),
-                "cu_seqlens": cu.reshape(-1)}
+        return {
+            "seq_lens": seq_lens.reshape(-1),
+            "seq_lens_padded": seq_lens_padded.reshape(-1),
+            "cu_seqlens": cu.reshape(-1),
+        }
     return {"seq_lens": seq_lens, "seq_lens_padded": seq_lens_padded, "cu_seqlens": cu}
 
 

@@ -27,8 +27,9 @@ from ..tokenizers._processor import Processor
 
 __all__ = ["Policy", "policy_for"]
 
-TextLabeller = Callable[[Processor, Sequence[tuple[int, "Row | FeedlineError"]], CollateOptions],
-                        list["TokenizedSample | FeedlineError"]]
+TextLabeller = Callable[
+    [Processor, Sequence[tuple[int, "Row | FeedlineError"]], CollateOptions], list["TokenizedSample | FeedlineError"]
+]
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,13 @@ class Policy:
         return options.max_length
 
 
-def _nemo_text(processor: Processor, parsed: Sequence[tuple[int, Row | FeedlineError]],
-               options: CollateOptions) -> list[TokenizedSample | FeedlineError]:
-    return [row if isinstance(row, FeedlineError) else capture(nemo_tokenize, processor, row, options, index=i)
-            for i, row in parsed]
+def _nemo_text(
+    processor: Processor, parsed: Sequence[tuple[int, Row | FeedlineError]], options: CollateOptions
+) -> list[TokenizedSample | FeedlineError]:
+    return [
+        row if isinstance(row, FeedlineError) else capture(nemo_tokenize, processor, row, options, index=i)
+        for i, row in parsed
+    ]
 
 
 def _nemo_media(processor: Processor, plan: TextLabels, call: ProcessorCall, media_tokens: np.ndarray) -> np.ndarray:
@@ -62,12 +66,18 @@ def _nemo_media(processor: Processor, plan: TextLabels, call: ProcessorCall, med
 
 _POLICIES = {
     LabelPolicy.ASSISTANT: Policy(
-        name=LabelPolicy.ASSISTANT, label_text=label_text_rows, media_supervision=default_supervision,
-        pad_id=lambda processor: processor.pad_token_id, keeps_overlong=False,
+        name=LabelPolicy.ASSISTANT,
+        label_text=label_text_rows,
+        media_supervision=default_supervision,
+        pad_id=lambda processor: processor.pad_token_id,
+        keeps_overlong=False,
     ),
     LabelPolicy.NEMO: Policy(
-        name=LabelPolicy.NEMO, label_text=_nemo_text, media_supervision=_nemo_media,
-        pad_id=nemo_pad_token_id, keeps_overlong=True,
+        name=LabelPolicy.NEMO,
+        label_text=_nemo_text,
+        media_supervision=_nemo_media,
+        pad_id=nemo_pad_token_id,
+        keeps_overlong=True,
     ),
 }
 

@@ -24,7 +24,11 @@ __all__ = ["check_sample", "label_row", "label_rows", "tokenize_row"]
 
 
 def label_rows(
-    processor: Processor, rows: Sequence[Mapping[str, Any]], options: CollateOptions, *, first_index: int = 0,
+    processor: Processor,
+    rows: Sequence[Mapping[str, Any]],
+    options: CollateOptions,
+    *,
+    first_index: int = 0,
     media: MediaPolicy | None = None,
 ) -> list[TokenizedSample | FeedlineError]:
     """Label every row; a row's own error is returned in its place so the caller decides (raise or skip).
@@ -46,7 +50,11 @@ def _with_tool_call_ids(row: Row | FeedlineError, index: int) -> Row | FeedlineE
 
 
 def label_row(
-    processor: Processor, row: Mapping[str, Any], options: CollateOptions, *, index: int = 0,
+    processor: Processor,
+    row: Mapping[str, Any],
+    options: CollateOptions,
+    *,
+    index: int = 0,
     media: MediaPolicy | None = None,
 ) -> TokenizedSample:
     """Tokenize and label one row without the final checks (the mask debugger shows even empty samples)."""
@@ -57,7 +65,11 @@ def label_row(
 
 
 def tokenize_row(
-    processor: Processor, row: Mapping[str, Any], options: CollateOptions, *, index: int = 0,
+    processor: Processor,
+    row: Mapping[str, Any],
+    options: CollateOptions,
+    *,
+    index: int = 0,
     media: MediaPolicy | None = None,
 ) -> TokenizedSample:
     """Tokenize and label one row; errors name the sample (``index``) and the field."""

@@ -277,7 +277,9 @@ def require_tool_call_ids(row: Row, index: int) -> Row:
             if message.role == "tool" and not message.tool_call_id:
                 raise InvalidSample(
                     "a tool message needs a tool_call_id for this processor: its chat template writes the id of the "
-                    "call a tool result answers", sample=index, field=f"messages[{i}].tool_call_id",
+                    "call a tool result answers",
+                    sample=index,
+                    field=f"messages[{i}].tool_call_id",
                 )
     return row
 

@@ -40,16 +40,19 @@ def parse_rows(
     rows: Sequence[Mapping[str, Any]], options: CollateOptions, first_index: int = 0
 ) -> list[tuple[int, Row | FeedlineError]]:
     """Each row parsed into the conversation model, paired with its index; a row's error stands in its place."""
-    return [(i, capture(parse_row, row, index=i, require_assistant=options.answer_only))
-            for i, row in enumerate(rows, start=first_index)]
+    return [
+        (i, capture(parse_row, row, index=i, require_assistant=options.answer_only))
+        for i, row in enumerate(rows, start=first_index)
+    ]
 
 
 def label_text_rows(
     processor: Processor, parsed: Parsed, options: CollateOptions
 ) -> list[TokenizedSample | FeedlineError]:
     """The default policy on text rows: render each, encode all texts in one call, label, cut to max_length."""
-    prepared = [row if isinstance(row, FeedlineError) else capture(_prepare, processor, row, options, i)
-                for i, row in parsed]
+    prepared = [
+        row if isinstance(row, FeedlineError) else capture(_prepare, processor, row, options, i) for i, row in parsed
+    ]
     ready = [p for p in prepared if not isinstance(p, FeedlineError)]
     encoded = iter(processor.encoder.encode_batch_with_offsets([p[1].text for p in ready]))
     out: list[TokenizedSample | FeedlineError] = []
@@ -172,7 +175,7 @@ def _locate_turns(
             return marker_layout(text, conv.messages, usable), LabelStrategy.TURN_MARKERS
         except TemplateError as exc:
             warnings.append(f"turn-marker scan failed ({exc.message}); used prefix rendering")
-    elif usable is None:
+    elif isinstance(markers, TemplateError):
         warnings.append(f"no turn markers ({markers.message}); used prefix rendering")
     layout = render_layout(processor.renderer, template_messages, conv.messages, text, conv.tools, usable)
     return layout, LabelStrategy.PREFIX_RENDER

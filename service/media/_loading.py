@@ -27,9 +27,11 @@ __all__ = ["MediaPolicy", "decode_image", "load_audio", "load_image"]
 
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"RIFF", "WEBP"))
 _HEAD = 64  # characters of a bare string read to tell base64 image data from a path
-_MEDIA_ROOT_HINT = ("Image paths are read only inside the media roots: start the server (or the offline command) with "
-                    "--media-root DIR (config media_roots, env FEEDLINE_MEDIA_ROOTS), or send the image inline as a "
-                    "data URL")
+_MEDIA_ROOT_HINT = (
+    "Image paths are read only inside the media roots: start the server (or the offline command) with "
+    "--media-root DIR (config media_roots, env FEEDLINE_MEDIA_ROOTS), or send the image inline as a "
+    "data URL"
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,12 @@ class MediaPolicy:
     def resolve(self, reference: str, *, sample: int, where: str) -> Path:
         """The real path of ``reference`` (relative to a root, or absolute), refused unless inside a root."""
         if not self.roots:
-            raise MediaError("image paths are not accepted: the server has no media root configured",
-                             sample=sample, field=where, hint=_MEDIA_ROOT_HINT)
+            raise MediaError(
+                "image paths are not accepted: the server has no media root configured",
+                sample=sample,
+                field=where,
+                hint=_MEDIA_ROOT_HINT,
+            )
         if "\x00" in reference:
             raise MediaError("an image path cannot contain a NUL character", sample=sample, field=where)
         candidates = [reference] if os.path.isabs(reference) else [os.path.join(r, reference) for r in self.roots]
@@ -67,8 +73,12 @@ class MediaPolicy:
                 continue
             if os.path.isfile(real):
                 return Path(real)
-        raise MediaError(f"image path {reference!r} is not a file inside the media roots", sample=sample, field=where,
-                         hint=_MEDIA_ROOT_HINT)
+        raise MediaError(
+            f"image path {reference!r} is not a file inside the media roots",
+            sample=sample,
+            field=where,
+            hint=_MEDIA_ROOT_HINT,
+        )
 
 
 def _inside(path: str, root: str) -> bool:
@@ -87,14 +97,19 @@ def _image_bytes(payload: Mapping[str, Any], policy: MediaPolicy, sample: int, w
             value = payload[key]
             break
     else:
-        raise MediaError("an image part needs 'image', 'image_url', 'url', 'path' or 'base64'", sample=sample, field=where)
+        raise MediaError(
+            "an image part needs 'image', 'image_url', 'url', 'path' or 'base64'", sample=sample, field=where
+        )
     if isinstance(value, Mapping):  # OpenAI: {"image_url": {"url": ...}}
         value = value.get("url")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if not isinstance(value, str) or not value:
-        raise MediaError(f"an image must be encoded bytes, base64 text, a data URL or a path; got {type(value).__name__}",
-                         sample=sample, field=where)
+        raise MediaError(
+            f"an image must be encoded bytes, base64 text, a data URL or a path; got {type(value).__name__}",
+            sample=sample,
+            field=where,
+        )
     if key == "path":
         return _read_file(policy.resolve(value, sample=sample, where=where), policy, sample, where)
     if key == "base64":
@@ -112,8 +127,11 @@ def _from_reference(value: str, policy: MediaPolicy, sample: int, where: str) ->
     if "://" in value[:_HEAD]:
         url = urlparse(value)
         if url.scheme != "file" or url.netloc not in ("", "localhost"):
-            raise MediaError(f"URL scheme {url.scheme!r} refused: only file:// inside a media root (no network fetch)",
-                             sample=sample, field=where)
+            raise MediaError(
+                f"URL scheme {url.scheme!r} refused: only file:// inside a media root (no network fetch)",
+                sample=sample,
+                field=where,
+            )
         return _read_file(policy.resolve(unquote(url.path), sample=sample, where=where), policy, sample, where)
     if _is_b64_image(value):
         return _b64(value, sample, where)
@@ -141,7 +159,9 @@ def _b64(text: str, sample: int, where: str, *, start: int = 0) -> bytes:
 def _read_file(path: Path, policy: MediaPolicy, sample: int, where: str) -> bytes:
     size = path.stat().st_size
     if size > policy.max_image_bytes:
-        raise MediaError(f"image file is {size} bytes; the limit is {policy.max_image_bytes}", sample=sample, field=where)
+        raise MediaError(
+            f"image file is {size} bytes; the limit is {policy.max_image_bytes}", sample=sample, field=where
+        )
     return path.read_bytes()
 
 
@@ -157,7 +177,9 @@ def decode_image(data: bytes, policy: MediaPolicy, *, sample: int = 0, where: st
     if not data:
         raise MediaError("image data is empty", sample=sample, field=where)
     if len(data) > policy.max_image_bytes:
-        raise MediaError(f"image is {len(data)} bytes; the limit is {policy.max_image_bytes}", sample=sample, field=where)
+        raise MediaError(
+            f"image is {len(data)} bytes; the limit is {policy.max_image_bytes}", sample=sample, field=where
+        )
     formats = list(policy.image_formats)
     try:
         image = Image.open(io.BytesIO(data), formats=formats)
@@ -169,8 +191,9 @@ def decode_image(data: bytes, policy: MediaPolicy, *, sample: int = 0, where: st
     except Image.DecompressionBombError as exc:
         raise MediaError(f"image refused as a decompression bomb: {exc}", sample=sample, field=where) from exc
     except UnidentifiedImageError as exc:
-        raise MediaError(f"not a {'/'.join(formats)} image (unknown format, or a corrupt header)",
-                         sample=sample, field=where) from exc
+        raise MediaError(
+            f"not a {'/'.join(formats)} image (unknown format, or a corrupt header)", sample=sample, field=where
+        ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise MediaError(f"image is truncated or corrupt: {exc}", sample=sample, field=where) from exc
     return image if image.mode == "RGB" else image.convert("RGB")
@@ -181,8 +204,12 @@ def _check_size(size: tuple[int, int], policy: MediaPolicy, sample: int, where: 
     if width <= 0 or height <= 0:
         raise MediaError(f"image has zero size ({width}x{height})", sample=sample, field=where)
     if width * height > policy.max_image_pixels:
-        raise MediaError(f"image declares {width}x{height} = {width * height} pixels; the limit is "
-                         f"{policy.max_image_pixels} (possible decompression bomb)", sample=sample, field=where)
+        raise MediaError(
+            f"image declares {width}x{height} = {width * height} pixels; the limit is "
+            f"{policy.max_image_pixels} (possible decompression bomb)",
+            sample=sample,
+            field=where,
+        )
 
 
 def load_audio(
@@ -195,7 +222,9 @@ def load_audio(
     samples = audio.get("array", audio.get("samples"))
     rate = audio.get("sampling_rate", audio.get("sample_rate"))
     if samples is None:
-        raise MediaError("an audio part needs 'array' (1-D float samples) and 'sampling_rate'", sample=sample, field=where)
+        raise MediaError(
+            "an audio part needs 'array' (1-D float samples) and 'sampling_rate'", sample=sample, field=where
+        )
     try:
         arr = np.asarray(samples)
     except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot hold
@@ -205,13 +234,21 @@ def load_audio(
         raise MediaError(f"audio must be non-empty 1-D float samples; got {described}", sample=sample, field=where)
     if not np.isfinite(arr).all():
         bad = int(np.flatnonzero(~np.isfinite(arr))[0])
-        raise MediaError(f"audio has a NaN or infinite sample at position {bad} ({described})", sample=sample, field=where)
+        raise MediaError(
+            f"audio has a NaN or infinite sample at position {bad} ({described})", sample=sample, field=where
+        )
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
         raise MediaError(f"audio needs a positive integer sampling_rate; got {rate!r}", sample=sample, field=where)
     if expected_rate is not None and int(rate) != expected_rate:
-        raise MediaError(f"audio is sampled at {rate} Hz; this processor needs {expected_rate} Hz (resample before sending)",
-                         sample=sample, field=where)
+        raise MediaError(
+            f"audio is sampled at {rate} Hz; this processor needs {expected_rate} Hz (resample before sending)",
+            sample=sample,
+            field=where,
+        )
     if arr.size > policy.max_audio_seconds * int(rate):
-        raise MediaError(f"audio is {arr.size / int(rate):.1f} s long; the limit is {policy.max_audio_seconds} s",
-                         sample=sample, field=where)
+        raise MediaError(
+            f"audio is {arr.size / int(rate):.1f} s long; the limit is {policy.max_audio_seconds} s",
+            sample=sample,
+            field=where,
+        )
     return np.ascontiguousarray(arr, dtype=np.float32)

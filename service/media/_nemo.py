@@ -20,10 +20,16 @@ from ..tokenizers._processor import Processor
 
 __all__ = ["nemo_markers", "nemo_supervision"]
 
-_IMSTART_PROCESSORS = frozenset({
-    "Qwen2VLProcessor", "Qwen2_5_VLProcessor", "Qwen2_5OmniProcessor", "Qwen3VLProcessor", "Qwen3VLMoeProcessor",
-    "Qwen3OmniMoeProcessor",
-})
+_IMSTART_PROCESSORS = frozenset(
+    {
+        "Qwen2VLProcessor",
+        "Qwen2_5_VLProcessor",
+        "Qwen2_5OmniProcessor",
+        "Qwen3VLProcessor",
+        "Qwen3VLMoeProcessor",
+        "Qwen3OmniMoeProcessor",
+    }
+)
 _SENTINEL = "XSENTINELMARKERX"
 
 
@@ -36,7 +42,9 @@ def nemo_markers(processor: Processor) -> tuple[tuple[int, ...], int]:
         if start is not None and stop is not None and start != tok.unk_token_id:
             return (int(start), *tok.encode("assistant\n", add_special_tokens=False)), int(stop)
     user = [{"role": "user", "content": "u"}]
-    full = processor.encoder.encode_with_offsets(processor.renderer.text(user + [{"role": "assistant", "content": _SENTINEL}]))[0]
+    full = processor.encoder.encode_with_offsets(
+        processor.renderer.text(user + [{"role": "assistant", "content": _SENTINEL}])
+    )[0]
     base = processor.encoder.encode_with_offsets(processor.renderer.text(user))[0]
     sentinel = np.asarray(tok.encode(_SENTINEL, add_special_tokens=False), dtype=np.int64)
     at = _find(full, sentinel, len(base))
@@ -44,7 +52,7 @@ def nemo_markers(processor: Processor) -> tuple[tuple[int, ...], int]:
         raise TemplateError("nemo policy: the sentinel is not found in the rendered template")
     if at + len(sentinel) >= len(full):
         raise TemplateError("nemo policy: nothing follows the sentinel, so there is no stop token")
-    marker = tuple(int(i) for i in full[len(base):at])
+    marker = tuple(int(i) for i in full[len(base) : at])
     if not marker:
         raise TemplateError("nemo policy: the derived assistant marker is empty")
     return marker, int(full[at + len(sentinel)])
@@ -53,7 +61,7 @@ def nemo_markers(processor: Processor) -> tuple[tuple[int, ...], int]:
 def _find(ids: np.ndarray, pattern: np.ndarray, start: int) -> int:
     m = len(pattern)
     for i in range(start, len(ids) - m + 1):
-        if np.array_equal(ids[i:i + m], pattern):
+        if np.array_equal(ids[i : i + m], pattern):
             return i
     return -1
 
@@ -68,10 +76,10 @@ def nemo_supervision(processor: Processor, input_ids: np.ndarray) -> np.ndarray:
     stops = np.flatnonzero(ids == stop)
     resume = 0
     for i in np.flatnonzero(ids == pattern[0]):
-        if i < resume or i + m > n or not np.array_equal(ids[i:i + m], pattern):
+        if i < resume or i + m > n or not np.array_equal(ids[i : i + m], pattern):
             continue
         j = i + m
-        after = stops[np.searchsorted(stops, j):]
+        after = stops[np.searchsorted(stops, j) :]
         resume = int(after[0]) + 1 if after.size else n
         mask[j:resume] = True
     return mask

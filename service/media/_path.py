@@ -17,17 +17,17 @@ import numpy as np
 
 from feedline.proto import FeedlineError, MediaError, SampleTooLong
 
+from .._options import CollateOptions
 from ..engine._conversation import Conversation, PromptCompletion, Row
+from ..engine._sample import TokenizedSample
 from ..engine._text import capture
 from ..engine._text_labels import TextLabels
-from ._loading import MediaPolicy, load_audio, load_image
-from ._tensors import cast_pixels
-from .._options import CollateOptions
-from ..tokenizers._processor import Processor
-from ..engine._sample import TokenizedSample
 from ..engine._tokenmask import token_regions
 from ..engine._truncation import cut_sample, truncation_window
-from .families import Family, LoadedMedia, ProcessorCall, TOKEN_AXIS_KEYS, family_for
+from ..tokenizers._processor import Processor
+from ._loading import MediaPolicy, load_audio, load_image
+from ._tensors import cast_pixels
+from .families import TOKEN_AXIS_KEYS, Family, LoadedMedia, ProcessorCall, family_for
 
 __all__ = [
     "DEFAULT_MEDIA_POLICY",
@@ -44,7 +44,9 @@ DEFAULT_MEDIA_POLICY = MediaPolicy()
 MediaSupervision = Callable[[Processor, TextLabels, ProcessorCall, np.ndarray], np.ndarray]
 
 
-def default_supervision(processor: Processor, plan: TextLabels, call: ProcessorCall, media_tokens: np.ndarray) -> np.ndarray:
+def default_supervision(
+    processor: Processor, plan: TextLabels, call: ProcessorCall, media_tokens: np.ndarray
+) -> np.ndarray:
     """The default policy: the plan's supervised text in the processor's tokens, never a media token."""
     mask: np.ndarray = _shifted(plan, call).token_mask(call.text, call.starts) & ~media_tokens
     return mask
@@ -62,24 +64,31 @@ def tokenize_multimodal_rows(
     ``supervision`` is the label policy's rule for what the processor's tokens train on."""
     family = family_for(processor.hf_processor)
     policy = policy or DEFAULT_MEDIA_POLICY
-    staged = [row if isinstance(row, FeedlineError) else capture(_stage, processor, family, row, options, i, policy)
-              for i, row in rows]
+    staged = [
+        row if isinstance(row, FeedlineError) else capture(_stage, processor, family, row, options, i, policy)
+        for i, row in rows
+    ]
     ready = [(i, s) for (i, _), s in zip(rows, staged, strict=False) if not isinstance(s, FeedlineError)]
-    calls = iter(family.call_batch(processor, [s[0].text for _, s in ready], [s[1] for _, s in ready],
-                                   [i for i, _ in ready]))
+    calls = iter(
+        family.call_batch(processor, [s[0].text for _, s in ready], [s[1] for _, s in ready], [i for i, _ in ready])
+    )
     out: list[TokenizedSample | FeedlineError] = []
     for (i, _), s in zip(rows, staged, strict=False):
         if isinstance(s, FeedlineError):
             out.append(s)
             continue
         call = next(calls)
-        out.append(call if isinstance(call, FeedlineError)
-                   else capture(_label, processor, family, s, call, options, i, supervision))
+        out.append(
+            call
+            if isinstance(call, FeedlineError)
+            else capture(_label, processor, family, s, call, options, i, supervision)
+        )
     return out
 
 
-def _stage(processor: Processor, family: Family, row: Row, options: CollateOptions, index: int,
-           policy: MediaPolicy) -> tuple[TextLabels, LoadedMedia]:
+def _stage(
+    processor: Processor, family: Family, row: Row, options: CollateOptions, index: int, policy: MediaPolicy
+) -> tuple[TextLabels, LoadedMedia]:
     """Everything before the processor call: the row's media decoded, its prompt rendered and what to supervise."""
     family.check_options(options)
     row = family.prepare(row, index)
@@ -88,8 +97,15 @@ def _stage(processor: Processor, family: Family, row: Row, options: CollateOptio
     return _insert(plan, family.edit_prompt(processor, plan.text)), media
 
 
-def _label(processor: Processor, family: Family, staged: tuple[TextLabels, LoadedMedia], call: ProcessorCall,
-           options: CollateOptions, index: int, supervision: MediaSupervision) -> TokenizedSample:
+def _label(
+    processor: Processor,
+    family: Family,
+    staged: tuple[TextLabels, LoadedMedia],
+    call: ProcessorCall,
+    options: CollateOptions,
+    index: int,
+    supervision: MediaSupervision,
+) -> TokenizedSample:
     """One row's processor output labelled, cut to max_length between media items, finalised by the family."""
     plan, media = staged
     _check_media_placed(call, media, family.unplaced_media, index)
@@ -113,7 +129,9 @@ def _label(processor: Processor, family: Family, staged: tuple[TextLabels, Loade
     return dataclasses.replace(sample, media=cast_pixels(tensors, options.pixel_dtype))
 
 
-def load_media(processor: Processor, row: Conversation | PromptCompletion, policy: MediaPolicy, index: int) -> LoadedMedia:
+def load_media(
+    processor: Processor, row: Conversation | PromptCompletion, policy: MediaPolicy, index: int
+) -> LoadedMedia:
     """Decode and validate every media part, in conversation order; errors name the part."""
     if isinstance(row, PromptCompletion):
         return LoadedMedia()
@@ -125,8 +143,9 @@ def load_media(processor: Processor, row: Conversation | PromptCompletion, polic
             if part.type == "image":
                 images.append(load_image(part.payload, policy, sample=index, where=where))
             elif part.type == "audio":
-                audio.append(load_audio(part.payload, policy, expected_rate=_audio_rate(processor), sample=index,
-                                        where=where))
+                audio.append(
+                    load_audio(part.payload, policy, expected_rate=_audio_rate(processor), sample=index, where=where)
+                )
             elif part.type == "video":
                 raise MediaError("video parts are not supported by this service", sample=index, field=where)
     return LoadedMedia(images=tuple(images), audio=tuple(audio))
@@ -138,8 +157,12 @@ def _check_media_placed(call: ProcessorCall, media: LoadedMedia, unplaced: froze
     for kind, given in (("image", len(media.images)), ("audio", len(media.audio))):
         placed = call.media_kinds.count(kind)
         if placed != given and kind not in unplaced:
-            raise MediaError(f"{given} {kind} part(s) but the processor placed {placed}: this processor (or its chat "
-                             f"template) does not take {kind} input here", sample=index, field="messages")
+            raise MediaError(
+                f"{given} {kind} part(s) but the processor placed {placed}: this processor (or its chat "
+                f"template) does not take {kind} input here",
+                sample=index,
+                field="messages",
+            )
 
 
 def _audio_rate(processor: Processor) -> int | None:
@@ -166,15 +189,22 @@ def _insert(plan: TextLabels, edits: list[tuple[int, str]]) -> TextLabels:
         pieces += [plan.text[cursor:p], t]
         cursor = p
     pieces.append(plan.text[cursor:])
+
     def spans(ss: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
         return tuple(zip(move([s[0] for s in ss]), move([s[1] for s in ss]), strict=True))
 
-    return dataclasses.replace(plan, text="".join(pieces), supervise=spans(plan.supervise), holes=spans(plan.holes),
-                               regions=tuple(move(plan.regions)))
+    return dataclasses.replace(
+        plan,
+        text="".join(pieces),
+        supervise=spans(plan.supervise),
+        holes=spans(plan.holes),
+        regions=tuple(move(plan.regions)),
+    )
 
 
 def _shifted(plan: TextLabels, call: ProcessorCall) -> TextLabels:
     """The plan's character spans moved into the processor's expanded text."""
+
     def move(spans: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
         if not spans:
             return ()
@@ -217,7 +247,9 @@ def media_window(sample: TokenizedSample, options: CollateOptions) -> slice | No
     return slice(lo, hi)
 
 
-def _limit_length(sample: TokenizedSample, family: Family, options: CollateOptions, index: int) -> tuple[TokenizedSample, int]:
+def _limit_length(
+    sample: TokenizedSample, family: Family, options: CollateOptions, index: int
+) -> tuple[TokenizedSample, int]:
     """Cut to max_length from the chosen side, never inside a media span; returns the sample and images dropped."""
     limit, n = options.max_length, sample.num_tokens
     if limit is None or n <= limit:
@@ -226,8 +258,9 @@ def _limit_length(sample: TokenizedSample, family: Family, options: CollateOptio
         raise SampleTooLong(f"{n} tokens exceed max_length {limit} (exact count after media expansion)", sample=index)
     window = media_window(sample, options)
     if window is None:
-        raise SampleTooLong(f"{n} tokens exceed max_length {limit} and only images can be dropped by truncation",
-                            sample=index)
+        raise SampleTooLong(
+            f"{n} tokens exceed max_length {limit} and only images can be dropped by truncation", sample=index
+        )
     lo, hi = window.start, window.stop
     image_keep = np.asarray([lo <= a and b <= hi for a, b, kind in sample.media_spans if kind == "image"], dtype=bool)
     tensors = dict(sample.media)
@@ -237,6 +270,7 @@ def _limit_length(sample: TokenizedSample, family: Family, options: CollateOptio
     dropped = int((~image_keep).sum())
     cut = cut_sample(sample, window, options, media=tensors)
     if dropped:
-        cut = dataclasses.replace(cut, warnings=cut.warnings + (
-            f"truncation dropped {dropped} whole image(s) rather than cut inside one",))
+        cut = dataclasses.replace(
+            cut, warnings=cut.warnings + (f"truncation dropped {dropped} whole image(s) rather than cut inside one",)
+        )
     return cut, dropped

@@ -15,11 +15,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from feedline.proto import LabelFormat
-from feedline.proto._codec import float32_to_bfloat16 as bf16_bits
 from feedline.proto._codec import bfloat16_to_float32 as from_bf16_bits
+from feedline.proto._codec import float32_to_bfloat16 as bf16_bits
 
-from ..engine._sample import TokenizedSample
-from ..engine._sample import TOKEN_AXIS_KEYS
+from ..engine._sample import TOKEN_AXIS_KEYS, TokenizedSample
 
 __all__ = ["batch_media", "bf16_bits", "cast_pixels", "from_bf16_bits", "wire_dtypes"]
 
@@ -111,7 +110,7 @@ def _one_view(parts: Sequence[np.ndarray]) -> np.ndarray | None:
             return None
         end += p.nbytes
     shape = (sum(p.shape[0] for p in parts), *first.shape[1:])
-    strides = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * first.itemsize for i in range(len(shape)))
+    strides = tuple(int(np.prod(shape[i + 1 :], dtype=np.int64)) * first.itemsize for i in range(len(shape)))
     return np.lib.stride_tricks.as_strided(first, shape=shape, strides=strides)
 
 

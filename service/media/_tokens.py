@@ -29,9 +29,11 @@ def estimate_media_tokens(processor: Processor, width: int, height: int) -> int:
     hf = processor.hf_processor
     rule = getattr(hf, "_get_num_multimodal_tokens", None)
     if rule is None:
-        raise FeedlineError(f"{type(hf).__name__} has no size-to-tokens rule (transformers' "
-                            "_get_num_multimodal_tokens), so media tokens cannot be estimated before processing",
-                            field="processor")
+        raise FeedlineError(
+            f"{type(hf).__name__} has no size-to-tokens rule (transformers' "
+            "_get_num_multimodal_tokens), so media tokens cannot be estimated before processing",
+            field="processor",
+        )
     try:
         counts = rule(image_sizes=[(int(height), int(width))])
     except PROCESSOR_ERRORS as exc:

@@ -71,7 +71,7 @@ class TokenAuth:
         """Whether an ``authorization`` value is ``Bearer <an accepted token>`` (constant time per token)."""
         if not authorization or authorization[: len(_PREFIX)].lower() != _PREFIX:
             return False
-        presented = _digest(authorization[len(_PREFIX):].strip())
+        presented = _digest(authorization[len(_PREFIX) :].strip())
         matched = False
         for digest in self._digests:  # no early exit: every token is compared
             matched |= hmac.compare_digest(presented, digest)
@@ -160,8 +160,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.auth = auth
         self.error_key = error_key
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-                          details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None or details.method in AUTH_EXEMPT_METHODS:
             return handler
@@ -176,7 +179,9 @@ def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-def _refusing(handler: grpc.RpcMethodHandler[Any, Any], method: str, rid: str, error_key: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, rid: str, error_key: str
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that aborts every call with UNAUTHENTICATED."""
     exc = Unauthenticated("missing or unaccepted bearer token (metadata 'authorization: Bearer <token>')")
 
@@ -197,8 +202,9 @@ def _refusing(handler: grpc.RpcMethodHandler[Any, Any], method: str, rid: str, e
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
     build = kinds[(handler.request_streaming, handler.response_streaming)]
-    return build(refuse, request_deserializer=handler.request_deserializer,
-                 response_serializer=handler.response_serializer)
+    return build(
+        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------------
@@ -221,6 +227,7 @@ class BearerAuth:
             return
         exc = Unauthenticated("missing or unaccepted bearer token (header 'Authorization: Bearer <token>')")
         observe_error("http", exc.kind)
-        response = JSONResponse({"error": error_body(exc)}, status_code=401,
-                                headers={"www-authenticate": 'Bearer realm="feedline"'})
+        response = JSONResponse(
+            {"error": error_body(exc)}, status_code=401, headers={"www-authenticate": 'Bearer realm="feedline"'}
+        )
         await response(scope, receive, send)

@@ -8,6 +8,8 @@ A YAML file::
     workers: 2
     media_roots: [/data/media]
     data_roots: [/data/datasets]
+    data_urls: [s3://my-bucket/datasets]   # object-store prefixes StreamDataset may read (none by default)
+    dataset_cache_dir: /var/cache/feedline   # JSONL line indexes (default ~/.cache/feedline)
     grace_period_s: 30
     allow_hub: false       # processors by hub id (off: directories and built-in names only, nothing fetched)
     limits: {max_request_bytes: 67108864, max_samples_per_request: 4096, max_chars_per_sample: 1000000,
@@ -19,7 +21,8 @@ A YAML file::
 Environment variables (12-factor, for containers) override the file: ``FEEDLINE_HOST``, ``FEEDLINE_GRPC_PORT``,
 ``FEEDLINE_HTTP_PORT``, ``FEEDLINE_WORKERS``, ``FEEDLINE_GRACE_PERIOD_S``, ``FEEDLINE_LOG_LEVEL``,
 ``FEEDLINE_ALLOW_HUB``,
-``FEEDLINE_MEDIA_ROOTS`` / ``FEEDLINE_DATA_ROOTS`` (os.pathsep-separated), and one per limit,
+``FEEDLINE_MEDIA_ROOTS`` / ``FEEDLINE_DATA_ROOTS`` (os.pathsep-separated), ``FEEDLINE_DATA_URLS``
+(space-separated), ``FEEDLINE_DATASET_CACHE_DIR``, and one per limit,
 ``FEEDLINE_<LIMIT NAME IN CAPITALS>`` (e.g. ``FEEDLINE_MAX_REQUEST_BYTES``). Security (service/server/_auth.py):
 ``FEEDLINE_AUTH_TOKEN_FILE``, ``FEEDLINE_TLS_CERT``, ``FEEDLINE_TLS_KEY``, ``FEEDLINE_TLS_CLIENT_CA``.
 """
@@ -34,7 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUILTIN_DEFAULT", "ConfigError", "Limits", "ProcessorSpec", "ServeConfig", "load_config"]
+__all__ = [
+    "BUILTIN_DEFAULT",
+    "ConfigError",
+    "Limits",
+    "ProcessorSpec",
+    "ServeConfig",
+    "default_cache_dir",
+    "load_config",
+]
 
 BUILTIN_DEFAULT = "qwen2.5"
 """Name and source of the processor served when none is configured."""
@@ -87,6 +98,7 @@ class Limits:
     max_in_flight_per_stream: int = 4
     max_frame_bytes: int = 1 << 20
     max_message_bytes: int = 256 << 20
+    max_dataset_streams: int = 128  # StreamDataset calls at once per process (each has its own thread)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -94,8 +106,9 @@ class Limits:
             seconds = f.name == "max_request_seconds"  # the one limit that may be fractional
             kinds = (int, float) if seconds else (int,)
             if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-                raise ConfigError(f"limits.{f.name} must be a positive {'number' if seconds else 'integer'}, "
-                                  f"not {value!r}")
+                raise ConfigError(
+                    f"limits.{f.name} must be a positive {'number' if seconds else 'integer'}, not {value!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,8 @@ class ServeConfig:
     processors: tuple[ProcessorSpec, ...] = ()
     media_roots: tuple[Path, ...] = ()
     data_roots: tuple[Path, ...] = ()
+    data_urls: tuple[str, ...] = ()
+    dataset_cache_dir: Path = field(default_factory=lambda: default_cache_dir())
     grace_period_s: float = 30.0
     keepalive_time_s: float = 30.0
     max_connection_age_s: float = 300.0
@@ -150,7 +165,12 @@ _SCALARS = {
 }
 _PATH_LISTS = ("media_roots", "data_roots")
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_PATHS = ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca")
+_PATHS = ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca", "dataset_cache_dir")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/feedline`` (``~/.cache/feedline``): where dataset line indexes are kept."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "feedline"
 
 
 def load_config(
@@ -194,12 +214,15 @@ def _from_env(env: Mapping[str, str], file_limits: Any) -> dict[str, Any]:
         if raw:
             out[key] = [p for p in raw.split(os.pathsep) if p]
     out.update({key: env[f"FEEDLINE_{key.upper()}"] for key in _PATHS if env.get(f"FEEDLINE_{key.upper()}")})
+    if env.get("FEEDLINE_DATA_URLS"):
+        out["data_urls"] = env["FEEDLINE_DATA_URLS"].split()
     limits = dict(file_limits) if isinstance(file_limits, dict) else {}
     for f in dataclasses.fields(Limits):
         raw = env.get(f"FEEDLINE_{f.name.upper()}")
         if raw:
-            limits[f.name] = _convert(float if f.name == "max_request_seconds" else int, raw,
-                                      f"FEEDLINE_{f.name.upper()}")
+            limits[f.name] = _convert(
+                float if f.name == "max_request_seconds" else int, raw, f"FEEDLINE_{f.name.upper()}"
+            )
     if limits:
         out["limits"] = limits
     return out
@@ -236,11 +259,19 @@ def _build(data: dict[str, Any]) -> ServeConfig:
             if not isinstance(values[key], (str, Path)):
                 raise ConfigError(f"{key} must be a file path, not {values[key]!r}")
             values[key] = Path(values[key]).expanduser()
+    if "data_urls" in values:
+        values["data_urls"] = tuple(_url(u) for u in _as_list(values["data_urls"], "data_urls"))
     if "processors" in values:
         values["processors"] = _processors(values["processors"])
     if "limits" in values:
         values["limits"] = _limits(values["limits"])
     return ServeConfig(**values)
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigError(f"data_urls entries must be URLs such as s3://bucket/prefix, not {value!r}")
+    return value.rstrip("/")
 
 
 def _as_list(value: Any, key: str) -> list[Any]:

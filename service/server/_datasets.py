@@ -1,37 +1,68 @@
 """Server-side datasets: rows read by index from files every replica can see, and the epoch plan over them.
 
 A batch is named by (dataset fingerprint, plan, batch index). The plan fixes a global order per epoch
-(a seeded permutation), cuts it into global steps of ``batch_size * world_size`` samples and gives rank
-``r`` the r-th slice of every step, so every rank has the same number of batches, every sample is visited
-exactly once per epoch, and the same request gives the same rows on any replica.
+(``EpochOrder``, seeded by (seed, epoch)), cuts it into global steps of ``batch_size * world_size`` samples
+and gives rank ``r`` the r-th slice of every step, so every rank has the same number of batches, every
+sample is visited exactly once per epoch, and the same request gives the same rows on any replica.
+
+A dataset is opened once per process (a lock per location, so simultaneous first requests share one open),
+from metadata only (see ``datasets._files`` and ``datasets._readers``), and reused while its files' sizes and
+mtimes stay the same. A mixture (``Mixture``) draws from several datasets in set proportions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-from collections.abc import Mapping, Sequence
-from functools import lru_cache
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from feedline.proto import FeedlineError, InvalidOptions, InvalidSample, ResumeStateError
+from feedline.proto import FeedlineError, FingerprintMismatch, InvalidOptions, InvalidSample, ResumeStateError
 from feedline.proto._plan import DatasetPlan
 
-__all__ = ["DatasetPlan", "RowSource", "batch_rows", "num_batches", "open_dataset", "resolve_inside"]
+from .datasets._files import Location, fingerprint, locate, resolve_inside
+from .datasets._order import EpochOrder, Permutation
+from .datasets._readers import BlockCache, Reader, open_reader
 
-_HASH_CHUNK = 1 << 20
+__all__ = [
+    "DataAccess",
+    "DatasetPlan",
+    "Mixture",
+    "MixturePart",
+    "RowSource",
+    "batch_positions",
+    "batch_rows",
+    "check_fingerprint",
+    "num_batches",
+    "open_dataset",
+    "open_mixture",
+    "resolve_inside",
+    "resume_batch_index",
+]
+
+CACHE_BYTES = 64 << 20
+"""Decoded blocks (Parquet row groups, remote byte ranges) kept per process; windows of the epoch order fit in it."""
+
+_BLOCKS = BlockCache(CACHE_BYTES)
+_REVALIDATE_S = 5.0
+_MIX_CHUNK = 4096
+_MIX_SALT = 0x6D6978
 
 
-def epoch_order(n: int, plan: DatasetPlan) -> np.ndarray:
-    """The global visiting order of one epoch: a permutation seeded by (seed, epoch), or 0..n-1."""
-    if not plan.shuffle:
-        return np.arange(n, dtype=np.int64)
-    rng = np.random.Generator(np.random.PCG64([plan.seed, plan.epoch]))
-    return rng.permutation(n).astype(np.int64)
+@dataclass(frozen=True)
+class DataAccess:
+    """What a server may read: local roots, allowed object-store URL prefixes, where line indexes are cached."""
+
+    roots: tuple[Path, ...] = ()
+    urls: tuple[str, ...] = ()
+    cache_dir: Path | None = None
 
 
 def num_batches(n: int, plan: DatasetPlan) -> int:
@@ -40,8 +71,8 @@ def num_batches(n: int, plan: DatasetPlan) -> int:
     return full + (1 if rest and not plan.drop_last else 0)
 
 
-def batch_rows(n: int, plan: DatasetPlan, batch_index: int) -> np.ndarray:
-    """Sample indices of this rank's batch ``batch_index``.
+def batch_positions(n: int, plan: DatasetPlan, batch_index: int) -> np.ndarray:
+    """Epoch positions of this rank's batch ``batch_index``.
 
     In the last, partial global step the remaining samples are split as evenly as possible over the ranks
     (a rank may get an empty batch rather than a repeated sample).
@@ -49,12 +80,20 @@ def batch_rows(n: int, plan: DatasetPlan, batch_index: int) -> np.ndarray:
     total = num_batches(n, plan)
     if not 0 <= batch_index < total:
         raise InvalidOptions(f"batch index {batch_index} is outside 0..{total - 1}", field="start_batch_index")
-    order = epoch_order(n, plan)
-    step = order[batch_index * plan.global_batch : (batch_index + 1) * plan.global_batch]
-    if step.shape[0] == plan.global_batch:
-        return step[plan.rank * plan.batch_size : (plan.rank + 1) * plan.batch_size]
-    bounds = np.linspace(0, step.shape[0], plan.world_size + 1).astype(np.int64)
-    return step[bounds[plan.rank] : bounds[plan.rank + 1]]
+    start = batch_index * plan.global_batch
+    width = min(plan.global_batch, n - start)
+    if width == plan.global_batch:
+        lo, hi = plan.rank * plan.batch_size, (plan.rank + 1) * plan.batch_size
+    else:
+        bounds = np.linspace(0, width, plan.world_size + 1).astype(np.int64)
+        lo, hi = int(bounds[plan.rank]), int(bounds[plan.rank + 1])
+    return np.arange(start + lo, start + hi, dtype=np.int64)
+
+
+def batch_rows(n: int, plan: DatasetPlan, batch_index: int, order: EpochOrder | None = None) -> np.ndarray:
+    """Row indices of this rank's batch ``batch_index`` (``order``: the dataset's; default all rows shuffled)."""
+    order = order or EpochOrder([n], seed=plan.seed, epoch=plan.epoch, shuffle=plan.shuffle)
+    return order.rows(batch_positions(n, plan, batch_index))
 
 
 def resume_batch_index(samples_consumed: int, plan: DatasetPlan) -> int:
@@ -68,135 +107,222 @@ def resume_batch_index(samples_consumed: int, plan: DatasetPlan) -> int:
 
 
 class RowSource:
-    """Rows of a JSONL file, a Parquet file, or a saved HF `datasets` directory, read by index."""
+    """The rows of one dataset (one or many files of one format), read by global index."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fingerprint = _fingerprint(path)
-        self._reader = _reader_for(path)
+    def __init__(self, location: Location, cache_dir: Path | None, blocks: BlockCache = _BLOCKS) -> None:
+        self.location = location
+        files = location.files
+        with ThreadPoolExecutor(min(16, len(files))) as pool:  # object stores: overlap the round trips
+            samples = list(pool.map(lambda f: f.head_tail(), files))
+            digests = [
+                hashlib.sha256(f"{f.size}".encode() + s).hexdigest()[:32] for f, s in zip(files, samples, strict=True)
+            ]
+            index_dir = cache_dir / "lines" if cache_dir else None
+            self._readers: list[Reader] = list(
+                pool.map(
+                    lambda fd: open_reader(location.kind, fd[0], fd[1], blocks, index_dir),
+                    zip(files, digests, strict=True),
+                )
+            )
+        self.fingerprint = fingerprint(location, samples)
+        sizes = np.array([r.num_rows for r in self._readers], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._block_rows = np.concatenate([r.block_rows for r in self._readers] or [np.zeros(0, np.int64)])
+        block_bytes = float(sum(int(r.block_bytes.sum()) for r in self._readers))
+        self.random_access = all(r.random_access for r in self._readers)
+        # Windows of the epoch order hold a quarter of the block cache by the footers' byte counts: decoded
+        # Arrow tables measure up to ~2x Parquet's uncompressed sizes, so a window's blocks stay cached.
+        per_row = block_bytes / max(1, len(self))
+        self._window = None if self.random_access else max(1, int(blocks.max_bytes // 4 / max(per_row, 1.0)))
+        self._orders: OrderedDict[tuple[Any, ...], EpochOrder] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._reader)
+        return int(self._starts[-1])
 
-    def rows(self, indices: Sequence[int]) -> list[Mapping[str, Any]]:
-        """The rows at ``indices``; a row that cannot be read names its dataset row and its batch position."""
-        out = []
-        for position, i in enumerate(indices):
-            try:
-                out.append(self._reader[int(i)])
-            except FeedlineError as exc:
-                raise exc.at_sample(position) from None
+    def order(self, seed: int, epoch: int, shuffle: bool, salt: Sequence[int] = ()) -> EpochOrder:
+        """The epoch order for (seed, epoch): built once (O(blocks)) and kept for the next batches."""
+        key = (seed, epoch, shuffle, *salt)
+        with self._lock:
+            order = self._orders.get(key)
+            if order is None:
+                order = EpochOrder(
+                    self._block_rows, seed=seed, epoch=epoch, shuffle=shuffle, window_rows=self._window, salt=salt
+                )
+                self._orders[key] = order
+                while len(self._orders) > 8:
+                    self._orders.popitem(last=False)
+            return order
+
+    def rows(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
+        """The rows at ``indices``; a row that cannot be decoded raises InvalidSample naming its dataset row."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(self._readers) == 1:
+            return self._read(0, indices)
+        which = np.searchsorted(self._starts, indices, side="right") - 1
+        out: list[Any] = [None] * len(indices)
+        for f in np.unique(which).tolist():
+            sel = np.flatnonzero(which == f)
+            for pos, row in zip(sel.tolist(), self._read(f, indices[sel]), strict=True):
+                out[pos] = row
         return out
 
+    def _read(self, file: int, indices: np.ndarray) -> list[Any]:
+        base = int(self._starts[file])
+        try:
+            return self._readers[file].rows(indices - base)
+        except FeedlineError as exc:
+            raise exc.at_sample(base + exc.sample) if exc.sample is not None else exc from None
 
-_DATA_ROOT_HINT = ("Datasets are read only inside the data roots: start the server with --data-root DIR (config "
-                   "data_roots, env FEEDLINE_DATA_ROOTS) and name the dataset by its path relative to that directory")
+
+@dataclass(frozen=True)
+class MixturePart:
+    """One dataset of a mixture: its path, an optional fingerprint pin, a weight and a repeat factor."""
+
+    path: str
+    fingerprint: str = ""
+    weight: float = 0.0
+    repeat: float = 1.0
 
 
-def open_dataset(path: str, roots: Sequence[Path]) -> RowSource:
-    """Open a dataset that resolves inside one of ``roots``; the same file is opened once per process."""
-    resolved = resolve_inside(path, roots, field="dataset.path")
-    stat = resolved.stat()
+class Mixture:
+    """Rows drawn from several datasets in fixed proportions, as one index space of ``len(self)`` slots.
+
+    Per epoch, dataset ``d`` fills ``round(len(d) * repeat_d)`` slots; with weights, the slots are instead
+    split in proportion to the weights over the same total. Slots past a dataset's size start another pass
+    in a new order. The epoch interleaves the datasets evenly: every chunk of ~4096 positions holds each
+    dataset's share (exact by floor apportionment), shuffled within the chunk. Positions map to (dataset,
+    row) statelessly, so a mixture is resumed and resized like a single dataset.
+    """
+
+    def __init__(self, sources: Sequence[RowSource], parts: Sequence[MixturePart]) -> None:
+        self.sources = list(sources)
+        sizes = np.array([len(s) for s in sources], dtype=np.float64)
+        scaled = sizes * np.array([p.repeat for p in parts])
+        weights = np.array([p.weight for p in parts])
+        if weights.any():
+            scaled = weights / weights.sum() * scaled.sum()
+        self.counts = np.rint(scaled).astype(np.int64)
+        for part, size, count in zip(parts, sizes, self.counts, strict=True):
+            if count and not size:
+                raise InvalidSample(
+                    f"{part.path!r} is empty but the mixture draws {count} rows from it", field="mixture"
+                )
+        total = int(self.counts.sum())
+        edges = np.minimum(np.arange(0, total + _MIX_CHUNK, _MIX_CHUNK), total)
+        self._before = (self.counts[:, None] * edges[None, :]) // max(total, 1)  # (datasets, chunks + 1)
+        self._chunks = self._before.sum(axis=0)
+        described = [(s.fingerprint, p.weight, p.repeat) for s, p in zip(sources, parts, strict=True)]
+        self.fingerprint = hashlib.sha256(repr(described).encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+    def locate(self, positions: np.ndarray, plan: DatasetPlan) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset index, row within it) of each epoch position."""
+        chunk = np.searchsorted(self._chunks, positions, side="right") - 1
+        offset = positions - self._chunks[chunk]
+        part = np.empty_like(positions)
+        slot = np.empty_like(positions)
+        for c in np.unique(chunk).tolist():
+            sel = chunk == c
+            share = self._before[:, c + 1] - self._before[:, c]
+            q = offset[sel]
+            if plan.shuffle:
+                q = Permutation(int(share.sum()), (plan.seed, plan.epoch, _MIX_SALT, c))(q)
+            cum = np.concatenate([[0], np.cumsum(share)])
+            d = np.searchsorted(cum, q, side="right") - 1
+            part[sel], slot[sel] = d, self._before[d, c] + q - cum[d]
+        rows = np.empty_like(positions)
+        for d in np.unique(part).tolist():
+            sel = part == d
+            size = len(self.sources[d])
+            passes, within = np.divmod(slot[sel], size)
+            got = np.empty_like(within)
+            for p in np.unique(passes).tolist():
+                order = self.sources[d].order(plan.seed, plan.epoch, plan.shuffle, salt=(_MIX_SALT, d, p))
+                got[passes == p] = order.rows(within[passes == p])
+            rows[sel] = got
+        return part, rows
+
+
+def open_dataset(
+    path: str, roots: Sequence[Path], *, urls: Sequence[str] = (), cache_dir: Path | None = None
+) -> RowSource:
+    """Open the dataset ``path`` names inside ``roots`` / ``urls``; each is opened once per process."""
     try:
-        return _open_cached(resolved, stat.st_mtime_ns, stat.st_size)
+        return _OPENED.get(_located(path, tuple(roots), tuple(urls)), cache_dir)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
         raise InvalidSample(f"{path!r} cannot be read as a dataset: {exc}", field="dataset.path") from exc
 
 
-@lru_cache(maxsize=16)
-def _open_cached(path: Path, mtime_ns: int, size: int) -> RowSource:
-    return RowSource(path)
+def _located(path: str, roots: tuple[Path, ...], urls: tuple[str, ...]) -> Location:
+    """``locate``'s answer; an object-store listing (a round trip) is reused for a few seconds."""
+    if "://" not in path:
+        return locate(path, roots, urls)
+    key = (path, roots, urls)
+    now = time.monotonic()
+    with _LOCATED_LOCK:
+        hit = _LOCATED.get(key)
+    if hit is not None and now - hit[1] < _REVALIDATE_S:
+        return hit[0]
+    location = locate(path, roots, urls)
+    with _LOCATED_LOCK:
+        _LOCATED[key] = (location, now)
+        while len(_LOCATED) > 256:
+            _LOCATED.popitem(last=False)
+    return location
 
 
-def resolve_inside(path: str, roots: Sequence[Path], *, field: str) -> Path:
-    """The real path of ``path`` if it lies inside one of ``roots`` (symlinks resolved), else InvalidSample."""
-    if not roots:
-        raise InvalidSample("the server has no data root configured", field=field, hint=_DATA_ROOT_HINT)
-    if "\x00" in path:
-        raise InvalidSample("a path cannot contain a NUL character", field=field)
-    for root in roots:
-        real_root = Path(os.path.realpath(root))
-        candidate = Path(os.path.realpath(real_root / path))
-        if candidate.is_relative_to(real_root) and candidate.exists():
-            return candidate
-    raise InvalidSample(f"{path!r} does not resolve to an existing file inside the server's data roots", field=field,
-                        hint=_DATA_ROOT_HINT)
+def open_mixture(parts: Sequence[MixturePart], access: DataAccess) -> Mixture:
+    """Open every dataset of a mixture (each pinned fingerprint checked) and combine them."""
+    if any(p.weight < 0 or p.repeat < 0 for p in parts):
+        raise InvalidOptions("weights and repeats must be >= 0", field="mixture")
+    if any(p.weight for p in parts) and not all(p.weight for p in parts):
+        raise InvalidOptions("give a weight to every dataset of the mixture or to none", field="mixture.weight")
+    sources = [open_dataset(p.path, access.roots, urls=access.urls, cache_dir=access.cache_dir) for p in parts]
+    for part, source in zip(parts, sources, strict=True):
+        check_fingerprint(source.fingerprint, part.fingerprint, part.path)
+    return Mixture(sources, parts)
 
 
-def _fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
-                h.update(chunk)
-    return h.hexdigest()
+def check_fingerprint(actual: str, pinned: str, path: str) -> None:
+    if pinned and pinned != actual:
+        raise FingerprintMismatch(
+            f"dataset {path!r} has fingerprint {actual}, the request pinned {pinned}", field="dataset.fingerprint"
+        )
 
 
-def _reader_for(path: Path) -> Sequence[Mapping[str, Any]]:
-    if path.is_dir():
-        return _ArrowRows(path)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+class _OpenDatasets:
+    """Opened datasets by location (bounded LRU); one lock per location so a dataset is opened once."""
 
-        return _TableRows(pq.read_table(path))
-    return _JsonlRows(path)
+    def __init__(self, capacity: int = 16) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, RowSource] = OrderedDict()
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.opens = 0
 
-
-class _JsonlRows(Sequence[Mapping[str, Any]]):
-    """JSONL rows by index through an index of line offsets (built once)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        offsets = []
-        with path.open("rb") as fh:
-            pos = 0
-            for line in fh:
-                if line.strip():
-                    offsets.append(pos)
-                pos += len(line)
-        self._offsets = np.asarray(offsets, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return int(self._offsets.shape[0])
-
-    def __getitem__(self, i: int) -> Mapping[str, Any]:  # type: ignore[override]
-        with self._path.open("rb") as fh:
-            fh.seek(int(self._offsets[i]))
-            line = fh.readline()
-        try:
-            row: Mapping[str, Any] = json.loads(line)
-        except ValueError as exc:
-            raise InvalidSample(f"dataset line is not JSON: {exc}", row=i) from exc
-        return row
+    def get(self, location: Location, cache_dir: Path | None) -> RowSource:
+        key = f"{location.key}|{cache_dir}"
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.location.stamp == location.stamp:
+                with self._lock:
+                    self._entries.move_to_end(key)
+                return entry
+            source = RowSource(location, cache_dir)
+            self.opens += 1
+            with self._lock:
+                self._entries[key] = source
+                while len(self._entries) > self._capacity:
+                    old, _ = self._entries.popitem(last=False)
+                    self._locks.pop(old, None)
+            return source
 
 
-class _TableRows(Sequence[Mapping[str, Any]]):
-    """Rows of an Arrow table (Parquet, or a saved HF dataset)."""
-
-    def __init__(self, table: Any) -> None:
-        self._table = table
-
-    def __len__(self) -> int:
-        return int(self._table.num_rows)
-
-    def __getitem__(self, i: int) -> Mapping[str, Any]:  # type: ignore[override]
-        row: Mapping[str, Any] = self._table.slice(i, 1).to_pylist()[0]
-        return row
-
-
-class _ArrowRows(_TableRows):
-    """A directory written by HF `datasets.Dataset.save_to_disk` (Arrow stream files)."""
-
-    def __init__(self, path: Path) -> None:
-        import pyarrow as pa
-
-        files = sorted(path.glob("*.arrow"))
-        if not files:
-            raise InvalidSample(f"{path.name} holds no .arrow files (not a saved HF dataset)", field="dataset.path")
-        tables = []
-        for file in files:
-            with pa.memory_map(str(file)) as source:
-                tables.append(pa.ipc.open_stream(source).read_all())
-        super().__init__(pa.concat_tables(tables))
+_OPENED = _OpenDatasets()
+_LOCATED: OrderedDict[tuple[str, tuple[Path, ...], tuple[str, ...]], tuple[Location, float]] = OrderedDict()
+_LOCATED_LOCK = threading.Lock()

@@ -25,21 +25,22 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from feedline.proto import CodecError, FeedlineError, FingerprintMismatch, InvalidOptions, encode_batch, split_frames
-from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, SERVICE_NAME, feedline_pb2 as pb
+from feedline.proto import CodecError, FeedlineError, ServiceUnavailable
+from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, RESUME_METADATA_KEY, SERVICE_NAME
+from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
 from ._caps import Deadline
 from ._config import Limits
 from ._cpus import available_cpus
-from ._datasets import DatasetPlan, batch_rows, num_batches, open_dataset
+from ._datasets import DatasetPlan, MixturePart
 from ._errors import brief, error_body, status_for
 from ._logging import new_request_id, request_id
 from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
-from ._requests import CollateResult, from_first_row, parse_rows, run_collate
+from ._requests import CollateResult, DatasetRequest, DatasetStream, from_first_row, parse_rows, run_collate
 
-__all__ = ["collate_threads_for", "create_server", "drain_server", "options_from_proto"]
+__all__ = ["collate_threads_for", "create_server", "dataset_request", "drain_server", "options_from_proto"]
 
 _LOGGER = logging.getLogger("feedline.service.grpc")
 _OPTION_FIELDS = tuple(f.name for f in pb.CollateOptions.DESCRIPTOR.fields if f.name != "packing")
@@ -63,14 +64,17 @@ def create_server(
     max_connection_age_grace_s: float = 600.0,
     auth: TokenAuth | None = None,
     tls: TlsFiles | None = None,
+    dataset_chunk_s: float = 30.0,
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a server bound to ``address`` ("127.0.0.1:0" picks a port); return it and its port.
 
     Health (``grpc.health.v1``) reports SERVING while every processor is loaded and the state is not
     draining; reflection lists the feedline, health and reflection services. With ``auth``, calls other than
     health checks need a bearer token; with ``tls``, the port speaks TLS (mutual TLS if it names a client CA).
-    ``max_workers`` bounds the calls served at once (a stream holds one thread while it lasts);
-    ``collate_threads`` is the number of batches collated at once, by default ``collate_threads_for(1)``.
+    ``max_workers`` bounds the calls served at once (a stream holds one thread while it lasts); dataset
+    streams have ``limits.max_dataset_streams`` threads beside those, and each call serves for about
+    ``dataset_chunk_s`` seconds before the client continues with a new one. ``collate_threads`` is the number
+    of batches collated at once, by default ``collate_threads_for(1)``; dataset streams queue there too.
     """
     state = state or ServingState(registry, limits=limits)
     limits = state.limits
@@ -89,10 +93,15 @@ def create_server(
     # One value per key, the server's winning: gRPC core keeps the first of duplicate keys, which let
     # CHANNEL_OPTIONS' 256 MiB override max_request_bytes and max_message_bytes.
     options = list({**dict(CHANNEL_OPTIONS), **dict(server_options)}.items())
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc"), options=options,
-                         interceptors=[AuthInterceptor(auth, ERROR_METADATA_KEY)] if auth else None)
-    collate_pool = futures.ThreadPoolExecutor(collate_threads or collate_threads_for(1), thread_name_prefix="collate")
-    servicer = _FeedlineServicer(state, collate_pool)
+    threads = max_workers + limits.max_dataset_streams  # dataset streams never take the last of max_workers
+    server = grpc.server(
+        futures.ThreadPoolExecutor(threads, thread_name_prefix="grpc"),
+        options=options,
+        interceptors=[AuthInterceptor(auth, ERROR_METADATA_KEY)] if auth else None,
+    )
+    collate_threads = collate_threads or collate_threads_for(1)
+    collate_pool = futures.ThreadPoolExecutor(collate_threads, thread_name_prefix="collate")
+    servicer = _FeedlineServicer(state, collate_pool, collate_threads, dataset_chunk_s)
     server.add_generic_rpc_handlers((servicer.handler(),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -133,6 +142,32 @@ def options_from_proto(message: pb.CollateOptions) -> dict[str, Any]:
     return out
 
 
+def dataset_request(message: pb.StreamDatasetRequest, frame_bytes: int) -> DatasetRequest:
+    """The StreamDataset request as the wire-independent DatasetRequest (plan validated)."""
+    mixture = bool(message.mixture)
+    refs = list(message.mixture) if mixture else [message.dataset]
+    plan = DatasetPlan(
+        seed=message.seed,
+        epoch=message.epoch,
+        shuffle=message.shuffle,
+        batch_size=message.batch_size or 1,
+        drop_last=message.drop_last,
+        rank=message.rank,
+        world_size=message.world_size or 1,
+    )
+    return DatasetRequest(
+        parts=tuple(MixturePart(r.path, r.fingerprint, r.weight, r.repeat or 1.0) for r in refs),
+        mixture=mixture,
+        plan=plan,
+        start=message.start_batch_index,
+        max_batches=message.max_batches,
+        processor=message.processor,
+        processor_fingerprint=message.processor_fingerprint,
+        options=options_from_proto(message.options),
+        frame_bytes=frame_bytes,
+    )
+
+
 def _integral(value: Any) -> Any:
     """protobuf Struct holds numbers as doubles: give whole numbers back as ints."""
     if isinstance(value, float) and value.is_integer():
@@ -145,21 +180,39 @@ def _integral(value: Any) -> Any:
 
 
 class _FeedlineServicer:
-    def __init__(self, state: ServingState, pool: futures.ThreadPoolExecutor) -> None:
+    """The feedline.v1 handlers. Unary Collate and StreamDataset collate on the gRPC thread that serves the
+    call, CollateStream on the collate pool (its reader keeps several batches of one stream in flight); either
+    way a batch collates only while it holds one of ``collate`` slots, as many as the pool has threads, so
+    calls beyond the CPUs wait instead of trading the GIL (and a unary call costs no hand-off to another
+    thread and back)."""
+
+    def __init__(
+        self, state: ServingState, pool: futures.ThreadPoolExecutor, threads: int, dataset_chunk_s: float = 30.0
+    ) -> None:
         self.state = state
         self.pool = pool
+        self.collate = threading.BoundedSemaphore(threads)
+        self.dataset_chunk_s = dataset_chunk_s
+        self._dataset_slots = threading.BoundedSemaphore(state.limits.max_dataset_streams)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "Collate": grpc.unary_unary_rpc_method_handler(
-                self.Collate, _lenient(pb.CollateRequest), pb.CollateResponse.SerializeToString),
-            "CollateStream": grpc.stream_stream_rpc_method_handler(
-                self.CollateStream, _lenient(pb.CollateRequest), None),
-            "StreamDataset": grpc.unary_stream_rpc_method_handler(
-                self.StreamDataset, _lenient(pb.StreamDatasetRequest), None),
-            "ListProcessors": grpc.unary_unary_rpc_method_handler(
-                self.ListProcessors, _lenient(pb.ListProcessorsRequest), pb.ListProcessorsResponse.SerializeToString),
-        })
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Collate": grpc.unary_unary_rpc_method_handler(
+                    self.Collate, _lenient(pb.CollateRequest), pb.CollateResponse.SerializeToString
+                ),
+                "CollateStream": grpc.stream_stream_rpc_method_handler(
+                    self.CollateStream, _lenient(pb.CollateRequest), None
+                ),
+                "StreamDataset": grpc.unary_stream_rpc_method_handler(
+                    self.StreamDataset, _lenient(pb.StreamDatasetRequest), None
+                ),
+                "ListProcessors": grpc.unary_unary_rpc_method_handler(
+                    self.ListProcessors, _lenient(pb.ListProcessorsRequest), pb.ListProcessorsResponse.SerializeToString
+                ),
+            },
+        )
 
     # --- handlers ---------------------------------------------------------------------------------------------
 
@@ -180,8 +233,12 @@ class _FeedlineServicer:
             context.add_callback(stop.set)
             pending: queue.Queue[Any] = queue.Queue()
             window = threading.Semaphore(self.state.limits.max_in_flight_per_stream)
-            reader = threading.Thread(target=self._read, args=(requests, context, window, pending, stop),
-                                      name="collate-stream-reader", daemon=True)
+            reader = threading.Thread(
+                target=self._read,
+                args=(requests, context, window, pending, stop),
+                name="collate-stream-reader",
+                daemon=True,
+            )
             reader.start()
             try:
                 while (item := pending.get()) is not None:
@@ -197,65 +254,64 @@ class _FeedlineServicer:
                 _cancel_pending(pending)
 
     def StreamDataset(self, request: pb.StreamDatasetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        with _rpc(context, "StreamDataset") as call:
+        with _rpc(context, "StreamDataset") as call, self._dataset_slot():
             request = _decoded(request)
-            source = open_dataset(request.dataset.path, self.state.data_roots)
-            if request.dataset.fingerprint and request.dataset.fingerprint != source.fingerprint:
-                raise FingerprintMismatch(f"dataset {request.dataset.path!r} has fingerprint {source.fingerprint}, "
-                                          f"the request pinned {request.dataset.fingerprint}", field="dataset.fingerprint")
-            plan = DatasetPlan(seed=request.seed, epoch=request.epoch, shuffle=request.shuffle,
-                               batch_size=request.batch_size or 1, drop_last=request.drop_last,
-                               rank=request.rank, world_size=request.world_size or 1)
-            total = num_batches(len(source), plan)
-            if request.start_batch_index > total:  # a stale cursor must not read as an empty epoch
-                raise InvalidOptions(f"start_batch_index {request.start_batch_index} is past the end of the epoch "
-                                     f"({total} batches)", field="start_batch_index")
-            end = min(total, request.start_batch_index + request.max_batches) if request.max_batches else total
-            options = options_from_proto(request.options)
-            extra = {"dataset_fingerprint": source.fingerprint}  # what the client keeps in its state_dict
-            for batch_index in range(request.start_batch_index, end):
-                call["batch_index"] = batch_index
+            stream = DatasetStream(
+                self.state,
+                dataset_request(request, self._frame_bytes(request.max_frame_bytes)),
+                self.pool.submit,
+                chunk_s=self.dataset_chunk_s,
+            )
+            for frames in stream.serve(on_batch=lambda index: call.update(batch_index=index)):
                 _check_live(context)
-                indices = batch_rows(len(source), plan, batch_index)
-                frame_bytes = self._frame_bytes(request.max_frame_bytes)
-                if not len(indices):  # this rank's share of the last, partial global step is empty
-                    empty = encode_batch({}, {"batch_index": batch_index, "reports": [], **extra})
-                    yield from split_frames(empty, batch_id=batch_index, max_frame_bytes=frame_bytes, wrap=True)
-                    continue
-                rows = source.rows(indices.tolist())  # a row that is not JSON names its dataset row already
-                result = run_collate(self.state, rows, processor=request.processor,
-                                     fingerprint=request.processor_fingerprint, options=options,
-                                     row_of=_rows_of(indices),
-                                     deadline=Deadline(self.state.limits, context.time_remaining()))
-                yield from result.frames(batch_index, frame_bytes, wrap=True, extra=extra)
+                yield from frames
                 call["batches"] = call.get("batches", 0) + 1
+            if stream.resume_at is not None:  # the client continues from here with a new call
+                context.set_trailing_metadata(((RESUME_METADATA_KEY, str(stream.resume_at)),))
 
-    def ListProcessors(self, request: pb.ListProcessorsRequest, context: grpc.ServicerContext
-                       ) -> pb.ListProcessorsResponse:
+    def ListProcessors(
+        self, request: pb.ListProcessorsRequest, context: grpc.ServicerContext
+    ) -> pb.ListProcessorsResponse:
         with _rpc(context, "ListProcessors"):
             _decoded(request)
             return pb.ListProcessorsResponse(processors=[_processor_info(i) for i in self.state.registry.infos()])
 
     # --- work ---------------------------------------------------------------------------------------------------
 
-    def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext,
-                 deadline: Deadline | None = None) -> CollateResult:
+    def _collate(
+        self, request: pb.CollateRequest, context: grpc.ServicerContext, deadline: Deadline | None = None
+    ) -> CollateResult:
         _check_live(context)
         deadline = deadline or Deadline(self.state.limits, context.time_remaining())
         row_of = from_first_row(request.first_row if request.HasField("first_row") else None)
-        rows = parse_rows(request.samples, self.state.limits, row_of=row_of)
-        return run_collate(self.state, rows, processor=request.processor, fingerprint=request.fingerprint,
-                           options=options_from_proto(request.options), row_of=row_of, deadline=deadline)
+        rows = parse_rows(request.samples, self.state.limits, request.samples_msgpack, row_of=row_of)
+        with self.collate:
+            return run_collate(
+                self.state,
+                rows,
+                processor=request.processor,
+                fingerprint=request.fingerprint,
+                options=options_from_proto(request.options),
+                row_of=row_of,
+                deadline=deadline,
+            )
 
-    def _frames(self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event,
-                deadline: Deadline) -> list[bytes]:
+    def _frames(
+        self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event, deadline: Deadline
+    ) -> list[bytes]:
         if stop.is_set():
             raise _Cancelled()
         result = self._collate(request, context, deadline)
         return result.frames(request.batch_index, self._frame_bytes(request.max_frame_bytes), wrap=True)
 
-    def _read(self, requests: Iterator[pb.CollateRequest], context: grpc.ServicerContext,
-              window: threading.Semaphore, pending: queue.Queue[Any], stop: threading.Event) -> None:
+    def _read(
+        self,
+        requests: Iterator[pb.CollateRequest],
+        context: grpc.ServicerContext,
+        window: threading.Semaphore,
+        pending: queue.Queue[Any],
+        stop: threading.Event,
+    ) -> None:
         """Submit each request once a window slot is free; end the queue with None or the reading error."""
         end: Any = _Cancelled("request reader stopped")
         try:
@@ -275,6 +331,20 @@ class _FeedlineServicer:
             end = exc
         finally:
             pending.put(end)
+
+    @contextmanager
+    def _dataset_slot(self) -> Iterator[None]:
+        """A dataset stream holds a thread of its own pool share; past ``max_dataset_streams`` a call gets
+        UNAVAILABLE at once (the client goes to another replica), so health and unary calls keep threads."""
+        if not self._dataset_slots.acquire(blocking=False):
+            raise ServiceUnavailable(
+                f"this replica serves its maximum of {self.state.limits.max_dataset_streams} "
+                "dataset streams (limits.max_dataset_streams)"
+            )
+        try:
+            yield
+        finally:
+            self._dataset_slots.release()
 
     def _frame_bytes(self, requested: int) -> int:
         limit = self.state.limits.max_frame_bytes
@@ -296,12 +366,15 @@ class _Undecodable:
 
 def _lenient(message: Any) -> Callable[[bytes], Any]:
     """A request deserializer that hands an undecodable message to the handler as ``_Undecodable``."""
+
     def decode(data: bytes) -> Any:
         try:
             return message.FromString(data)
         except DecodeError as exc:
-            return _Undecodable(CodecError(f"not a valid {message.DESCRIPTOR.full_name} message: {exc}",
-                                           field="request"))
+            return _Undecodable(
+                CodecError(f"not a valid {message.DESCRIPTOR.full_name} message: {exc}", field="request")
+            )
+
     return decode
 
 
@@ -336,7 +409,10 @@ class _DeadlineExceeded(Exception):
 
 def _processor_info(info: Any) -> pb.ProcessorInfo:
     message = pb.ProcessorInfo(
-        name=info["name"], class_name=info["class"], family=info["family"], fingerprint=info["fingerprint"],
+        name=info["name"],
+        class_name=info["class"],
+        family=info["family"],
+        fingerprint=info["fingerprint"],
         info_json=json.dumps(info, default=str).encode(),
     )
     message.defaults.update(info.get("defaults") or {})
@@ -385,12 +461,13 @@ def _rpc(context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]
 
 
 def _log(method: str, code: str, start: float, call: dict[str, Any], **extra: Any) -> None:
-    _LOGGER.info("rpc", extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 2),
-                               **call, **extra})
+    _LOGGER.info(
+        "rpc",
+        extra={"method": method, "code": code, "ms": round((time.perf_counter() - start) * 1e3, 2), **call, **extra},
+    )
 
 
 def drain_server(server: grpc.Server, state: ServingState, grace_s: float) -> threading.Event:
     """Stop accepting calls, let in-flight ones finish within ``grace_s``; the event is set once stopped."""
     state.drain()
     return server.stop(grace_s)
-

@@ -45,9 +45,15 @@ class CollateBody(BaseModel):
     processor: str | None = Field(None, description="a loaded processor's name; empty = the default one")
     fingerprint: str | None = Field(None, description="pin: refused with 412 if the processor's differs")
     options: dict[str, Any] = Field(default_factory=dict, description="collate options over the processor defaults")
-    samples: list[dict[str, Any]] = Field(min_length=1, description="conversation rows (OpenAI messages, ShareGPT, prompt/completion)")
-    first_row: int | None = Field(None, ge=0, description="index of the first sample in your dataset: errors then "
-                                                          "name the row as well as the position in the batch")
+    samples: list[dict[str, Any]] = Field(
+        min_length=1, description="conversation rows (OpenAI messages, ShareGPT, prompt/completion)"
+    )
+    first_row: int | None = Field(
+        None,
+        ge=0,
+        description="index of the first sample in your dataset: errors then "
+        "name the row as well as the position in the batch",
+    )
 
 
 class MaskBody(BaseModel):
@@ -75,8 +81,14 @@ def create_app(state: ServingState, *, auth: TokenAuth | None = None) -> FastAPI
     @app.post("/v1/collate", responses={200: {"content": {BATCH_MEDIA_TYPE: {}}}})
     def collate(body: CollateBody, request: Request) -> Response:
         """Collate samples into tensors: JSON lists, or the binary batch format if the client accepts it."""
-        result = run_collate(state, body.samples, processor=body.processor, fingerprint=body.fingerprint,
-                             options=body.options, row_of=from_first_row(body.first_row))
+        result = run_collate(
+            state,
+            body.samples,
+            processor=body.processor,
+            fingerprint=body.fingerprint,
+            options=body.options,
+            row_of=from_first_row(body.first_row),
+        )
         if BATCH_MEDIA_TYPE in request.headers.get("accept", ""):
             return Response(bytes(result.encode()), media_type=BATCH_MEDIA_TYPE)
         return JSONResponse(result.to_json())
@@ -84,8 +96,9 @@ def create_app(state: ServingState, *, auth: TokenAuth | None = None) -> FastAPI
     @app.post("/v1/mask")
     def mask(body: MaskBody) -> dict[str, Any]:
         """Every token of one conversation: id, piece, role/turn, supervised or not, label; plus warnings."""
-        return run_mask(state, body.sample, processor=body.processor, fingerprint=body.fingerprint,
-                        options=body.options)
+        return run_mask(
+            state, body.sample, processor=body.processor, fingerprint=body.fingerprint, options=body.options
+        )
 
     @app.get("/v1/processors")
     def processors() -> dict[str, Any]:
@@ -134,8 +147,10 @@ def _install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json", title="feedline API",
-            swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="feedline API",
+            swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{_DOCS_ASSETS}/favicon-32x32.png",
             swagger_ui_parameters={"validatorUrl": None},  # its default fetches a badge from swagger.io
         )
@@ -161,13 +176,22 @@ def _install_error_handlers(app: FastAPI) -> None:
             first, loc = {"msg": f"not valid JSON at character {loc[-1] if loc else 0}: {reason}"}, ["body"]
         sample = int(loc[1]) if len(loc) > 1 and loc[0] == "samples" and loc[1].isdigit() else None
         observe_error("http", "invalid_request")
-        return _error(400, {"kind": "invalid_request", "message": first.get("msg", "invalid request"),
-                            "sample": sample, "field": ".".join(loc) or None, "row": None})
+        return _error(
+            400,
+            {
+                "kind": "invalid_request",
+                "message": first.get("msg", "invalid request"),
+                "sample": sample,
+                "field": ".".join(loc) or None,
+                "row": None,
+            },
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, {"kind": "http", "message": str(exc.detail), "sample": None, "field": None,
-                                        "row": None})
+        return _error(
+            exc.status_code, {"kind": "http", "message": str(exc.detail), "sample": None, "field": None, "row": None}
+        )
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -253,6 +277,13 @@ class _RequestContext:
                 finally:
                     outcome["code"] = str(status)
         finally:
-            _LOGGER.info("http", extra={"method": scope["method"], "path": scope["path"], "status": status,
-                                        "ms": round((time.perf_counter() - start) * 1e3, 2)})
+            _LOGGER.info(
+                "http",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - start) * 1e3, 2),
+                },
+            )
             request_id.reset(token)

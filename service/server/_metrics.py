@@ -35,10 +35,15 @@ ERRORS = Counter("feedline_errors", "Requests that failed, by error kind", ["tra
 LATENCY = Histogram("feedline_request_seconds", "Request latency", ["transport", "method"], buckets=_LATENCY_BUCKETS)
 IN_FLIGHT = Gauge("feedline_in_flight", "Requests being handled", ["transport"], multiprocess_mode="livesum")
 SAMPLES = Counter("feedline_samples", "Samples collated, by outcome", ["processor", "status"])
-TOKENS = Counter("feedline_tokens", "Tokens in collated batches (input = non-padding, label = supervised)",
-                 ["processor", "kind"])
-PADDING = Histogram("feedline_padding_ratio", "Fraction of padding positions per batch", ["processor"],
-                    buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0))
+TOKENS = Counter(
+    "feedline_tokens", "Tokens in collated batches (input = non-padding, label = supervised)", ["processor", "kind"]
+)
+PADDING = Histogram(
+    "feedline_padding_ratio",
+    "Fraction of padding positions per batch",
+    ["processor"],
+    buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0),
+)
 
 
 @contextmanager
@@ -60,8 +65,9 @@ def observe_error(transport: str, kind: str) -> None:
     ERRORS.labels(transport, kind).inc()
 
 
-def observe_batch(processor: str, tensors: Mapping[str, np.ndarray], statuses: Mapping[str, int],
-                  label_tokens: int) -> None:
+def observe_batch(
+    processor: str, tensors: Mapping[str, np.ndarray], statuses: Mapping[str, int], label_tokens: int
+) -> None:
     """Samples by status, non-padding and supervised tokens, and the batch's padding ratio."""
     for status, count in statuses.items():
         SAMPLES.labels(processor, status).inc(count)

@@ -14,6 +14,7 @@ from ..media._loading import MediaPolicy
 from ..tokenizers._processor import Processor, load_processor
 from ..tokenizers._sources import resolve_source
 from ._config import Limits, ProcessorSpec
+from ._datasets import DataAccess
 
 __all__ = ["ProcessorRegistry", "ServingState"]
 
@@ -28,8 +29,9 @@ class ProcessorRegistry:
     The first configured processor is the default one (used when a request names none).
     """
 
-    def __init__(self, specs: Iterable[ProcessorSpec], *, loader: Loader = load_processor,
-                 allow_hub: bool = False) -> None:
+    def __init__(
+        self, specs: Iterable[ProcessorSpec], *, loader: Loader = load_processor, allow_hub: bool = False
+    ) -> None:
         self._specs = {spec.name: spec for spec in specs}
         self._loader = loader
         self._allow_hub = allow_hub
@@ -127,10 +129,13 @@ class ServingState:
         limits: Limits | None = None,
         data_roots: Iterable[Path] = (),
         media_roots: Iterable[Path] = (),
+        data_urls: Iterable[str] = (),
+        dataset_cache_dir: Path | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits or Limits()
         self.data_roots = tuple(Path(p) for p in data_roots)
+        self.data_access = DataAccess(self.data_roots, tuple(data_urls), dataset_cache_dir)
         self.media = MediaPolicy(roots=tuple(Path(p) for p in media_roots))
         self.draining = threading.Event()
         self._on_drain: list[Callable[[], None]] = []

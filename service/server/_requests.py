@@ -1,20 +1,25 @@
-"""What a collate or mask request does, whichever server received it: resolve, validate, run the engine, encode.
+"""What a collate, mask or dataset request does, whichever server received it: resolve, validate, run the
+engine, encode.
 
-Both servers call these and differ only in how they read the request and write the answer.
+The servers call these and differ only in how they read the request and write the answer.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from feedline.proto import (
     FeedlineError,
+    InvalidOptions,
     InvalidSample,
     RequestTooLarge,
     bfloat16_to_float32,
@@ -22,16 +27,34 @@ from feedline.proto import (
     split_frames,
 )
 
+from .._options import CollateOptions
 from ..collate._batch import CollatedBatch, collate
+from ..collate._mask_report import mask_report
+from ..tokenizers._processor import Processor
 from ._caps import Deadline, check_chars, check_sample_chars, token_gate
 from ._config import Limits
-from ..collate._mask_report import mask_report
+from ._datasets import (
+    DatasetPlan,
+    Mixture,
+    MixturePart,
+    batch_positions,
+    check_fingerprint,
+    num_batches,
+    open_dataset,
+    open_mixture,
+)
 from ._metrics import observe_batch
-from .._options import CollateOptions
-from ..tokenizers._processor import Processor
 from ._registry import ServingState
 
-__all__ = ["CollateResult", "from_first_row", "parse_rows", "run_collate", "run_mask"]
+__all__ = [
+    "CollateResult",
+    "DatasetRequest",
+    "DatasetStream",
+    "from_first_row",
+    "parse_rows",
+    "run_collate",
+    "run_mask",
+]
 
 
 @dataclass(frozen=True)
@@ -55,16 +78,29 @@ class CollateResult:
             "reports": [r.to_dict() for r in self.batch.reports],
         }
 
-    def encode(self, batch_index: int = 0, extra: Mapping[str, Any] | None = None) -> bytearray:
-        """The batch as one codec blob (reports, fingerprint and ``extra`` in its metadata)."""
+    def encode(
+        self,
+        batch_index: int = 0,
+        extra: Mapping[str, np.ndarray] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> bytearray:
+        """The batch as one codec blob: reports, fingerprint and ``meta`` in its metadata, ``extra`` tensors beside."""
         tensors, tags = self.wire
-        return encode_batch(tensors, {**self.meta(batch_index), **(extra or {})}, dtype_tags=tags)
+        return encode_batch({**tensors, **(extra or {})}, {**self.meta(batch_index), **(meta or {})}, dtype_tags=tags)
 
-    def frames(self, batch_index: int, max_frame_bytes: int, *, wrap: bool = False,
-               extra: Mapping[str, Any] | None = None) -> list[bytes]:
+    def frames(
+        self,
+        batch_index: int,
+        max_frame_bytes: int,
+        *,
+        wrap: bool = False,
+        extra: Mapping[str, np.ndarray] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> list[bytes]:
         """The batch as codec frames addressed to ``batch_index`` (``wrap``: as serialized ``Frame`` messages)."""
-        return split_frames(self.encode(batch_index, extra), batch_id=batch_index, max_frame_bytes=max_frame_bytes,
-                            wrap=wrap)
+        return split_frames(
+            self.encode(batch_index, extra, meta), batch_id=batch_index, max_frame_bytes=max_frame_bytes, wrap=wrap
+        )
 
     def to_json(self) -> dict[str, Any]:
         """Tensors as nested lists (bfloat16 as its float values), with dtypes, reports and fingerprint."""
@@ -79,9 +115,13 @@ class CollateResult:
 
 
 def parse_rows(
-    samples: Sequence[bytes | str], limits: Limits, *, row_of: Callable[[int], int] | None = None
+    samples: Sequence[bytes | str], limits: Limits, packed: bytes = b"", *, row_of: Callable[[int], int] | None = None
 ) -> list[Any]:
-    """JSON-decode one sample per entry; an entry that is not a JSON object names its index (and row)."""
+    """JSON-decode one sample per entry, or unpack ``packed`` (all rows as one msgpack array, what current
+    clients send: decoded in one call, where JSON costs one call per row); a sample that is not an object
+    names its index (and row)."""
+    if packed:
+        return _unpack_rows(packed, limits, also_json=len(samples), row_of=row_of)
     _require_samples(len(samples))
     _check_count(len(samples), limits)
     rows = []
@@ -92,9 +132,32 @@ def parse_rows(
         except ValueError as exc:
             raise InvalidSample(f"not valid JSON: {exc}", sample=index, field="samples", row=row_index) from None
         if not isinstance(row, dict):
-            raise InvalidSample(f"must be a JSON object, not {type(row).__name__}", sample=index, field="samples",
-                                row=row_index)
+            raise InvalidSample(
+                f"must be a JSON object, not {type(row).__name__}", sample=index, field="samples", row=row_index
+            )
         rows.append(row)
+    return rows
+
+
+def _unpack_rows(packed: bytes, limits: Limits, *, also_json: int, row_of: Callable[[int], int] | None) -> list[Any]:
+    if also_json:
+        raise InvalidSample("a request sets samples or samples_msgpack, not both", field="samples_msgpack")
+    try:
+        rows = msgpack.unpackb(packed)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise InvalidSample(f"not a valid msgpack array of rows: {exc}", field="samples_msgpack") from None
+    if not isinstance(rows, list):
+        raise InvalidSample(f"must be a msgpack array of rows, not {type(rows).__name__}", field="samples_msgpack")
+    _require_samples(len(rows))
+    _check_count(len(rows), limits)
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InvalidSample(
+                f"must be a map, not {type(row).__name__}",
+                sample=index,
+                field="samples_msgpack",
+                row=row_of(index) if row_of else None,
+            )
     return rows
 
 
@@ -158,6 +221,137 @@ def _require_samples(count: int) -> None:
 
 def _check_count(count: int, limits: Limits) -> None:
     if count > limits.max_samples_per_request:
-        raise RequestTooLarge(
-            f"{count} samples; at most {limits.max_samples_per_request} per request", field="samples"
+        raise RequestTooLarge(f"{count} samples; at most {limits.max_samples_per_request} per request", field="samples")
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    """A StreamDataset call apart from its wire form: what to read, the plan, the cursor, how to collate."""
+
+    parts: tuple[MixturePart, ...]
+    mixture: bool
+    plan: DatasetPlan
+    start: int = 0
+    max_batches: int = 0  # 0 = to the end of the epoch
+    processor: str | None = None
+    processor_fingerprint: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    frame_bytes: int = 1 << 20
+
+
+class DatasetStream:
+    """The frames of a dataset request's batches in index order, each batch collated by ``submit`` (a bounded
+    pool shared by every stream, so CPU work is queued fairly and first batches of new streams come promptly),
+    at most ``ahead`` batches beyond the one being sent.
+
+    A stream serves for about ``chunk_s`` seconds, then stops at a batch boundary and sets ``resume_at``:
+    the client continues from there with a new call (on any replica), so no call holds a server thread for
+    a whole epoch and long epochs spread over replicas as they come and go.
+    """
+
+    def __init__(
+        self,
+        state: ServingState,
+        request: DatasetRequest,
+        submit: Callable[..., Future[list[bytes]]],
+        *,
+        ahead: int = 2,
+        chunk_s: float = 30.0,
+    ) -> None:
+        self._state, self._request, self._submit = state, request, submit
+        self._ahead, self._chunk_s = max(1, ahead), chunk_s
+        access = state.data_access
+        if request.mixture:
+            self._mixture: Mixture | None = open_mixture(request.parts, access)
+            self._sources = self._mixture.sources
+            size = len(self._mixture)
+        else:
+            (part,) = request.parts
+            source = open_dataset(part.path, access.roots, urls=access.urls, cache_dir=access.cache_dir)
+            check_fingerprint(source.fingerprint, part.fingerprint, part.path)
+            self._mixture, self._sources, size = None, [source], len(source)
+        self._size = size
+        # what the client keeps in its state_dict, so a resume on changed data is refused
+        self.fingerprint = self._mixture.fingerprint if self._mixture is not None else self._sources[0].fingerprint
+        total = num_batches(size, request.plan)
+        if request.start > total:  # a stale cursor must not read as an empty epoch
+            raise InvalidOptions(
+                f"start_batch_index {request.start} is past the end of the epoch ({total} batches)",
+                field="start_batch_index",
+            )
+        self.end = min(total, request.start + request.max_batches) if request.max_batches else total
+        self.batch_index = request.start
+        self.resume_at: int | None = None
+
+    def __iter__(self) -> Iterator[list[bytes]]:
+        return self.serve()
+
+    def serve(self, on_batch: Callable[[int], None] = lambda index: None) -> Iterator[list[bytes]]:
+        """The batches' frames; ``on_batch(index)`` is called before each batch is awaited (errors name it)."""
+        deadline = time.monotonic() + self._chunk_s
+        pending: deque[tuple[int, Future[list[bytes]]]] = deque()
+        index = self._request.start
+        try:
+            while True:
+                # A call serves at least one batch, so a client always makes progress.
+                fresh = index == self._request.start
+                while index < self.end and len(pending) < self._ahead and (fresh or time.monotonic() < deadline):
+                    fresh = False
+                    pending.append((index, self._submit(self.frames, index)))
+                    index += 1
+                if not pending:
+                    break
+                self.batch_index, future = pending.popleft()
+                on_batch(self.batch_index)
+                yield future.result()
+            self.resume_at = index if index < self.end else None
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    def frames(self, batch_index: int) -> list[bytes]:
+        """One batch, collated and split into wrapped frames. Mixture batches carry ``dataset_index`` (which
+        dataset of the mixture) and ``dataset_row`` (its row there) per sample."""
+        request = self._request
+        positions = batch_positions(self._size, request.plan, batch_index)
+        plan = request.plan
+        if self._mixture is not None:
+            part, rows = self._mixture.locate(positions, plan)
+        else:
+            part = np.zeros_like(positions)
+            rows = self._sources[0].order(plan.seed, plan.epoch, plan.shuffle).rows(positions)
+        extra = {"dataset_index": part.astype(np.int32), "dataset_row": rows} if self._mixture is not None else {}
+        if not len(rows):  # this rank's share of the last, partial global step is empty
+            empty = encode_batch(
+                extra, {"batch_index": batch_index, "reports": [], "dataset_fingerprint": self.fingerprint}
+            )
+            return split_frames(empty, batch_id=batch_index, max_frame_bytes=request.frame_bytes, wrap=True)
+        samples: list[Any] = [None] * len(rows)
+        for d in np.unique(part).tolist():
+            sel = np.flatnonzero(part == d)
+            try:
+                fetched = self._sources[d].rows(rows[sel])
+            except FeedlineError as exc:  # the reader names the dataset row: add its position in the batch
+                if exc.sample is None:
+                    raise
+                position = int(sel[np.flatnonzero(rows[sel] == exc.sample)[0]])
+                raise type(exc)(exc.message, sample=position, field=exc.field, row=exc.sample) from None
+            for pos, row in zip(sel.tolist(), fetched, strict=True):
+                samples[pos] = row
+        try:
+            result = run_collate(
+                self._state,
+                samples,
+                processor=request.processor,
+                fingerprint=request.processor_fingerprint,
+                options=request.options,
+            )
+        except FeedlineError as exc:  # name the dataset row, not the position in the batch
+            if exc.sample is None:
+                raise
+            where = f"{request.parts[int(part[exc.sample])].path}: " if self._mixture is not None else ""
+            named = type(exc)(where + exc.message, sample=exc.sample, field=exc.field, row=int(rows[exc.sample]))
+            raise named from None
+        return result.frames(
+            batch_index, request.frame_bytes, wrap=True, extra=extra, meta={"dataset_fingerprint": self.fingerprint}
         )

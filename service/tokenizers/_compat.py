@@ -50,12 +50,17 @@ def without_video(parent: Any) -> type:
 
     # The upstream parameters minus the video slot, as real parameters: transformers reads both the signature
     # (slots) and ``__code__.co_varnames`` (which saved options to pass back) of ``__init__``.
-    upstream = [p for p in inspect.signature(parent).parameters.values()
-                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name not in ("self", "video_processor")]
+    upstream = [
+        p
+        for p in inspect.signature(parent).parameters.values()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name not in ("self", "video_processor")
+    ]
     defaults = {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in upstream}
     names = list(defaults)
-    source = (f"def __init__(self, {', '.join(f'{n}=_defaults[{n!r}]' for n in names)}, **kwargs):\n"
-              f"    _parent.__init__(self, {', '.join(f'{n}={n}' for n in names)}, **kwargs)\n")
+    source = (
+        f"def __init__(self, {', '.join(f'{n}=_defaults[{n!r}]' for n in names)}, **kwargs):\n"
+        f"    _parent.__init__(self, {', '.join(f'{n}={n}' for n in names)}, **kwargs)\n"
+    )
     namespace: dict[str, Any] = {"_parent": parent, "_defaults": defaults}
     exec(compile(source, f"<without_video {parent.__name__}>", "exec"), namespace)  # noqa: S102
     __init__ = namespace["__init__"]

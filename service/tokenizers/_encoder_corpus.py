@@ -51,8 +51,8 @@ _CODE = (
     "    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n\nprint(fib(10))  # 55\n",
     "class Stack:\n\tdef __init__(self):\n\t\tself._items = []\n\n\tdef push(self, x):\n\t\tself._items.append(x)\n",
     "const xs = [1, 2, 3].map((x) => x ** 2);\nif (xs.length !== 3) {\n  throw new Error(`bad ${xs}`);\n}\n",
-    "fn main() {\n    let v: Vec<u32> = (0..10).filter(|x| x % 2 == 0).collect();\n    println!(\"{:?}\", v);\n}\n",
-    "#include <stdio.h>\nint main(void) {\n  for (int i = 0; i < 3; ++i) printf(\"%d\\n\", i);\n  return 0;\n}\n",
+    'fn main() {\n    let v: Vec<u32> = (0..10).filter(|x| x % 2 == 0).collect();\n    println!("{:?}", v);\n}\n',
+    '#include <stdio.h>\nint main(void) {\n  for (int i = 0; i < 3; ++i) printf("%d\\n", i);\n  return 0;\n}\n',
     "SELECT u.id, COUNT(*) AS n FROM users u JOIN orders o ON o.user_id = u.id WHERE o.total > 100.5 GROUP BY u.id;",
     '{"name": "feedline", "version": "0.1.0", "tags": ["a", "b"], "nested": {"x": null, "y": [1e-5, -2]}}',
     "server:\n  port: 8080\n  workers: 4\n  tls:\n    enabled: true\n    cert: /etc/tls/cert.pem\n",
@@ -66,7 +66,21 @@ _CODE = (
 )
 
 _EDGE = (
-    "", " ", "  ", "\n", "\n\n", "\r\n", "\t", "a", "A", "0", ".", "'", "'s", "a\n", "\na",
+    "",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "\t",
+    "a",
+    "A",
+    "0",
+    ".",
+    "'",
+    "'s",
+    "a\n",
+    "\na",
     "I'm sure YOU'RE right; it'S what we'LL do, he'd say. They'VE gone, I'M here, o'clock, rock'n'roll.",
     "Contractions with case folding: 'ſ 'ſt 'K 'ẞ 'Ｓ 'İ 'ı 's 'S 'T 'RE 'Ve 'mM 'Ll 'D ''s '''s 's's",
     "Curly ’s and ‘quotes’ and «guillemets» and „Anführung“ and 「括弧」 and ‹single›.",
@@ -105,8 +119,30 @@ _MARKS = (
     "\u0300 leading mark, mark after space \u0301, after digit 1\u0301, after emoji \U0001f600\u0301",
 )
 
-_WHITESPACE = (" ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x85", "\xa0", "\u1680", "\u2000", "\u2003",
-               "\u2009", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000", "\u180e", "\u200b", "\ufeff")
+_WHITESPACE = (
+    " ",
+    "\t",
+    "\n",
+    "\r",
+    "\r\n",
+    "\x0b",
+    "\x0c",
+    "\x85",
+    "\xa0",
+    "\u1680",
+    "\u2000",
+    "\u2003",
+    "\u2009",
+    "\u200a",
+    "\u2028",
+    "\u2029",
+    "\u202f",
+    "\u205f",
+    "\u3000",
+    "\u180e",
+    "\u200b",
+    "\ufeff",
+)
 
 
 def _whitespace_runs() -> list[str]:
@@ -135,7 +171,7 @@ def _added_token_texts(tokens: Sequence[str], per_text: int = 16) -> list[str]:
     ]
     contexts = [
         f"user text {t} inside, {t}at the start of a word, end{t}\n{t}\n\n{t}  {t}{t}"
-        f" {t[:len(t) // 2]} {t[len(t) // 2:]} <{t}> '{t}s {t}'s 1{t}2 \u00e9{t}\u00e9 \U0001f600{t}\t{t} "
+        f" {t[: len(t) // 2]} {t[len(t) // 2 :]} <{t}> '{t}s {t}'s 1{t}2 \u00e9{t}\u00e9 \U0001f600{t}\t{t} "
         for t in tokens
     ]
     texts += ["".join(contexts[i : i + per_text]) for i in range(0, len(contexts), per_text)]

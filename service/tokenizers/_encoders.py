@@ -176,7 +176,9 @@ class TiktokenEncoder:
             parts = self.split_joined([texts[i] for i in direct])
             for i, part in zip(direct, parts or (), strict=False):
                 out[i] = part
-        return [got if got is not None else self.encode_with_offsets(text) for got, text in zip(out, texts, strict=False)]
+        return [
+            got if got is not None else self.encode_with_offsets(text) for got, text in zip(out, texts, strict=False)
+        ]
 
     def split_joined(self, texts: Sequence[str]) -> list[Encoded] | None:
         """Encode ``texts`` joined by the separator and cut the result back into one (ids, starts) per text, or
@@ -191,12 +193,15 @@ class TiktokenEncoder:
         firsts = np.cumsum([0] + [len(text) + len(separator) for text in texts])  # each text's first character
         joins = firsts[1:-1] - len(separator)
         at = np.searchsorted(starts, joins)
-        if at.size and (int(at[-1]) >= ids.size or not (np.array_equal(starts[at], joins)
-                                                           and np.all(ids[at] == separator_id))):
+        if at.size and (
+            int(at[-1]) >= ids.size or not (np.array_equal(starts[at], joins) and np.all(ids[at] == separator_id))
+        ):
             return None
         bounds = [0, *(at + 1).tolist()]
         ends = [*at.tolist(), ids.size]
-        return [(ids[lo:hi], starts[lo:hi] - first) for lo, hi, first in zip(bounds, ends, firsts.tolist(), strict=False)]
+        return [
+            (ids[lo:hi], starts[lo:hi] - first) for lo, hi, first in zip(bounds, ends, firsts.tolist(), strict=False)
+        ]
 
     def hands_over(self, text: str) -> bool:
         """Whether ``text`` goes to the tokenizer's own encoder by design: NFC normalisation would change it
@@ -291,7 +296,9 @@ def verify_fast_encoder(fast: TiktokenEncoder, hf: HFEncoder, texts: Sequence[st
             )
         tokens += int(ids.size)
     core = len(direct)
-    summary = f"identical ids and offsets on {core} verification texts ({tokens:,} tokens; {len(texts) - core} left to hf)"
+    summary = (
+        f"identical ids and offsets on {core} verification texts ({tokens:,} tokens; {len(texts) - core} left to hf)"
+    )
     return f"{summary}; {_verify_batching(fast, direct)}"
 
 
@@ -301,8 +308,10 @@ def _verify_batching(fast: TiktokenEncoder, direct: Sequence[tuple[str, Encoded]
     if fast.separator is None:
         return "batches encoded text by text (no added token can join them)"
     joined = fast.split_joined([text for text, _ in direct])
-    if joined is None or not all(np.array_equal(ids, want[0]) and np.array_equal(starts, want[1])
-                                 for (ids, starts), (_, want) in zip(joined, direct, strict=False)):
+    if joined is None or not all(
+        np.array_equal(ids, want[0]) and np.array_equal(starts, want[1])
+        for (ids, starts), (_, want) in zip(joined, direct, strict=False)
+    ):
         fast.separator = None
         return "batches encoded text by text (joined verification texts did not split back into their own tokens)"
     return f"batches encoded in one call, joined by {fast.separator[0]!r}"
@@ -312,8 +321,10 @@ def _first_difference(got: np.ndarray, want: np.ndarray, what: str) -> str:
     n = min(got.size, want.size)
     differ = np.flatnonzero(got[:n] != want[:n])
     at = int(differ[0]) if differ.size else n
-    return (f"{what}s differ at token {at}: fast {got[at : at + 3].tolist()} vs hf {want[at : at + 3].tolist()}"
-            f" ({got.size} vs {want.size} tokens)")
+    return (
+        f"{what}s differ at token {at}: fast {got[at : at + 3].tolist()} vs hf {want[at : at + 3].tolist()}"
+        f" ({got.size} vs {want.size} tokens)"
+    )
 
 
 def fast_spec(tokenizer: Any) -> FastSpec:

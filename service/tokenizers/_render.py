@@ -92,7 +92,9 @@ class ChatRenderer:
         }
         try:
             if track:
-                text, spans = _hf._render_with_assistant_indices(compiled_template=self._compiled, **variables)
+                text, spans = _hf._render_with_assistant_indices(  # type: ignore[no-untyped-call]  # unannotated upstream
+                    compiled_template=self._compiled, **variables
+                )
             else:
                 text, spans = self._compiled.render(**variables), []
         except jinja2.TemplateError as exc:

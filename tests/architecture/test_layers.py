@@ -85,8 +85,10 @@ def test_client_and_proto_stay_light() -> None:
 
 def _cycle() -> list[str] | None:
     """One import circle between feedline modules (package ``__init__`` re-exports excluded), or None."""
-    edges = {m: {t for t in ts if not (MODULES[t].name == "__init__.py" and m.startswith(t + "."))}
-             for m, ts in GRAPH.items()}
+    edges = {
+        m: {t for t in ts if not (MODULES[t].name == "__init__.py" and m.startswith(t + "."))}
+        for m, ts in GRAPH.items()
+    }
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -95,7 +97,7 @@ def _cycle() -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()

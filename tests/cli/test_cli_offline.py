@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 from feedline.proto import IGNORE_INDEX
 from feedline.service._cli_offline import add_offline_commands
 
@@ -46,7 +45,10 @@ def test_collate_loss_mask_format(tmp_path: Path) -> None:
     src = tmp_path / "rows.jsonl"
     src.write_text(json.dumps(_chat("hi", "hello")) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    assert _run(["collate", "--input", str(src), "--output", str(out), "--label-format", "loss_mask", "--no-progress"]) == 0
+    assert (
+        _run(["collate", "--input", str(src), "--output", str(out), "--label-format", "loss_mask", "--no-progress"])
+        == 0
+    )
     record = json.loads(out.read_text())
     assert "labels" not in record and sum(record["loss_mask"]) == record["num_label_tokens"] > 0
 
@@ -82,8 +84,9 @@ def test_collate_label_format_follows_the_label_policy(tmp_path: Path) -> None:
     records = {}
     for policy in ("assistant", "nemo"):
         out = tmp_path / f"{policy}.jsonl"
-        assert _run(["collate", "--input", str(src), "--output", str(out), "--label-policy", policy,
-                     "--no-progress"]) == 0
+        assert (
+            _run(["collate", "--input", str(src), "--output", str(out), "--label-policy", policy, "--no-progress"]) == 0
+        )
         records[policy] = json.loads(out.read_text())
     hf, nemo = records["assistant"], records["nemo"]
     hf_targets = [label for label in hf["labels"] if label != IGNORE_INDEX]

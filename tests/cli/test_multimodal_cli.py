@@ -10,7 +10,6 @@ import numpy as np
 
 from feedline.proto import IGNORE_INDEX
 from feedline.service._cli_offline import add_offline_commands
-
 from tests.support.media import image_bytes, image_part, processor, processor_dir, vqa_row
 
 
@@ -25,15 +24,18 @@ def test_collate_multimodal_rows_by_media_root_and_by_base64(tmp_path: Path, cap
     media = tmp_path / "media"
     media.mkdir()
     (media / "cat.png").write_bytes(image_bytes(112, 56))
-    rows = [vqa_row({"type": "image", "image": "cat.png"}, answer="A cat."),
-            vqa_row(image_part(84, 84, "JPEG"), answer="Noise.")]
+    rows = [
+        vqa_row({"type": "image", "image": "cat.png"}, answer="A cat."),
+        vqa_row(image_part(84, 84, "JPEG"), answer="Noise."),
+    ]
     src, out = tmp_path / "rows.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     common = ["collate", "--processor", str(processor_dir("qwen2.5-vl")), "--input", str(src), "--no-progress"]
     assert _run([*common, "--output", str(out), "--media-root", str(media)]) == 0
     tokenizer = processor("qwen2.5-vl").tokenizer
-    for record, (h, w), answer in zip(map(json.loads, out.read_text().splitlines()), [(56, 112), (84, 84)],
-                                      ["A cat.", "Noise."], strict=False):
+    for record, (h, w), answer in zip(
+        map(json.loads, out.read_text().splitlines()), [(56, 112), (84, 84)], ["A cat.", "Noise."], strict=False
+    ):
         assert record["status"] == "ok"
         grid = np.asarray(record["image_grid_thw"])
         assert grid.tolist() == [[1, round(h / 28) * 2, round(w / 28) * 2]]
@@ -56,8 +58,16 @@ def test_mask_multimodal_row_by_media_root(tmp_path: Path, capsys) -> None:
     (tmp_path / "cat.png").write_bytes(image_bytes(56, 56))
     src = tmp_path / "row.json"
     src.write_text(json.dumps(vqa_row({"type": "image", "image": "cat.png"}, answer="A cat.")), encoding="utf-8")
-    argv = ["mask", "--processor", str(processor_dir("qwen2.5-vl")), "--input", str(src), "--media-root",
-            str(tmp_path), "--json"]
+    argv = [
+        "mask",
+        "--processor",
+        str(processor_dir("qwen2.5-vl")),
+        "--input",
+        str(src),
+        "--media-root",
+        str(tmp_path),
+        "--json",
+    ]
     assert _run(argv) == 0
     report = json.loads(capsys.readouterr().out)
     media = [t for t in report["tokens"] if t["kind"] == "media"]

@@ -17,22 +17,37 @@ import httpx
 import pytest
 
 import feedline.proto as proto
-from feedline.proto.v1 import feedline_pb2 as pb, feedline_pb2_grpc
+from feedline.proto.v1 import feedline_pb2 as pb
+from feedline.proto.v1 import feedline_pb2_grpc
 from feedline.service._cli import build_parser, config_from_args
-from feedline.service.server import ConfigError, Limits, ProcessorSpec, load_config
-from feedline.service.server import status_for
-
-from tests.support.servers import Served as _Served
+from feedline.service.server import ConfigError, Limits, ProcessorSpec, load_config, status_for
 from tests.support.rows import ROWS
-
+from tests.support.servers import Served as _Served
 
 # --- parser and configuration --------------------------------------------------------------------------------
 
 
 def test_parser_has_serve_and_the_offline_commands() -> None:
     parser = build_parser()
-    args = parser.parse_args(["serve", "--processor", "a=/models/a", "--processor", "b=qwen2.5", "--grpc-port",
-                              "0", "--http-port", "9000", "--workers", "2", "--media-root", "/m", "--host", "::"])
+    args = parser.parse_args(
+        [
+            "serve",
+            "--processor",
+            "a=/models/a",
+            "--processor",
+            "b=qwen2.5",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "9000",
+            "--workers",
+            "2",
+            "--media-root",
+            "/m",
+            "--host",
+            "::",
+        ]
+    )
     assert [p.name for p in args.processor] == ["a", "b"] and args.workers == 2 and args.media_root == [Path("/m")]
     assert parser.parse_args(["collate", "--input", "x.jsonl", "--output", "-"]).command == "collate"
     assert parser.parse_args(["mask", "--input", "x.json"]).command == "mask"
@@ -86,8 +101,11 @@ def test_bad_configuration_is_refused(tmp_path: Path, yaml_text: str, env: dict[
 
 
 def test_every_error_kind_has_a_status() -> None:
-    errors = [getattr(proto, n) for n in proto.__all__ if isinstance(getattr(proto, n), type)
-              and issubclass(getattr(proto, n), proto.FeedlineError)]
+    errors = [
+        getattr(proto, n)
+        for n in proto.__all__
+        if isinstance(getattr(proto, n), type) and issubclass(getattr(proto, n), proto.FeedlineError)
+    ]
     assert len(errors) >= 14
     for cls in errors:
         http_status, code = status_for(cls("x"))
@@ -114,8 +132,14 @@ def _wait_in_flight(served: _Served, transports: set[str], timeout: float = 60) 
         text = served.http.get("/metrics").text
         # the /metrics request itself is one HTTP request in flight
         least = {t: 2 if t == "http" else 1 for t in transports}
-        busy = {t for t in transports if any(line.startswith(f'feedline_in_flight{{transport="{t}"}}')
-                                              and float(line.split()[-1]) >= least[t] for line in text.splitlines())}
+        busy = {
+            t
+            for t in transports
+            if any(
+                line.startswith(f'feedline_in_flight{{transport="{t}"}}') and float(line.split()[-1]) >= least[t]
+                for line in text.splitlines()
+            )
+        }
         if busy == transports:
             return
         time.sleep(0.05)
@@ -168,7 +192,8 @@ def test_two_workers_share_both_ports_and_drain(tmp_path: Path) -> None:
         for _ in range(4):
             with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
                 reply = feedline_pb2_grpc.FeedlineStub(channel).Collate(
-                    pb.CollateRequest(samples=[json.dumps(ROWS[0]).encode()]), timeout=30)
+                    pb.CollateRequest(samples=[json.dumps(ROWS[0]).encode()]), timeout=30
+                )
                 assert proto.decode_frames(reply.frames).tensors["input_ids"].shape[0] == 1
         metrics = served.http.get("/metrics").text
         assert 'feedline_requests_total{code="OK",method="Collate",transport="grpc"} 4.0' in metrics

@@ -17,10 +17,8 @@ from torch.utils.data import DataLoader
 from feedline.client import RemoteCollate, RemoteLoader
 from feedline.proto import FingerprintMismatch, InvalidSample, ResumeStateError
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server import Limits
+from feedline.service.server import Limits, ProcessorRegistry, ServingState
 from feedline.service.server._datasets import DatasetPlan, batch_rows, num_batches
-from feedline.service.server import ProcessorRegistry, ServingState
-
 from tests.support.client import batch_blobs, dataset_loader
 from tests.support.reliability_harness import wait_for
 from tests.support.servers import Served
@@ -30,8 +28,12 @@ N_ROWS = 37
 
 def _rows(n: int = N_ROWS) -> list[dict[str, Any]]:
     return [
-        {"messages": [{"role": "user", "content": f"Question number {i}?"},
-                      {"role": "assistant", "content": f"Answer {i}: " + "word " * (i % 7)}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"Question number {i}?"},
+                {"role": "assistant", "content": f"Answer {i}: " + "word " * (i % 7)},
+            ]
+        }
         for i in range(n)
     ]
 
@@ -108,7 +110,9 @@ def test_samples_mode_resumes_from_state_dict(server: str) -> None:
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
-def test_dataset_mode_every_sample_once_and_equal_counts(server: str, qwen_processor: Processor, world_size: int) -> None:
+def test_dataset_mode_every_sample_once_and_equal_counts(
+    server: str, qwen_processor: Processor, world_size: int
+) -> None:
     rows = _rows()
     counts, seen = [], []
     for rank in range(world_size):

@@ -26,17 +26,22 @@ from feedline.client._slots import SlotMaps, SlotPool, describe
 from feedline.proto import InvalidOptions, InvalidSample
 from feedline.proto._codec import decode_batch, encode_batch, float32_to_bfloat16
 from feedline.service import Processor
-from feedline.service.server import Limits
-from feedline.service.server import ProcessorRegistry, ServingState
-
+from feedline.service.server import Limits, ProcessorRegistry, ServingState
 from tests.support.reliability_harness import wait_for
 
 N_ROWS = 29
 
 
 def _rows(n: int = N_ROWS) -> list[dict[str, Any]]:
-    return [{"messages": [{"role": "user", "content": f"Q{i}: " + "why " * (i % 5)},
-                          {"role": "assistant", "content": f"A{i}. " + "because " * (i % 9)}]} for i in range(n)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"Q{i}: " + "why " * (i % 5)},
+                {"role": "assistant", "content": f"A{i}. " + "because " * (i % 9)},
+            ]
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +185,8 @@ def test_offload_needs_no_credentials_object() -> None:
 
 def test_the_receiver_ends_with_its_trainer(server: str, tmp_path: Path) -> None:
     script = tmp_path / "trainer.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, time
         from feedline.client import RemoteLoader
         rows = [{{"messages": [{{"role": "user", "content": "hi"}}, {{"role": "assistant", "content": "yo"}}]}}] * 64
@@ -188,7 +194,8 @@ def test_the_receiver_ends_with_its_trainer(server: str, tmp_path: Path) -> None
         next(iter(loader))
         print(loader.receiver_pid, flush=True)
         time.sleep(120)
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     trainer = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -210,14 +217,22 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize(("offload", "content"), [(True, b"raw bytes"), (True, object()), (False, b"raw bytes")])
-def test_a_row_that_cannot_travel_is_an_invalid_sample(server: str, offload: bool, content: Any) -> None:
-    """bytes pass msgpack (trainer) and fail JSON (receiver); object() fails msgpack: both name the row."""
+@pytest.mark.parametrize(
+    ("offload", "content", "says"),
+    [
+        (True, b"raw bytes", "content must be a string"),
+        (True, object(), "serialis"),
+        (False, b"raw bytes", "content must be a string"),
+    ],
+)
+def test_a_row_that_cannot_travel_is_an_invalid_sample(server: str, offload: bool, content: Any, says: str) -> None:
+    """object() cannot be packed (the trainer names the row); bytes travel as msgpack and the server refuses the
+    field, naming the row too."""
     rows = _rows(3) + [{"messages": [{"role": "user", "content": content}]}] + _rows(2)
     loader = RemoteLoader(server, "qwen2.5", samples=rows, batch_size=5, offload=offload, shuffle=False)
     with pytest.raises(InvalidSample) as info:
         list(loader)
-    assert info.value.sample == 3 and "serialis" in info.value.message
+    assert info.value.sample == 3 and says in info.value.message
     loader.close()
 
 
@@ -262,9 +277,12 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
             time.sleep(0.05)
         return iter(())
 
-    handler = grpc.method_handlers_generic_handler("feedline.v1.Feedline", {
-        STREAM_DATASET.rsplit("/", 1)[1]: grpc.unary_stream_rpc_method_handler(hang),
-    })
+    handler = grpc.method_handlers_generic_handler(
+        "feedline.v1.Feedline",
+        {
+            STREAM_DATASET.rsplit("/", 1)[1]: grpc.unary_stream_rpc_method_handler(hang),
+        },
+    )
     stalled = grpc.server(futures.ThreadPoolExecutor(4))
     stalled.add_generic_rpc_handlers((handler,))
     port = stalled.add_insecure_port("127.0.0.1:0")
@@ -272,9 +290,16 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
     try:
         reference = [_bytes(b) for b in _loader(server, "dataset", batch_size=4, offload=False)]
         fingerprint = RemoteLoader(server, "qwen2.5", samples=[])._remote.pin()
-        loader = RemoteLoader([f"127.0.0.1:{port}", server], "qwen2.5", dataset="train.jsonl", seed=3,
-                              batch_size=4, offload=offload, fingerprint=fingerprint,
-                              retry=RetryPolicy(attempts=4, initial_backoff=0.05, timeout=1.5))
+        loader = RemoteLoader(
+            [f"127.0.0.1:{port}", server],
+            "qwen2.5",
+            dataset="train.jsonl",
+            seed=3,
+            batch_size=4,
+            offload=offload,
+            fingerprint=fingerprint,
+            retry=RetryPolicy(attempts=4, initial_backoff=0.05, timeout=1.5),
+        )
         loader._remote._connection._next = 0  # the hanging replica first
         started = time.monotonic()
         assert [_bytes(b) for b in loader] == reference

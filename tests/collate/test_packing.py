@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from feedline.proto import IGNORE_INDEX, InvalidOptions, InvalidSample, LabelFormat, LabelStrategy, SampleTooLong
-from feedline.service.collate._packing import PackOptions, PackPlan, materialise, pack_samples, plan_packs, sample_lengths
+from feedline.service.collate._packing import (
+    PackOptions,
+    PackPlan,
+    materialise,
+    pack_samples,
+    plan_packs,
+    sample_lengths,
+)
 from feedline.service.engine._sample import TokenizedSample, format_labels
 
 PAD = 0
@@ -261,8 +268,12 @@ def test_media_concatenate_in_pack_order_with_their_grids() -> None:
     samples = [make_sample(6, 0, image(2, 0.0)), make_sample(5, 1), make_sample(7, 2, image(3, 2.0))]
     out, plan = pack_samples(samples, PackOptions(pack_size=8), pad_id=PAD)
     with_media = [i for i in plan.indices.tolist() if samples[i].media]
-    np.testing.assert_array_equal(out["image_grid_thw"], np.concatenate([samples[i].media["image_grid_thw"] for i in with_media]))
-    np.testing.assert_array_equal(out["pixel_values"], np.concatenate([samples[i].media["pixel_values"] for i in with_media]))
+    np.testing.assert_array_equal(
+        out["image_grid_thw"], np.concatenate([samples[i].media["image_grid_thw"] for i in with_media])
+    )
+    np.testing.assert_array_equal(
+        out["pixel_values"], np.concatenate([samples[i].media["pixel_values"] for i in with_media])
+    )
     assert out["pixel_values"].dtype == np.float32
 
 
@@ -325,5 +336,12 @@ def test_empty_batch_has_every_key() -> None:
     out, plan = pack_samples([], PackOptions(pack_size=8), pad_id=PAD)
     assert len(plan) == 0
     assert out["input_ids"].shape == (0, 8)
-    assert set(out) == {"input_ids", "labels", "position_ids", "document_ids", "seq_lens", "seq_lens_padded",
-                        "cu_seqlens"}
+    assert set(out) == {
+        "input_ids",
+        "labels",
+        "position_ids",
+        "document_ids",
+        "seq_lens",
+        "seq_lens_padded",
+        "cu_seqlens",
+    }

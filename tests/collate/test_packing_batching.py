@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from feedline.proto import InvalidOptions, LabelFormat, LabelStrategy, SampleTooLong
+from feedline.service._options import CollateOptions
 from feedline.service.collate._batch import pad_samples
 from feedline.service.collate._batching import length_grouped_batches, token_budget_batches
-from feedline.service._options import CollateOptions
 from feedline.service.engine._sample import TokenizedSample
 
 
@@ -65,7 +65,9 @@ def test_length_grouping_needs_a_size_or_a_budget() -> None:
 def test_a_planned_batch_pads_with_the_existing_builder() -> None:
     rng = np.random.default_rng(1)
     lengths = [7, 12, 5, 9]
-    samples = [TokenizedSample(rng.integers(1, 50, n), rng.random(n) < 0.5, LabelStrategy.TURN_MARKERS) for n in lengths]
+    samples = [
+        TokenizedSample(rng.integers(1, 50, n), rng.random(n) < 0.5, LabelStrategy.TURN_MARKERS) for n in lengths
+    ]
     plan = token_budget_batches(lengths, 32, pad_to_multiple=8)
     options = CollateOptions(pad_to_multiple_of=8)
     for batch in plan:

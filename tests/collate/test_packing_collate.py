@@ -21,8 +21,12 @@ def test_packed_collate_matches_per_sample_labels(qwen_processor, label_format: 
     t = batch.tensors
     assert t["input_ids"].shape[1] == 256 and set(t) >= {"labels", "position_ids", "document_ids", "cu_seqlens"}
     labels = np.concatenate([row[doc > 0] for row, doc in zip(t["labels"], t["document_ids"], strict=False)])
-    own = np.concatenate([np.where(s.supervised, s.input_ids, IGNORE_INDEX)[first:]
-                          for s in (tokenize_row(qwen_processor, r, CollateOptions()) for r in rows)])
+    own = np.concatenate(
+        [
+            np.where(s.supervised, s.input_ids, IGNORE_INDEX)[first:]
+            for s in (tokenize_row(qwen_processor, r, CollateOptions()) for r in rows)
+        ]
+    )
     assert sorted(labels.tolist()) == sorted(own.tolist())
     assert sum(r.num_label_tokens for r in batch.reports) == int((t["labels"] != IGNORE_INDEX).sum())
 

@@ -20,17 +20,24 @@ def _err(row: object, **kw: object) -> InvalidSample:
     ("row", "field"),
     [
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r", "tool_call_id": 5}]},
-         "messages[1].tool_call_id"),
-        ({"messages": [{"role": "assistant", "content": "x", "reasoning_content": 5}]}, "messages[0].reasoning_content"),
+        (
+            {"messages": [{"role": "user", "content": "x"}, {"role": "tool", "content": "r", "tool_call_id": 5}]},
+            "messages[1].tool_call_id",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": "x", "reasoning_content": 5}]},
+            "messages[0].reasoning_content",
+        ),
         ({"messages": [{"role": "user", "content": "only a question"}]}, "messages"),
         ({"messages": []}, "messages"),
         ({"messages": "hello"}, "messages"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
         ({"messages": [{"role": "user", "content": [{"type": "hologram"}]}]}, "messages[0].content[0].type"),
-        ({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}]},
-         "messages[0].tool_calls[0].function.name"),
+        (
+            {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}]},
+            "messages[0].tool_calls[0].function.name",
+        ),
         ({"messages": [{"role": "assistant", "content": "a"}], "tools": "{not json"}, "tools"),
         ({"messages": [{"role": "assistant", "content": "a"}], "tools": [1, 2]}, "tools"),
         ({"conversations": [{"from": "alien", "value": "x"}]}, "conversations[0].from"),
@@ -52,7 +59,11 @@ def test_tool_result_must_answer_an_earlier_call() -> None:
     row = {
         "messages": [
             {"role": "user", "content": "weather?"},
-            {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"name": "w", "arguments": {}}}]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "c1", "function": {"name": "w", "arguments": {}}}],
+            },
             {"role": "tool", "tool_call_id": "c9", "content": "sunny"},
             {"role": "assistant", "content": "Sunny."},
         ]
@@ -65,8 +76,12 @@ def test_openai_row_is_normalised() -> None:
         "messages": [
             {"role": "system", "content": None},
             {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-            {"role": "assistant", "content": "x", "reasoning_content": "",
-             "tool_calls": [{"function": {"name": "f", "arguments": {"k": 1}}}]},
+            {
+                "role": "assistant",
+                "content": "x",
+                "reasoning_content": "",
+                "tool_calls": [{"function": {"name": "f", "arguments": {"k": 1}}}],
+            },
         ],
         "tools": '[{"type": "function", "function": {"name": "f"}}]',
     }

@@ -10,11 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feedline.proto import IGNORE_INDEX, LabelFormat, LabelStrategy, NoSupervisedTokens, SampleTooLong
-from feedline.service import CollateOptions, Processor, collate, tokenize_row
-from feedline.service import label_row
+from feedline.service import CollateOptions, Processor, collate, label_row, tokenize_row
 from feedline.service.engine._spans import marker_layout, render_layout
 from feedline.service.engine._tokenmask import spans_to_token_mask
-
 from tests.support.chat_templates import CHATML_GENERATION, CHATML_REASONING, CHATML_REWRITING, INST_STYLE
 from tests.support.labels import supervised_runs
 
@@ -43,11 +41,15 @@ def _chat(*turns: str, system: str | None = None) -> dict:
 
 
 # Text that does not start or end with whitespace and holds no special-token strings.
-_words = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="<>|"),
-    min_size=1,
-    max_size=40,
-).map(str.strip).filter(bool)
+_words = (
+    st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="<>|"),
+        min_size=1,
+        max_size=40,
+    )
+    .map(str.strip)
+    .filter(bool)
+)
 _conversations = st.lists(st.tuples(_words, _words), min_size=1, max_size=4)
 
 
@@ -147,8 +149,11 @@ def test_tool_calls_are_supervised_with_the_turn(qwen_processor: Processor) -> N
     row = {
         "messages": [
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+            },
             {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21C"},
             {"role": "assistant", "content": "It is sunny."},
         ],
@@ -227,7 +232,11 @@ def test_zero_supervised_tokens_is_an_error_or_a_reported_skip(qwen_processor: P
     with pytest.raises(NoSupervisedTokens) as info:
         collate(qwen_processor, [_chat("q", "a"), row], opts)
     assert info.value.sample == 1
-    batch = collate(qwen_processor, [_chat("q", "a"), row], CollateOptions(max_length=limit, truncation="right", on_zero_labels="skip"))
+    batch = collate(
+        qwen_processor,
+        [_chat("q", "a"), row],
+        CollateOptions(max_length=limit, truncation="right", on_zero_labels="skip"),
+    )
     assert [r.status for r in batch.reports] == ["ok", "skipped"]
     assert batch.reports[1].error["kind"] == "no_supervised_tokens"
 

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from feedline.proto import IGNORE_INDEX, InvalidOptions, InvalidSample, LabelStrategy, TemplateError
 from feedline.service import CollateOptions, Processor, collate, parse_row, tokenize_row
 from feedline.service.collate._batch import batch_pad_id
-from feedline.service.engine.nemo._labels import content_attention, nemo_pad_token_id, nemo_tokenize
 from feedline.service.engine.nemo._chat import (
     find_reasoning_span,
     is_render_prefix,
@@ -26,8 +25,8 @@ from feedline.service.engine.nemo._chat import (
     shift_for_left_padding,
     window_offset,
 )
+from feedline.service.engine.nemo._labels import content_attention, nemo_pad_token_id, nemo_tokenize
 from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
-
 from tests.support.chat_templates import CHATML_GENERATION, CHATML_REASONING, QWEN3
 from tests.support.labels import supervised_runs
 
@@ -105,11 +104,15 @@ def test_fallback_supervises_role_header_turn_end_and_newline(qwen: Processor, t
 
 
 # Text without leading/trailing whitespace and without special-token strings.
-_words = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="<>|"),
-    min_size=1,
-    max_size=30,
-).map(str.strip).filter(bool)
+_words = (
+    st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="<>|"),
+        min_size=1,
+        max_size=30,
+    )
+    .map(str.strip)
+    .filter(bool)
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -122,11 +125,11 @@ def test_fallback_is_assistant_policy_plus_headers(qwen: Processor, tok: Any, pa
     assert not (default.supervised & ~nemo.supervised).any()  # nemo supervises a superset
     extra = nemo.supervised & ~default.supervised
     header, newline = _ids(tok, HEADER), _ids(tok, "\n")
-    starts = [t for t in range(len(nemo.input_ids) - 2) if nemo.input_ids[t:t + 3].tolist() == header]
+    starts = [t for t in range(len(nemo.input_ids) - 2) if nemo.input_ids[t : t + 3].tolist() == header]
     assert len(starts) == len(pairs)
     expected_extra = np.zeros_like(extra)
     for t in starts:
-        expected_extra[t:t + 3] = True  # <|im_start|> assistant \n
+        expected_extra[t : t + 3] = True  # <|im_start|> assistant \n
     ends = np.flatnonzero(nemo.input_ids == tok.convert_tokens_to_ids(IM_END))
     for t in ends:
         if nemo.supervised[t]:
@@ -223,8 +226,9 @@ def test_generation_template_uses_hf_assistant_mask(tok: Any) -> None:
     row = _chat("q1", "first answer", "q2", "second")
     sample = _nemo(proc, row)
     assert sample.strategy is LabelStrategy.GENERATION_TAGS
-    hf = tok.apply_chat_template(row["messages"], chat_template=CHATML_GENERATION, return_dict=True,
-                                 return_assistant_tokens_mask=True)
+    hf = tok.apply_chat_template(
+        row["messages"], chat_template=CHATML_GENERATION, return_dict=True, return_assistant_tokens_mask=True
+    )
     amask = hf["assistant_masks"]
     assert sample.supervised.astype(int).tolist() == list(amask)
     labels = collate(proc, [row], NEMO).tensors["labels"][0].tolist()
@@ -239,7 +243,9 @@ def test_generation_template_uses_hf_assistant_mask(tok: Any) -> None:
 
 def test_generation_tag_without_whitespace_is_not_detected(tok: Any) -> None:
     """NeMo's regex needs whitespace inside the tag, so `{%generation%}` falls back to prefix arithmetic."""
-    tight = CHATML_GENERATION.replace("{% generation %}", "{%generation%}").replace("{% endgeneration %}", "{%endgeneration%}")
+    tight = CHATML_GENERATION.replace("{% generation %}", "{%generation%}").replace(
+        "{% endgeneration %}", "{%endgeneration%}"
+    )
     sample = _nemo(Processor("tight", tok, chat_template=tight), _chat("q", "a"))
     assert sample.strategy is LabelStrategy.PREFIX_RENDER
     assert _runs(tok, sample.input_ids, sample.supervised) == [HEADER + "a" + IM_END + "\n"]
@@ -271,12 +277,14 @@ def test_keep_last_run_cases() -> None:
 
 def test_reasoning_hole_is_what_emptying_the_field_changes(tok: Any) -> None:
     proc = Processor("reasoning", tok, chat_template=CHATML_REASONING)
-    row = {"messages": [
-        {"role": "user", "content": "q1"},
-        {"role": "assistant", "content": "a1", "reasoning_content": "first thought"},
-        {"role": "user", "content": "q2"},
-        {"role": "assistant", "content": "a2", "reasoning_content": "second thought"},
-    ]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1", "reasoning_content": "first thought"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2", "reasoning_content": "second thought"},
+        ]
+    }
     plain = _nemo(proc, row)
     assert _runs(tok, plain.input_ids, plain.supervised) == [
         HEADER + "<think>\nfirst thought\n</think>\n\na1" + IM_END + "\n",
@@ -285,7 +293,10 @@ def test_reasoning_hole_is_what_emptying_the_field_changes(tok: Any) -> None:
     # The template drops the <think> wrapper for an empty field, so the wrapper is part of the hole (§1.3).
     masked = _nemo(proc, row, _opts(mask_reasoning_content=True))
     assert _runs(tok, masked.input_ids, masked.supervised) == [
-        HEADER, "a1" + IM_END + "\n", HEADER, "a2" + IM_END + "\n",
+        HEADER,
+        "a1" + IM_END + "\n",
+        HEADER,
+        "a2" + IM_END + "\n",
     ]
     # Last turn only runs before the holes: the last turn keeps both its head and its tail (§7 regression).
     last = _nemo(proc, row, _opts(mask_reasoning_content=True, train_on_last_turn_only=True))
@@ -294,8 +305,12 @@ def test_reasoning_hole_is_what_emptying_the_field_changes(tok: Any) -> None:
 
 def test_reasoning_hole_with_generation_tags(tok: Any) -> None:
     proc = Processor("gen-reasoning", tok, chat_template=GENERATION_REASONING)
-    row = {"messages": [{"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "answer", "reasoning_content": "mull it over"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "answer", "reasoning_content": "mull it over"},
+        ]
+    }
     assert _runs(tok, *_fields(_nemo(proc, row))) == ["<think>mull it over</think>answer" + IM_END]
     assert _runs(tok, *_fields(_nemo(proc, row, _opts(mask_reasoning_content=True)))) == ["answer" + IM_END]
 
@@ -304,12 +319,14 @@ def test_rewritten_early_reasoning_is_skipped_with_a_warning(tok: Any) -> None:
     """Qwen3 drops the first turn's reasoning from the full render: no diff, a warning, and only the final
     turn's reasoning is masked (answer_only off, since the prefix fallback refuses this template)."""
     proc = Processor("qwen3-template", tok, chat_template=QWEN3)
-    row = {"messages": [
-        {"role": "user", "content": "q1"},
-        {"role": "assistant", "content": "a1", "reasoning_content": "early idea"},
-        {"role": "user", "content": "q2"},
-        {"role": "assistant", "content": "a2", "reasoning_content": "late idea"},
-    ]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1", "reasoning_content": "early idea"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2", "reasoning_content": "late idea"},
+        ]
+    }
     sample = _nemo(proc, row, _opts(answer_only=False, mask_reasoning_content=True))
     assert "could not isolate reasoning_content tokens for assistant message 1" in sample.warnings
     holes = _runs(tok, sample.input_ids, ~sample.supervised)
@@ -320,17 +337,25 @@ def test_rewritten_early_reasoning_is_skipped_with_a_warning(tok: Any) -> None:
 def test_reasoning_mask_when_a_header_depends_on_the_message_count(tok: Any) -> None:
     counted = "{{ '<|im_start|>system\\nturns: ' + (messages|length)|string + '<|im_end|>\\n' }}" + GENERATION_REASONING
     proc = Processor("counted", tok, chat_template=counted)
-    row = {"messages": [{"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "yes", "reasoning_content": "ponder"},
-                        {"role": "user", "content": "q2"},
-                        {"role": "assistant", "content": "no", "reasoning_content": "again"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "yes", "reasoning_content": "ponder"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "no", "reasoning_content": "again"},
+        ]
+    }
     sample = _nemo(proc, row, _opts(mask_reasoning_content=True))
     assert _runs(tok, sample.input_ids, sample.supervised) == ["yes" + IM_END, "no" + IM_END]
 
 
 def test_reasoning_unused_by_template_warns(qwen: Processor) -> None:
-    row = {"messages": [{"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "a", "reasoning_content": "never rendered"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a", "reasoning_content": "never rendered"},
+        ]
+    }
     sample = _nemo(qwen, row, _opts(mask_reasoning_content=True))
     assert "reasoning_content is present but the chat template never mentions it" in sample.warnings
     assert "could not isolate reasoning_content tokens for assistant message 1" in sample.warnings
@@ -339,12 +364,14 @@ def test_reasoning_unused_by_template_warns(qwen: Processor) -> None:
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_reasoning_holes_map_onto_truncated_ids(tok: Any, side: str) -> None:
     proc = _with(tok, CHATML_REASONING, truncation_side=side)
-    row = {"messages": [
-        {"role": "user", "content": "q1 " * 6},
-        {"role": "assistant", "content": "a1", "reasoning_content": "one two three"},
-        {"role": "user", "content": "q2"},
-        {"role": "assistant", "content": "a2", "reasoning_content": "four five six"},
-    ]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "q1 " * 6},
+            {"role": "assistant", "content": "a1", "reasoning_content": "one two three"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2", "reasoning_content": "four five six"},
+        ]
+    }
     everything = _opts(answer_only=False, mask_reasoning_content=True)
     full = _nemo(proc, row, everything)
     keep = full.num_tokens - 12
@@ -377,7 +404,11 @@ def test_left_padding_shift_cases() -> None:
     shifted = shift_for_left_padding(mask, "left", np.array([0, 0, 1, 1]))
     assert shifted.astype(int).tolist() == [0, 0, 1, 1]
     assert not shift_for_left_padding(mask, "left", np.zeros(4)).any()
-    assert shift_for_left_padding(np.array([1, 0, 0], bool), "left", np.array([0, 0, 1])).tolist() == [False, False, True]
+    assert shift_for_left_padding(np.array([1, 0, 0], bool), "left", np.array([0, 0, 1])).tolist() == [
+        False,
+        False,
+        True,
+    ]
 
 
 def test_content_length_rule() -> None:
@@ -404,7 +435,7 @@ def test_max_length_padding_matches_package_rules(qwen: Processor, tok: Any) -> 
     # Shifted lists are padded back to seq_length: input ids[:-1] then pads, attention content_len = c - 1.
     assert shifted["input_ids"][0].tolist() == content + [pad] * (length - c)
     assert shifted["attention_mask"][0].tolist() == [1] * (c - 1) + [0] * (length - c + 1)
-    assert (shifted["labels"][0, c - 1:] == IGNORE_INDEX).all()
+    assert (shifted["labels"][0, c - 1 :] == IGNORE_INDEX).all()
     np.testing.assert_array_equal(shifted["labels"][0, : c - 1], unpadded["labels"][0])
     assert unpadded["attention_mask"][0].tolist() == [1] * (c - 1)  # same content length unpadded
     # Unshifted (dLLM) format: full-length ids, 0/1 loss mask, attention without the minus one.
@@ -463,7 +494,7 @@ def test_pad_equal_to_eos(tok: Any) -> None:
     labels = batch["labels"][0]
     assert batch["input_ids"][0].tolist() == content + [eos] * (length - c)
     assert labels[c - 3] == eos and labels[c - 2] == tok.convert_tokens_to_ids("Ċ")  # the real EOS is supervised
-    assert (labels[c - 1:] == IGNORE_INDEX).all()  # pads are never eos labels
+    assert (labels[c - 1 :] == IGNORE_INDEX).all()  # pads are never eos labels
     # The first trailing eos counts as content: content = c + 1, so the shifted mask has c ones.
     assert batch["attention_mask"][0].tolist() == [1] * c + [0] * (length - c)
 
@@ -481,7 +512,7 @@ def test_pad_id_zero_becomes_eos(tok: Any) -> None:
     assert batch["input_ids"][0, c:].tolist() == [0] * (length - c - 1) + [eos]
     # ... and no trailing eos means the content rule sees no padding: the 0-pads are attended (PR #3704).
     assert batch["attention_mask"][0].tolist() == [1] * (length - 1) + [0]
-    assert (batch["labels"][0, c - 1:] == IGNORE_INDEX).all()
+    assert (batch["labels"][0, c - 1 :] == IGNORE_INDEX).all()
     ragged = collate(proc, [row, _chat("q", "a much longer answer")], NEMO).tensors
     assert ragged["input_ids"][0, -1] == eos  # batch padding uses NeMo's pad id
     assert batch_pad_id(proc, NEMO) == eos and batch_pad_id(proc, CollateOptions()) == 0
@@ -554,19 +585,30 @@ def test_prompt_completion_pads_right_and_answer_only_off(tok: Any) -> None:
 
 
 def test_normalised_messages_render_like_nemo(qwen: Processor) -> None:
-    parts = {"messages": [
-        {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "text", "text": "parts"}]},
-        {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
-        {"role": "tool", "tool_call_id": "call_0", "content": "r"},
-        {"role": "assistant", "content": "done"},
-    ], "tools": '[{"type": "function", "function": {"name": "f"}}]'}
-    plain = {"messages": [
-        {"role": "user", "content": "two parts"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]},
-        {"role": "tool", "tool_call_id": "call_0", "content": "r"},
-        {"role": "assistant", "content": "done"},
-    ], "tools": [{"type": "function", "function": {"name": "f"}}]}
+    parts = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "text", "text": "parts"}]},
+            {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "r"},
+            {"role": "assistant", "content": "done"},
+        ],
+        "tools": '[{"type": "function", "function": {"name": "f"}}]',
+    }
+    plain = {
+        "messages": [
+            {"role": "user", "content": "two parts"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_0", "content": "r"},
+            {"role": "assistant", "content": "done"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+    }
     a, b = _nemo(qwen, parts), _nemo(qwen, plain)
     np.testing.assert_array_equal(a.input_ids, b.input_ids)
     np.testing.assert_array_equal(a.supervised, b.supervised)
@@ -593,8 +635,16 @@ def test_non_ascii_tool_arguments_are_escaped_as_nemo_does(builtin: str) -> None
     proc = Processor(builtin, tokenizer)
     arguments = {"city": "Zürich", "note": "東京 — café ☕"}
     call = {"id": "abcdefghi", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
-                                               "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "weather",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
     messages = [
         {"role": "user", "content": "Wetter in Zürich?"},
         {"role": "assistant", "content": "", "tool_calls": [call]},

@@ -15,7 +15,6 @@ from feedline.service import CollateOptions, Processor, tokenize_row
 from feedline.service.media.families import GENERIC, family_for, family_named
 from feedline.service.media.families.gemma3 import GEMMA4_THINKING_PREFIX
 from feedline.service.media.families.qwen_vl import mrope_position_ids
-
 from tests.support.media import image_part, own_tokenizer, processor, vqa_row
 
 OPTS = CollateOptions()
@@ -36,8 +35,12 @@ def test_mrope_matches_transformers_get_rope_index() -> None:
     cls = transformers.Qwen2_5_VLModel
     model.get_vision_position_ids = types.MethodType(cls.get_vision_position_ids, model)
     ids = torch.from_numpy(sample.input_ids)[None]
-    expected, _ = cls.get_rope_index(model, ids, torch.from_numpy(sample.media["mm_token_type_ids"])[None],
-                                     image_grid_thw=torch.from_numpy(sample.media["image_grid_thw"]))
+    expected, _ = cls.get_rope_index(
+        model,
+        ids,
+        torch.from_numpy(sample.media["mm_token_type_ids"])[None],
+        image_grid_thw=torch.from_numpy(sample.media["image_grid_thw"]),
+    )
     assert np.array_equal(sample.media["position_ids"], expected[:, 0].numpy())
     assert np.array_equal(mrope_position_ids(np.zeros(5, int), np.zeros((0, 3)), 2), np.tile(np.arange(5), (3, 1)))
 
@@ -60,24 +63,31 @@ def test_gemma4_thinking_prefix_is_injected_and_not_supervised() -> None:
     # are not exercised.
     g3 = processor("gemma3-structure").hf_processor
     tok = own_tokenizer("gemma3-structure")
-    tok.add_special_tokens({"additional_special_tokens": ["<|turn>", "<turn|>", "<|channel>", "<channel|>"]},
-                           replace_extra_special_tokens=False)
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|turn>", "<turn|>", "<|channel>", "<channel|>"]},
+        replace_extra_special_tokens=False,
+    )
     template = g3.chat_template or tok.chat_template
     template = template.replace("<start_of_turn>", "<|turn>").replace("<end_of_turn>", "<turn|>")
     cls = type("Gemma4Processor", (type(g3),), {})
     hf = cls(image_processor=g3.image_processor, tokenizer=tok, chat_template=template)
     proc = Processor("gemma4-standin", tok, hf_processor=hf)
-    row = {"messages": [{"role": "user", "content": [image_part(64, 64), {"type": "text", "text": "hi"}]},
-                        {"role": "assistant", "content": "one"}, {"role": "user", "content": "again"},
-                        {"role": "assistant", "content": "two"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": [image_part(64, 64), {"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": "one"},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "two"},
+        ]
+    }
     sample = tokenize_row(proc, row, OPTS)
     assert sample.family == "gemma4_thinking"
     prefix = tok.encode(GEMMA4_THINKING_PREFIX, add_special_tokens=False)
     ids = sample.input_ids.tolist()
-    starts = [i for i in range(len(ids)) if ids[i:i + len(prefix)] == prefix]
+    starts = [i for i in range(len(ids)) if ids[i : i + len(prefix)] == prefix]
     assert len(starts) == 2
     for s in starts:
-        assert not sample.supervised[s:s + len(prefix)].any()
+        assert not sample.supervised[s : s + len(prefix)].any()
     assert tok.decode(sample.input_ids[sample.supervised]) == "one<turn|>two<turn|>"
     assert "<|turn>" not in processor("gemma3-structure").tokenizer.get_vocab()  # the shared tokenizer is untouched
 
@@ -113,15 +123,16 @@ def test_kimi_preexpansion_fixed_length_and_whole_image_truncation() -> None:
     assert tok.decode(sample.input_ids[sample.supervised]) == "Mostly noise.<|im_end|>"
     with pytest.raises(InvalidOptions, match="padding='max_length'"):
         tokenize_row(proc, row, CollateOptions.from_mapping({"max_length": 100}))
-    opts = CollateOptions.from_mapping({"max_length": 60, "padding": "max_length", "truncation": "right",
-                                        "answer_only": False})
+    opts = CollateOptions.from_mapping(
+        {"max_length": 60, "padding": "max_length", "truncation": "right", "answer_only": False}
+    )
     cut = tokenize_row(proc, row, opts)
     assert cut.media["n_images_per_sample"].tolist() == [0] and cut.num_tokens < 60
     assert cut.media["pixel_values"].shape[0] == 0 and not (cut.input_ids == pad).any()
     from feedline.service import collate
 
     batch = collate(proc, [row], CollateOptions.from_mapping({"max_length": 400, "padding": "max_length"}))
-    assert batch.tensors["input_ids"].shape == (1, 399)  # fixed before the model (shifted: max_length - 1)
+    assert batch.tensors["input_ids"].shape == (1, 400)  # fixed before the model: exactly max_length wide
     assert "<|media_pad|>" not in base.tokenizer.get_vocab()  # the shared tokenizer is untouched
 
 
@@ -138,8 +149,10 @@ def test_templateless_prompt_is_masked() -> None:
             return out
 
     tok = own_tokenizer("qwen2.5-vl")
-    tok.add_special_tokens({"additional_special_tokens": ["</s>", "<s>", "<predict_bbox>", "<predict_classes>",
-                                                          "<output_markdown>"]}, replace_extra_special_tokens=False)
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["</s>", "<s>", "<predict_bbox>", "<predict_classes>", "<output_markdown>"]},
+        replace_extra_special_tokens=False,
+    )
     hf = type("NemotronParseProcessor", (_ParseLike,), {})(base.hf_processor.image_processor, tok, None)
     proc = Processor("parse-standin", tok, hf_processor=hf)
     sample = tokenize_row(proc, vqa_row(image_part(56, 56), answer="# Title"), OPTS)
@@ -155,23 +168,44 @@ def test_omni_asr_needs_final_assistant_turn_and_extracts_features() -> None:
     # and a ChatML template writing <|audio_bos|><|AUDIO|><|audio_eos|> for audio parts (not Omni's own).
     from transformers import WhisperFeatureExtractor
 
-    from feedline.service.tokenizers.builtin._multimodal import _qwen_tokenizer
     from feedline.service.tokenizers._compat import without_video
+    from feedline.service.tokenizers.builtin._multimodal import _qwen_tokenizer
 
-    tok = _qwen_tokenizer(named={"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
-                                 "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-                                 "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"})
-    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}"
-                "{% else %}{% for c in m.content %}{% if c.type == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
-                "{% elif c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}")
+    tok = _qwen_tokenizer(
+        named={
+            "image_token": "<|IMAGE|>",
+            "audio_token": "<|AUDIO|>",
+            "video_token": "<|VIDEO|>",
+            "vision_bos_token": "<|vision_bos|>",
+            "vision_eos_token": "<|vision_eos|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+        }
+    )
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}{{ m.content }}"
+        "{% else %}{% for c in m.content %}{% if c.type == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+        "{% elif c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    )
     base = processor("qwen2.5-vl")
     cls = without_video(transformers.Qwen2_5OmniProcessor)
-    hf = cls(image_processor=base.hf_processor.image_processor, feature_extractor=WhisperFeatureExtractor(feature_size=128),
-             tokenizer=tok, chat_template=template)
+    hf = cls(
+        image_processor=base.hf_processor.image_processor,
+        feature_extractor=WhisperFeatureExtractor(feature_size=128),
+        tokenizer=tok,
+        chat_template=template,
+    )
     proc = Processor("omni-standin", tok, hf_processor=hf)
-    audio = {"type": "audio", "audio": {"array": np.sin(np.arange(16000) / 10).astype(np.float32), "sampling_rate": 16000}}
-    row = {"messages": [{"role": "user", "content": [audio, {"type": "text", "text": "Transcribe."}]},
-                        {"role": "assistant", "content": "a tone"}]}
+    audio = {
+        "type": "audio",
+        "audio": {"array": np.sin(np.arange(16000) / 10).astype(np.float32), "sampling_rate": 16000},
+    }
+    row = {
+        "messages": [
+            {"role": "user", "content": [audio, {"type": "text", "text": "Transcribe."}]},
+            {"role": "assistant", "content": "a tone"},
+        ]
+    }
     sample = tokenize_row(proc, row, OPTS)
     assert sample.family == "qwen_omni"
     assert sample.media["input_features"].shape[:2] == (1, 128)

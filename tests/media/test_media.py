@@ -11,9 +11,7 @@ import pytest
 
 from feedline.proto import MediaError
 from feedline.service.media._loading import MediaPolicy, decode_image, load_audio, load_image
-
 from tests.support.media import encode, noise, png_declaring
-
 
 POLICY = MediaPolicy()
 
@@ -21,9 +19,12 @@ POLICY = MediaPolicy()
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_formats_decode_to_rgb(fmt: str) -> None:
     data = encode(noise(), fmt)
-    for payload in ({"image": data}, {"image": base64.b64encode(data).decode()},
-                    {"image_url": {"url": "data:image/x;base64," + base64.b64encode(data).decode()}},
-                    {"base64": base64.b64encode(data).decode()}):
+    for payload in (
+        {"image": data},
+        {"image": base64.b64encode(data).decode()},
+        {"image_url": {"url": "data:image/x;base64," + base64.b64encode(data).decode()}},
+        {"base64": base64.b64encode(data).decode()},
+    ):
         img = load_image(payload, POLICY, sample=0, where="p")
         assert img.mode == "RGB" and img.size == (64, 48)
 
@@ -86,11 +87,17 @@ def test_paths_resolve_only_inside_media_roots(tmp_path) -> None:
 
 
 def test_audio_validation_names_shape_and_dtype() -> None:
-    ok = load_audio({"audio": {"array": np.zeros(1600, np.float64), "sampling_rate": 16000}}, POLICY,
-                    expected_rate=16000, sample=0, where="a")
+    ok = load_audio(
+        {"audio": {"array": np.zeros(1600, np.float64), "sampling_rate": 16000}},
+        POLICY,
+        expected_rate=16000,
+        sample=0,
+        where="a",
+    )
     assert ok.dtype == np.float32 and ok.shape == (1600,)
-    assert load_audio({"array": [0.0, 0.5], "sampling_rate": 16000}, POLICY, expected_rate=None,
-                      sample=0, where="a").shape == (2,)
+    assert load_audio(
+        {"array": [0.0, 0.5], "sampling_rate": 16000}, POLICY, expected_rate=None, sample=0, where="a"
+    ).shape == (2,)
     cases = [
         (np.zeros((2, 100), np.float32), r"shape \(2, 100\) dtype float32"),
         (np.zeros(100, np.int16), r"shape \(100,\) dtype int16"),
@@ -99,12 +106,18 @@ def test_audio_validation_names_shape_and_dtype() -> None:
     ]
     for arr, message in cases:
         with pytest.raises(MediaError, match=message) as err:
-            load_audio({"audio": {"array": arr, "sampling_rate": 16000}}, POLICY, expected_rate=16000, sample=5,
-                       where="messages[0].content[1]")
+            load_audio(
+                {"audio": {"array": arr, "sampling_rate": 16000}},
+                POLICY,
+                expected_rate=16000,
+                sample=5,
+                where="messages[0].content[1]",
+            )
         assert err.value.sample == 5
     with pytest.raises(MediaError, match="needs 16000 Hz"):
-        load_audio({"audio": {"array": np.zeros(10), "sampling_rate": 8000}}, POLICY, expected_rate=16000,
-                   sample=0, where="a")
+        load_audio(
+            {"audio": {"array": np.zeros(10), "sampling_rate": 8000}}, POLICY, expected_rate=16000, sample=0, where="a"
+        )
 
 
 def test_base64_with_line_breaks_and_bad_base64() -> None:
@@ -125,7 +138,7 @@ def test_base64_with_line_breaks_and_bad_base64() -> None:
 def test_png_damage_is_caught_in_data_and_in_checksums() -> None:
     good = encode(noise(256, 256), "PNG")
     idat = good.index(b"IDAT")
-    length = struct.unpack(">I", good[idat - 4:idat])[0]
+    length = struct.unpack(">I", good[idat - 4 : idat])[0]
     for at in (idat + 100, idat + 4 + length):  # a byte of compressed pixels; a byte of that chunk's CRC only
         data = bytearray(good)
         data[at] ^= 0xFF

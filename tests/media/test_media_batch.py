@@ -35,7 +35,7 @@ def test_trailing_axes_are_zero_padded_to_the_largest(shapes: list[tuple[int, in
     assert out.shape == (sum(s[0] for s in shapes), max(s[1] for s in shapes), max(s[2] for s in shapes))
     at = 0
     for p in parts:
-        block = out[at:at + p.shape[0]]
-        assert np.array_equal(block[:, :p.shape[1], :p.shape[2]], p)
+        block = out[at : at + p.shape[0]]
+        assert np.array_equal(block[:, : p.shape[1], : p.shape[2]], p)
         assert block.sum() == p.sum()  # the padding is zeros
         at += p.shape[0]

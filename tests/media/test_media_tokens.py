@@ -7,15 +7,17 @@ import pytest
 from feedline.proto import FeedlineError, MediaError
 from feedline.service import CollateOptions, tokenize_row
 from feedline.service.media._tokens import estimate_media_tokens
-
 from tests.support.media import image_part, processor, vqa_row
 
 
-@pytest.mark.parametrize(("name", "token", "sizes"), [
-    ("qwen2.5-vl", "<|image_pad|>", [(224, 224), (640, 480), (1280, 720), (57, 913), (3000, 40)]),
-    ("llava-onevision", "<image>", [(224, 224), (640, 480), (100, 400)]),
-    ("gemma3-structure", "<image_soft_token>", [(300, 200)]),
-])
+@pytest.mark.parametrize(
+    ("name", "token", "sizes"),
+    [
+        ("qwen2.5-vl", "<|image_pad|>", [(224, 224), (640, 480), (1280, 720), (57, 913), (3000, 40)]),
+        ("llava-onevision", "<image>", [(224, 224), (640, 480), (100, 400)]),
+        ("gemma3-structure", "<image_soft_token>", [(300, 200)]),
+    ],
+)
 def test_estimate_equals_the_exact_count(name: str, token: str, sizes: list[tuple[int, int]]) -> None:
     proc = processor(name)
     token_id = proc.tokenizer.convert_tokens_to_ids(token)

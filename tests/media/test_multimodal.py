@@ -9,7 +9,6 @@ from feedline.proto import IGNORE_INDEX, InvalidSample, MediaError, SampleTooLon
 from feedline.service import CollateOptions, collate, tokenize_row
 from feedline.service.media._loading import MediaPolicy
 from feedline.service.media._tensors import from_bf16_bits
-
 from tests.support.media import image_bytes, image_part, processor, vqa_row
 
 OPTS = CollateOptions()
@@ -55,9 +54,11 @@ def _pil(w, h):
 
 def test_batch_assembly_mixed_text_and_images() -> None:
     proc = processor("qwen2.5-vl")
-    rows = [vqa_row(image_part(224, 224), image_part(280, 336, "JPEG", seed=1)),
-            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
-            vqa_row(image_part(112, 112, "WEBP"))]
+    rows = [
+        vqa_row(image_part(224, 224), image_part(280, 336, "JPEG", seed=1)),
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        vqa_row(image_part(112, 112, "WEBP")),
+    ]
     batch = collate(proc, rows, CollateOptions.from_mapping({"pixel_dtype": "bfloat16"}))
     t = batch.tensors
     assert t["n_images_per_sample"].tolist() == [2, 0, 1]
@@ -74,8 +75,12 @@ def test_batch_assembly_mixed_text_and_images() -> None:
 
 def test_placeholders_never_supervised_even_in_assistant_turn() -> None:
     proc = processor("qwen2.5-vl")
-    row = {"messages": [{"role": "user", "content": "draw"},
-                        {"role": "assistant", "content": [image_part(56, 56), {"type": "text", "text": "done"}]}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "draw"},
+            {"role": "assistant", "content": [image_part(56, 56), {"type": "text", "text": "done"}]},
+        ]
+    }
     sample = tokenize_row(proc, row, OPTS)
     assert sample.media_tokens.any()
     assert not sample.supervised[sample.media_tokens].any()
@@ -143,7 +148,10 @@ def test_llava_onevision_patches_padded_across_samples() -> None:
     assert batch.tensors["image_sizes"].tolist() == [[384, 384], [300, 800]]
     assert [r.family for r in batch.reports] == ["llava_onevision"] * 2
     for i in range(2):
-        assert supervised_text(proc, batch.tensors["input_ids"][i], batch.tensors["labels"][i]) == "Mostly noise.<|im_end|>"
+        assert (
+            supervised_text(proc, batch.tensors["input_ids"][i], batch.tensors["labels"][i])
+            == "Mostly noise.<|im_end|>"
+        )
 
 
 def test_gemma3_expansion_is_a_media_span() -> None:
@@ -170,9 +178,11 @@ def test_one_processor_call_per_batch_gives_the_per_sample_results() -> None:
     from feedline.service.collate._batch import pad_samples, tokenize_rows
 
     proc = processor("qwen2.5-vl")
-    rows = [vqa_row(image_part(224, 112), image_part(84, 140, "JPEG", seed=1)),
-            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
-            vqa_row(image_part(112, 112, "WEBP", seed=2), answer="Grey.")]
+    rows = [
+        vqa_row(image_part(224, 112), image_part(84, 140, "JPEG", seed=1)),
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        vqa_row(image_part(112, 112, "WEBP", seed=2), answer="Grey."),
+    ]
     batched, _ = tokenize_rows(proc, rows, OPTS)
     for row, got in zip(rows, batched, strict=False):
         alone = tokenize_row(proc, row, OPTS)  # a single row: its own processor call
@@ -240,14 +250,16 @@ def test_mask_report_truncation_matches_the_media_aware_cut() -> None:
 
 
 def test_mask_request_uses_the_servers_media_policy(tmp_path) -> None:
-    from feedline.service.server import ProcessorRegistry, ServingState
-    from feedline.service.server import run_mask
+    from feedline.service.server import ProcessorRegistry, ServingState, run_mask
 
     (tmp_path / "cat.png").write_bytes(image_bytes(56, 56))
     row = vqa_row({"type": "image", "image": "cat.png"})
     state = ServingState(ProcessorRegistry.of(processor("qwen2.5-vl")), media_roots=[tmp_path])
     report = run_mask(state, row, processor=None, fingerprint=None, options=None)
-    assert [t["piece"] for t in report["tokens"] if t["kind"] == "media"] == \
-        ["<|vision_start|>", *["<|image_pad|>"] * 4, "<|vision_end|>"]
+    assert [t["piece"] for t in report["tokens"] if t["kind"] == "media"] == [
+        "<|vision_start|>",
+        *["<|image_pad|>"] * 4,
+        "<|vision_end|>",
+    ]
     with pytest.raises(MediaError, match="no media root"):
         run_mask(ServingState(state.registry), row, processor=None, fingerprint=None, options=None)

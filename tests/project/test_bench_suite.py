@@ -10,15 +10,22 @@ import numpy as np
 import pytest
 
 from bench.__main__ import BENCHES, main
+from bench._corpus import TOOLS
 from bench._report import write_markdown
 from bench.bench_hf_assistant_mask import generation_template, hf_labels
 from feedline.service import IGNORE_INDEX, CollateOptions, Processor, collate
 
 CHATS = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, how can I help?"}]},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-                  {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
-                  {"role": "assistant", "content": "6, of course."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "And 3+3?"},
+            {"role": "assistant", "content": "6, of course."},
+        ]
+    },
 ]
 
 
@@ -31,8 +38,9 @@ def test_tagged_template_renders_the_same_text_and_gives_the_engines_labels(qwen
     reference = hf_labels(qwen_processor.tokenizer, tagged, CHATS)
     assert (reference["labels"] != IGNORE_INDEX).sum() > 0
     options = CollateOptions.from_mapping({"label_format": "unshifted"})
+    with_tools = [{**chat, "tools": TOOLS} for chat in CHATS]  # hf_labels offers the bench's tools to every chat
     for processor in (qwen_processor, tagged_processor):
-        tensors = collate(processor, CHATS, options).tensors
+        tensors = collate(processor, with_tools, options).tensors
         for key, expected in reference.items():
             np.testing.assert_array_equal(tensors[key], expected, err_msg=key)
 
@@ -43,8 +51,16 @@ def test_generation_template_refuses_a_template_it_does_not_know() -> None:
 
 
 def _record(name: str, figures: Any = None, **extra: Any) -> dict[str, Any]:
-    record = {"name": name, "quick": True, "command": "python -m bench --quick", "date": "today", "wall_s": 1.0,
-              "loadavg_before": 1.0, "loadavg_after": 1.0, **extra}
+    record = {
+        "name": name,
+        "quick": True,
+        "command": "python -m bench --quick",
+        "date": "today",
+        "wall_s": 1.0,
+        "loadavg_before": 1.0,
+        "loadavg_after": 1.0,
+        **extra,
+    }
     if figures is not None:
         record["figures"] = figures
     return record
@@ -52,9 +68,16 @@ def _record(name: str, figures: Any = None, **extra: Any) -> dict[str, Any]:
 
 def test_report_has_every_section_and_says_what_failed_or_was_skipped(tmp_path: Path) -> None:
     records = {
-        "text": _record("text", {"rows": 3, "tokens": 30, "auto encoder": "fast",
-                                 "tokens_per_s": {"raw tokenizer encode": 1e6, "engine, hf encoder": 5e5},
-                                 "ratio over raw encode": {"engine, hf encoder": 0.5}}),
+        "text": _record(
+            "text",
+            {
+                "rows": 3,
+                "tokens": 30,
+                "auto encoder": "fast",
+                "tokens_per_s": {"raw tokenizer encode": 1e6, "engine, hf encoder": 5e5},
+                "ratio over raw encode": {"engine, hf encoder": 0.5},
+            },
+        ),
         "wire": _record("wire", error="RuntimeError: no server"),
         "multimodal": _record("multimodal", {"skipped": "no run(quick) yet"}),
         "fastpath": _record("fastpath", {"rows": 3, "nested": {"a": 1}, "table": [{"x": 1, "y": 2.5}]}),

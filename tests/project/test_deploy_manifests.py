@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "shared-service": ("shared-service", None),
     "sidecar": ("sidecar", None),  # the sidecar component, through the overlay
     "shared-service+tls": ("shared-service", "tls"),
+    "shared-service+datasets": ("shared-service", "datasets"),
 }
 """What gets rendered and checked: each overlay, and the overlays with the optional components added."""
 EXIT_SECONDS = 5
@@ -94,10 +95,14 @@ def rendered(variant: str) -> tuple[dict[str, Any], ...]:
     with tempfile.TemporaryDirectory(prefix="feedline-kustomize-") as scratch:
         target = K8S / "overlays" / overlay
         if component is not None:  # kustomize takes relative paths only
-            (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump({
-                "resources": [os.path.relpath(target, scratch)],
-                "components": [os.path.relpath(K8S / "components" / component, scratch)],
-            }))
+            (Path(scratch) / "kustomization.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "resources": [os.path.relpath(target, scratch)],
+                        "components": [os.path.relpath(K8S / "components" / component, scratch)],
+                    }
+                )
+            )
             target = Path(scratch)
         out = subprocess.run([*command, str(target)], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
@@ -124,8 +129,7 @@ def _validate(doc: dict[str, Any]) -> None:
 
 
 def test_schemas_are_pinned_to_a_version_the_validator_ships() -> None:
-    assert K8S_VERSION in {kubernetes_validate.utils.major_minor(v)
-                           for v in kubernetes_validate.utils.all_versions()}
+    assert K8S_VERSION in {kubernetes_validate.utils.major_minor(v) for v in kubernetes_validate.utils.all_versions()}
 
 
 def test_validation_rejects_a_misspelt_field() -> None:
@@ -161,8 +165,13 @@ def test_overlays_are_the_two_ways_to_run() -> None:
     assert OVERLAYS == ["shared-service", "sidecar"]
     assert sorted({c for _, c in VARIANTS.values() if c} | {"sidecar"}) == COMPONENTS
     assert {d["kind"] for d in rendered("shared-service")} == {
-        "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "HorizontalPodAutoscaler",
-        "PodDisruptionBudget"}
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
     assert {d["kind"] for d in rendered("sidecar")} == {"ConfigMap", "PersistentVolumeClaim", "Job"}
 
 
@@ -199,8 +208,9 @@ def test_parse_serve_args_fails_on_an_unknown_flag() -> None:
         parse_serve_args(["serve", "--config", "/etc/feedline/feedline.yaml", "--no-such-flag"])
 
 
-def _config_file(pod: dict[str, Any], container: dict[str, Any], docs: tuple[dict[str, Any], ...],
-                 path: Path, tmp_path: Path) -> Path:
+def _config_file(
+    pod: dict[str, Any], container: dict[str, Any], docs: tuple[dict[str, Any], ...], path: Path, tmp_path: Path
+) -> Path:
     """The rendered ConfigMap file the container sees at ``path``, written to ``tmp_path``."""
     mount = next(m for m in container["volumeMounts"] if path.parent == Path(m["mountPath"]))
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
@@ -211,8 +221,9 @@ def _config_file(pod: dict[str, Any], container: dict[str, Any], docs: tuple[dic
     return local
 
 
-def serve_config(pod: dict[str, Any], docs: tuple[dict[str, Any], ...], tmp_path: Path,
-                 monkeypatch: pytest.MonkeyPatch) -> ServeConfig:
+def serve_config(
+    pod: dict[str, Any], docs: tuple[dict[str, Any], ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> ServeConfig:
     """The ServeConfig `feedline serve` builds in this container: its args, mounted config file and env."""
     container = _feedline_container(pod)
     assert "command" not in container, "the image's ENTRYPOINT (feedline) must run"
@@ -251,8 +262,9 @@ def _healthcheck_in_image() -> str:
     return dest
 
 
-def test_container_config_agrees_with_ports_and_probes(overlay_pod: Any, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_container_config_agrees_with_ports_and_probes(
+    overlay_pod: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     docs, pod = overlay_pod
     config = serve_config(pod, docs, tmp_path, monkeypatch)
     container = _feedline_container(pod)
@@ -282,8 +294,9 @@ def test_tls_files_come_from_a_mounted_secret(tmp_path: Path, monkeypatch: pytes
         assert mount["readOnly"] and any("secret" in v for v in pod["volumes"] if v["name"] == mount["name"])
 
 
-def test_drain_fits_in_the_termination_grace_period(overlay_pod: Any, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_drain_fits_in_the_termination_grace_period(
+    overlay_pod: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     docs, pod = overlay_pod
     config = serve_config(pod, docs, tmp_path, monkeypatch)
     container = _feedline_container(pod)
@@ -292,8 +305,9 @@ def test_drain_fits_in_the_termination_grace_period(overlay_pod: Any, tmp_path: 
     needed = float(pause[1]) + config.grace_period_s + EXIT_SECONDS
     assert needed <= pod["terminationGracePeriodSeconds"] <= needed + 15
     liveness = container["livenessProbe"]
-    assert liveness["periodSeconds"] * liveness["failureThreshold"] > config.grace_period_s, \
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] > config.grace_period_s, (
         "a draining pod (health NOT_SERVING) must not be restarted by its liveness probe"
+    )
 
 
 def test_workers_fit_the_cpu_request(overlay_pod: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,8 +318,9 @@ def test_workers_fit_the_cpu_request(overlay_pod: Any, tmp_path: Path, monkeypat
     assert resources["limits"]["memory"] == resources["requests"]["memory"]
 
 
-def test_processors_load_from_read_only_mounts(overlay_pod: Any, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_processors_load_from_read_only_mounts(
+    overlay_pod: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     docs, pod = overlay_pod
     config = serve_config(pod, docs, tmp_path, monkeypatch)
     mounts = _feedline_container(pod)["volumeMounts"]
@@ -331,6 +346,26 @@ def test_container_runs_unprivileged_on_a_read_only_root(overlay_pod: Any) -> No
 # --- overlay-specific wiring -----------------------------------------------------------------------------------
 
 
+def test_datasets_come_from_a_read_only_volume_and_index_into_a_writable_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered("shared-service+datasets")
+    (pod,) = [p for p in _pod_specs(docs) if any(c["name"] == "feedline" for c in _containers(p))]
+    config = serve_config(pod, docs, tmp_path, monkeypatch)
+    container = _feedline_container(pod)
+    mounts = {Path(m["mountPath"]): m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert config.data_roots and config.data_urls
+    for root in config.data_roots:
+        mount = mounts[root]
+        claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim)
+        assert mount["readOnly"] and pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+    cache = mounts[config.dataset_cache_dir]
+    assert not cache.get("readOnly") and "emptyDir" in volumes[cache["name"]]
+    assert all(ref["secretRef"]["optional"] for ref in container["envFrom"])
+
+
 def test_shared_service_wiring() -> None:
     docs = rendered("shared-service")
     deployment, service = _one(docs, "Deployment"), _one(docs, "Service")
@@ -339,8 +374,11 @@ def test_shared_service_wiring() -> None:
     assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert service["spec"]["clusterIP"] == "None", "headless, for client-side round-robin"
-    for selector in (service["spec"]["selector"], pdb["spec"]["selector"]["matchLabels"],
-                     deployment["spec"]["selector"]["matchLabels"]):
+    for selector in (
+        service["spec"]["selector"],
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"],
+    ):
         assert selector.items() <= labels.items()
     container = _feedline_container(deployment["spec"]["template"]["spec"])
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -381,7 +419,7 @@ def test_dockerfile_is_multi_stage_non_root_with_a_health_check() -> None:
     steps = _dockerfile()
     stages = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
     assert len(stages) == 2
-    final = steps[stages[-1]:]
+    final = steps[stages[-1] :]
     user = [arg for op, arg in final if op == "USER"]
     assert user and user[-1].split(":")[0] not in ("0", "root")
     assert [arg for op, arg in final if op == "ENTRYPOINT"] == ['["feedline"]']
@@ -431,6 +469,12 @@ def test_health_check_script_fails_when_nothing_listens() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    done = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py")], env={"FEEDLINE_HTTP_PORT": str(port)},
-                          timeout=30, check=False, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(DOCKER / "healthcheck.py")],
+        env={"FEEDLINE_HTTP_PORT": str(port)},
+        timeout=30,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and "not ready" in done.stderr

@@ -38,6 +38,9 @@ def test_tiny_lm_loss_goes_down(served: Served) -> None:
 def test_remote_collate_example_runs(served: Served) -> None:
     out = subprocess.run(
         [sys.executable, str(EXAMPLES / "remote_collate.py"), "--endpoint", f"127.0.0.1:{served.grpc_port}"],
-        capture_output=True, text=True, timeout=180, check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
     ).stdout
     assert out.count("batch ") == 4 and "supervised tokens" in out

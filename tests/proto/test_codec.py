@@ -69,8 +69,9 @@ def _sample_batch() -> dict[str, np.ndarray]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=batches, meta=metas, frame_bytes=st.integers(1, 4096), batch_id=st.integers(0, 2**64 - 1))
-def test_round_trip_through_frames(batch: dict[str, np.ndarray], meta: dict[str, Any], frame_bytes: int,
-                                   batch_id: int) -> None:
+def test_round_trip_through_frames(
+    batch: dict[str, np.ndarray], meta: dict[str, Any], frame_bytes: int, batch_id: int
+) -> None:
     frames = encode_frames(batch, meta, batch_id=batch_id, max_frame_bytes=frame_bytes)
     assert all(len(f) <= frame_bytes + 48 for f in frames)
     decoded = decode_frames(frames)
@@ -153,8 +154,7 @@ def test_bfloat16_rounding_matches_torch(values: np.ndarray) -> None:
         ({"f": np.zeros(2, np.uint16)}, {"g": "bfloat16"}, "dtype_tags"),
     ],
 )
-def test_encoder_refuses_what_cannot_travel(tensors: dict[str, Any], tags: dict[str, str] | None,
-                                            field: str) -> None:
+def test_encoder_refuses_what_cannot_travel(tensors: dict[str, Any], tags: dict[str, str] | None, field: str) -> None:
     with pytest.raises(CodecError) as info:
         encode_batch(tensors, dtype_tags=tags)
     assert info.value.field == field

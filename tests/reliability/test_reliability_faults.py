@@ -23,19 +23,26 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feedline.proto import FrameAssembler, unwrap_frame
-from feedline.proto.v1 import SERVICE_NAME, feedline_pb2 as pb, feedline_pb2_grpc, frame_stream_calls
+from feedline.proto.v1 import SERVICE_NAME, feedline_pb2_grpc, frame_stream_calls
+from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import CollateOptions, Processor
-
+from tests.support.client import batch_blobs, dataset_loader
 from tests.support.reliability_corpus import OK
 from tests.support.reliability_harness import collate_request, expected_blob, metric, remote_code_repo, wait_for
 from tests.support.servers import Served
-from tests.support.client import batch_blobs, dataset_loader
 
 pytestmark = pytest.mark.timeout(180)
 
 _PADDED = {"padding": "max_length", "max_length": 4096, "truncation": "right"}
-_ROWS = [{"messages": [{"role": "user", "content": f"Question {i}?"},
-                       {"role": "assistant", "content": f"Answer {i}. " + "more " * (i % 9)}]} for i in range(2000)]
+_ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Question {i}?"},
+            {"role": "assistant", "content": f"Answer {i}. " + "more " * (i % 9)},
+        ]
+    }
+    for i in range(2000)
+]
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +92,26 @@ def _samples_total(served: Served) -> float:
 def test_a_client_killed_mid_stream_stops_the_servers_work(server: Served, method: str) -> None:
     """500 batches of 4 are asked for; the client reads 3 and is SIGKILLed: the server logs the call as
     cancelled, its in-flight gauge returns to 0 and its sample counter stops within a window of the kill."""
-    client = subprocess.Popen([sys.executable, "-c", _CLIENT, f"127.0.0.1:{server.grpc_port}", method, json.dumps(OK)],
-                              stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        [sys.executable, "-c", _CLIENT, f"127.0.0.1:{server.grpc_port}", method, json.dumps(OK)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert client.stdout is not None and client.stdout.readline().strip() == "streaming"
         at_kill = _samples_total(server)
         client.kill()
         client.wait(10)
-        assert wait_for(lambda: any(r.get("msg") == "rpc" and r.get("method") == method and r.get("code") == "CANCELLED"
-                                    for r in server.logs), 20)
-        assert wait_for(lambda: metric(server.http.get("/metrics").text, "feedline_in_flight", transport="grpc") == 0, 10)
+        assert wait_for(
+            lambda: any(
+                r.get("msg") == "rpc" and r.get("method") == method and r.get("code") == "CANCELLED"
+                for r in server.logs
+            ),
+            20,
+        )
+        assert wait_for(
+            lambda: metric(server.http.get("/metrics").text, "feedline_in_flight", transport="grpc") == 0, 10
+        )
         settled = _samples_total(server)
         time.sleep(1.0)
         assert _samples_total(server) == settled  # nothing more is collated for the dead client
@@ -132,7 +149,9 @@ def test_sigterm_lets_an_in_flight_stream_finish_every_batch(qwen_processor: Pro
     finally:
         served.close()
     options = CollateOptions.from_mapping(_PADDED)
-    assert len(blobs) == 30 and all(blob == expected_blob(qwen_processor, rows, i, options) for i, blob in enumerate(blobs))
+    assert len(blobs) == 30 and all(
+        blob == expected_blob(qwen_processor, rows, i, options) for i, blob in enumerate(blobs)
+    )
     assert wait_for(lambda: any(r.get("msg") == "stopped" for r in served.logs), 10)  # the log reader caught up
     assert [r.get("code") for r in served.logs if r.get("msg") == "rpc"] == ["OK"]
 
@@ -161,13 +180,22 @@ def test_a_replica_drained_mid_epoch_loses_and_repeats_nothing(data_root: Path, 
     finally:
         draining.close()
     assert len(reference) == 100 and disturbed == reference
+
     def resumed() -> list[dict[str, Any]]:
-        return [r for r in server.logs if r.get("msg") == "rpc" and r.get("method") == "StreamDataset"
-                and r.get("code") == "OK" and 0 < r.get("batches", 0) < 100]
+        return [
+            r
+            for r in server.logs
+            if r.get("msg") == "rpc"
+            and r.get("method") == "StreamDataset"
+            and r.get("code") == "OK"
+            and 0 < r.get("batches", 0) < 100
+        ]
 
     assert wait_for(resumed, 10), "the other replica did not resume the epoch from the cursor"
-    print(f"RELIABILITY drain: epoch of 100 batches, drained replica cut at ~batch 10, resumed with "
-          f"{resumed()[-1]['batches']} batches on the other; byte-identical")
+    print(
+        f"RELIABILITY drain: epoch of 100 batches, drained replica cut at ~batch 10, resumed with "
+        f"{resumed()[-1]['batches']} batches on the other; byte-identical"
+    )
 
 
 # --- processors that fail to load ------------------------------------------------------------------------------
@@ -180,10 +208,18 @@ def test_processors_that_fail_to_load_keep_the_server_not_ready(tmp_path: Path) 
     (broken / "tokenizer.json").write_text("{this is not a tokenizer")
     marker = tmp_path / "remote-code-ran"
     config = tmp_path / "feedline.yaml"
-    config.write_text(yaml.safe_dump({"processors": {
-        "qwen2.5": "qwen2.5", "broken": str(broken),
-        "remote": str(remote_code_repo(tmp_path / "remote", marker)),
-    }}, sort_keys=False))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "processors": {
+                    "qwen2.5": "qwen2.5",
+                    "broken": str(broken),
+                    "remote": str(remote_code_repo(tmp_path / "remote", marker)),
+                }
+            },
+            sort_keys=False,
+        )
+    )
     served = Served("--config", str(config), wait_ready=False)
     try:
         assert served.http.get("/healthz").status_code == 200
@@ -196,8 +232,10 @@ def test_processors_that_fail_to_load_keep_the_server_not_ready(tmp_path: Path) 
         with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for service in ("", SERVICE_NAME):
-                assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == \
-                    health_pb2.HealthCheckResponse.NOT_SERVING
+                assert (
+                    health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+                    == health_pb2.HealthCheckResponse.NOT_SERVING
+                )
             stub = feedline_pb2_grpc.FeedlineStub(channel)
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Collate(collate_request({"samples": [OK], "processor": "broken"}), timeout=10)

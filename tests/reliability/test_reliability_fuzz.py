@@ -11,15 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from feedline.proto import IGNORE_INDEX, FeedlineError, InvalidOptions, InvalidSample
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server import Limits
 from feedline.service.engine._conversation import ROLES, Conversation, PromptCompletion, parse_row
-from feedline.service.server import create_app
-from feedline.service.server import ProcessorRegistry, ServingState
+from feedline.service.server import Limits, ProcessorRegistry, ServingState, create_app
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,18 +30,38 @@ _JSON = st.recursive(
     max_leaves=12,
 )
 _ROLE = st.sampled_from(sorted(ROLES)) | _JSON
-_PART = st.fixed_dictionaries({"type": st.just("text"), "text": _TEXT}) | st.fixed_dictionaries(
-    {"type": st.sampled_from(["image", "audio", "video", "hologram"])}) | _JSON
-_MESSAGE = st.fixed_dictionaries({"role": _ROLE, "content": _TEXT | st.lists(_PART, max_size=3) | _JSON},
-                                 optional={"reasoning_content": _TEXT | _JSON, "name": _TEXT | _JSON,
-                                           "tool_call_id": _TEXT | _JSON, "tool_calls": _JSON})
+_PART = (
+    st.fixed_dictionaries({"type": st.just("text"), "text": _TEXT})
+    | st.fixed_dictionaries({"type": st.sampled_from(["image", "audio", "video", "hologram"])})
+    | _JSON
+)
+_MESSAGE = st.fixed_dictionaries(
+    {"role": _ROLE, "content": _TEXT | st.lists(_PART, max_size=3) | _JSON},
+    optional={
+        "reasoning_content": _TEXT | _JSON,
+        "name": _TEXT | _JSON,
+        "tool_call_id": _TEXT | _JSON,
+        "tool_calls": _JSON,
+    },
+)
 _TURN = st.tuples(st.text(max_size=30), st.text(max_size=30))  # well-formed text: no lone surrogates
 _CHAT = st.lists(_TURN, min_size=1, max_size=3).map(
-    lambda turns: {"messages": [{"role": r, "content": c} for u, a in turns for r, c in (("user", u), ("assistant", a))]})
+    lambda turns: {
+        "messages": [{"role": r, "content": c} for u, a in turns for r, c in (("user", u), ("assistant", a))]
+    }
+)
 _MALFORMED = (
     st.fixed_dictionaries({"messages": st.lists(_MESSAGE, max_size=5) | _JSON}, optional={"tools": _JSON})
-    | st.fixed_dictionaries({"conversations": st.lists(st.fixed_dictionaries(
-        {"from": st.sampled_from(["human", "gpt", "system", "alien"]) | _JSON, "value": _TEXT | _JSON}), max_size=4)})
+    | st.fixed_dictionaries(
+        {
+            "conversations": st.lists(
+                st.fixed_dictionaries(
+                    {"from": st.sampled_from(["human", "gpt", "system", "alien"]) | _JSON, "value": _TEXT | _JSON}
+                ),
+                max_size=4,
+            )
+        }
+    )
     | st.fixed_dictionaries({"prompt": _TEXT | _JSON, "completion": _TEXT | _JSON})
     | _JSON
 )
@@ -66,10 +85,14 @@ _SKIPPING = {"on_sample_error": "skip", "on_zero_labels": "skip", "overlong": "d
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(rows=st.lists(_ROW, min_size=1, max_size=4), max_length=st.none() | st.integers(8, 96),
-       label_format=st.sampled_from(["shifted", "unshifted", "loss_mask"]))
-def test_the_engine_accounts_for_every_row(qwen_processor: Processor, rows: list[Any], max_length: int | None,
-                                           label_format: str) -> None:
+@given(
+    rows=st.lists(_ROW, min_size=1, max_size=4),
+    max_length=st.none() | st.integers(8, 96),
+    label_format=st.sampled_from(["shifted", "unshifted", "loss_mask"]),
+)
+def test_the_engine_accounts_for_every_row(
+    qwen_processor: Processor, rows: list[Any], max_length: int | None, label_format: str
+) -> None:
     """With skip/drop policies nothing raises for a bad row: each row has one report, the batch holds exactly
     the rows reported ok, each with the supervised tokens its report counts; a second run gives the same bytes."""
     options = CollateOptions.from_mapping({**_SKIPPING, "label_format": label_format, "max_length": max_length})
@@ -88,8 +111,9 @@ def test_the_engine_accounts_for_every_row(qwen_processor: Processor, rows: list
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(_ROW, min_size=1, max_size=3))
-def test_with_error_policies_a_bad_row_fails_the_request_and_names_itself(qwen_processor: Processor,
-                                                                          rows: list[Any]) -> None:
+def test_with_error_policies_a_bad_row_fails_the_request_and_names_itself(
+    qwen_processor: Processor, rows: list[Any]
+) -> None:
     try:
         batch = collate(qwen_processor, rows, CollateOptions())
     except FeedlineError as exc:
@@ -99,10 +123,14 @@ def test_with_error_policies_a_bad_row_fails_the_request_and_names_itself(qwen_p
 
 
 @settings(max_examples=300, deadline=None)
-@given(options=st.dictionaries(st.sampled_from([*CollateOptions.__dataclass_fields__, "packing", "bogus"]),
-                               _JSON | st.fixed_dictionaries({}, optional={"pack_size": _JSON, "window": _JSON,
-                                                                           "seed": _JSON, "layout": _JSON}),
-                               max_size=4))
+@given(
+    options=st.dictionaries(
+        st.sampled_from([*CollateOptions.__dataclass_fields__, "packing", "bogus"]),
+        _JSON
+        | st.fixed_dictionaries({}, optional={"pack_size": _JSON, "window": _JSON, "seed": _JSON, "layout": _JSON}),
+        max_size=4,
+    )
+)
 def test_any_options_are_valid_options_or_an_error_naming_the_option(options: dict[str, Any]) -> None:
     try:
         CollateOptions.from_mapping(options)
@@ -142,6 +170,8 @@ def test_the_http_api_never_answers_5xx(api_schema: Any, mode: Any) -> None:
         call()
     assert {"POST /v1/collate", "POST /v1/mask"} <= set(statuses)
     assert all(code < 500 for codes in statuses.values() for code in codes)
-    print(f"RELIABILITY schemathesis {schemathesis.__version__} {mode.value}: "
-          f"{sum(sum(c.values()) for c in statuses.values())} requests over {len(statuses)} operations, statuses "
-          f"{ {label: dict(sorted(c.items())) for label, c in sorted(statuses.items())} }")
+    print(
+        f"RELIABILITY schemathesis {schemathesis.__version__} {mode.value}: "
+        f"{sum(sum(c.values()) for c in statuses.values())} requests over {len(statuses)} operations, statuses "
+        f"{ {label: dict(sorted(c.items())) for label, c in sorted(statuses.items())} }"
+    )

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from feedline.proto import FrameAssembler, unwrap_frame
-from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2 as pb, frame_stream_calls
+from feedline.proto.v1 import CHANNEL_OPTIONS, frame_stream_calls
+from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import CollateResult
-
 from tests.support.reliability_harness import ROW_SETS, collate_request, metric, rss_bytes
 from tests.support.servers import Served
 
@@ -99,8 +99,11 @@ def _http_client(base_url: str, deadline: float, expected: list[bytes], tally: T
         while time.monotonic() < deadline:
             start = time.perf_counter()
             try:
-                reply = client.post("/v1/collate", json={"samples": ROW_SETS[index % len(ROW_SETS)]},
-                                    headers={"accept": "application/x-feedline-batch"})
+                reply = client.post(
+                    "/v1/collate",
+                    json={"samples": ROW_SETS[index % len(ROW_SETS)]},
+                    headers={"accept": "application/x-feedline-batch"},
+                )
             except httpx.HTTPError as exc:
                 tally.errors.append(repr(exc))
                 continue
@@ -125,11 +128,19 @@ def test_concurrent_grpc_streams_and_http_clients(server: Served, qwen_processor
     sampler.start()
     deadline = time.monotonic() + SECONDS
     tallies = {f"grpc{i}": Tally() for i in range(GRPC_STREAMS)} | {f"http{i}": Tally() for i in range(HTTP_CLIENTS)}
-    threads = [threading.Thread(target=_grpc_client, args=(f"127.0.0.1:{server.grpc_port}", deadline, results,
-                                                           tallies[f"grpc{i}"], i)) for i in range(GRPC_STREAMS)]
-    threads += [threading.Thread(target=_http_client, args=(f"http://127.0.0.1:{server.http_port}", deadline,
-                                                            expected_http, tallies[f"http{i}"], i))
-                for i in range(HTTP_CLIENTS)]
+    threads = [
+        threading.Thread(
+            target=_grpc_client, args=(f"127.0.0.1:{server.grpc_port}", deadline, results, tallies[f"grpc{i}"], i)
+        )
+        for i in range(GRPC_STREAMS)
+    ]
+    threads += [
+        threading.Thread(
+            target=_http_client,
+            args=(f"http://127.0.0.1:{server.http_port}", deadline, expected_http, tallies[f"http{i}"], i),
+        )
+        for i in range(HTTP_CLIENTS)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -147,11 +158,13 @@ def test_concurrent_grpc_streams_and_http_clients(server: Served, qwen_processor
     assert max(rss) - before < 400 * _MB  # bounded: a few hundred MB at most over the idle server
     assert late - early < 64 * _MB  # and flat: no growth from the first quarter of the run to the last
     assert server.http.get("/readyz").status_code == 200
-    print(f"RELIABILITY load: {GRPC_STREAMS} gRPC streams + {HTTP_CLIENTS} HTTP clients for {SECONDS:.0f} s: "
-          f"{len(grpc_lat)} gRPC batches (p50 {_ms(grpc_lat, 50)} ms, p99 {_ms(grpc_lat, 99)} ms), "
-          f"{len(http_lat)} HTTP collates (p50 {_ms(http_lat, 50)} ms, p99 {_ms(http_lat, 99)} ms), 0 errors, "
-          f"0 mismatches; server RSS idle {before / _MB:.0f} MB, peak {max(rss) / _MB:.0f} MB, "
-          f"first quarter {early / _MB:.0f} MB, last quarter {late / _MB:.0f} MB")
+    print(
+        f"RELIABILITY load: {GRPC_STREAMS} gRPC streams + {HTTP_CLIENTS} HTTP clients for {SECONDS:.0f} s: "
+        f"{len(grpc_lat)} gRPC batches (p50 {_ms(grpc_lat, 50)} ms, p99 {_ms(grpc_lat, 99)} ms), "
+        f"{len(http_lat)} HTTP collates (p50 {_ms(http_lat, 50)} ms, p99 {_ms(http_lat, 99)} ms), 0 errors, "
+        f"0 mismatches; server RSS idle {before / _MB:.0f} MB, peak {max(rss) / _MB:.0f} MB, "
+        f"first quarter {early / _MB:.0f} MB, last quarter {late / _MB:.0f} MB"
+    )
 
 
 def test_a_slow_consumer_cannot_make_the_server_buffer_without_limit(server: Served) -> None:
@@ -183,5 +196,7 @@ def test_a_slow_consumer_cannot_make_the_server_buffer_without_limit(server: Ser
     peak = max(sampler.samples) - before
     assert collated <= (3 + 4 + 2) * 10  # read + window + one blocked in the send + one being read, x 10 rows
     assert peak < 200 * _MB
-    print(f"RELIABILITY slow consumer: 200 batches of ~4 MB asked, {read} read in ~5 s; the server collated "
-          f"{int(collated) // 10} batches and grew by {peak / _MB:.0f} MB at most (vs ~750 MB unbounded)")
+    print(
+        f"RELIABILITY slow consumer: 200 batches of ~4 MB asked, {read} read in ~5 s; the server collated "
+        f"{int(collated) // 10} batches and grew by {peak / _MB:.0f} MB at most (vs ~750 MB unbounded)"
+    )

@@ -23,14 +23,19 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from feedline.proto import FrameAssembler, unwrap_frame
-from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2 as pb, feedline_pb2_grpc, frame_stream_calls
+from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2_grpc, frame_stream_calls
+from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import CollateOptions, Processor, collate, load_processor
-from feedline.service.server import TokenAuth
-from feedline.service.server import Limits, load_config
-from feedline.service.server import create_server
-from feedline.service.server import BATCH_MEDIA_TYPE, create_app
-from feedline.service.server import ProcessorRegistry, ServingState
-
+from feedline.service.server import (
+    BATCH_MEDIA_TYPE,
+    Limits,
+    ProcessorRegistry,
+    ServingState,
+    TokenAuth,
+    create_app,
+    create_server,
+    load_config,
+)
 from tests.support.media import processor as mm_processor
 from tests.support.reliability_corpus import CASES, OK, b64, image, samples, vl
 from tests.support.reliability_harness import Layout, call_grpc, call_http, collate_request, remote_code_repo
@@ -65,8 +70,9 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> Layout:
 @pytest.fixture(scope="module")
 def state(layout: Layout, qwen_processor: Processor) -> ServingState:
     vl_processor = load_processor("vl", mm_processor("qwen2.5-vl").source)  # the corpus's name for it
-    return ServingState(ProcessorRegistry.of(qwen_processor, vl_processor), media_roots=[layout.root],
-                        data_roots=[layout.data])
+    return ServingState(
+        ProcessorRegistry.of(qwen_processor, vl_processor), media_roots=[layout.root], data_roots=[layout.data]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +105,10 @@ def test_no_file_outside_the_media_roots_is_opened(client: TestClient, layout: L
 
 def test_without_a_media_root_no_path_is_read(qwen_processor: Processor) -> None:
     vl_processor = mm_processor("qwen2.5-vl")
-    with TestClient(create_app(ServingState(ProcessorRegistry.of(qwen_processor, vl_processor)))) as bare, \
-            opened_files() as opened:
+    with (
+        TestClient(create_app(ServingState(ProcessorRegistry.of(qwen_processor, vl_processor)))) as bare,
+        opened_files() as opened,
+    ):
         reply = bare.post("/v1/collate", json={**vl(image(path="/etc/hostname")), "processor": vl_processor.name})
     assert reply.status_code == 400 and "no media root" in reply.json()["error"]["message"]
     assert [p for p in opened if p.startswith("/etc/")] == []
@@ -114,7 +122,9 @@ def test_no_dataset_outside_the_data_roots_is_opened(state: ServingState, layout
             for case in (c for c in CASES if c.category == "dataset" and "path" in (c.grpc.field or "")):  # type: ignore[union-attr]
                 assert call_grpc(channel, port, case, layout) == case.grpc, case.id
             _, stream_dataset = frame_stream_calls(channel)
-            served = list(stream_dataset(pb.StreamDatasetRequest(dataset=pb.DatasetRef(path="train.jsonl")), timeout=30))
+            served = list(
+                stream_dataset(pb.StreamDatasetRequest(dataset=pb.DatasetRef(path="train.jsonl")), timeout=30)
+            )
     finally:
         server.stop(0)
     assert served and str((layout.data / "train.jsonl").resolve()) in opened
@@ -136,7 +146,9 @@ def test_grpc_request_and_message_limits_hold(qwen_processor: Processor) -> None
             stub = feedline_pb2_grpc.FeedlineStub(channel)
             stub.Collate(collate_request({"samples": [{"prompt": "x" * (60 << 10), "completion": "y"}]}), timeout=30)
             with pytest.raises(grpc.RpcError) as over:
-                stub.Collate(collate_request({"samples": [{"prompt": "x" * (70 << 10), "completion": "y"}]}), timeout=30)
+                stub.Collate(
+                    collate_request({"samples": [{"prompt": "x" * (70 << 10), "completion": "y"}]}), timeout=30
+                )
             assert over.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             with pytest.raises(grpc.RpcError) as answer:  # ~400 KB in one unary response
                 stub.Collate(big_batch, timeout=30)
@@ -169,22 +181,32 @@ def test_requests_cannot_carry_a_chat_template(client: TestClient, qwen_processo
     for message in (pb.CollateRequest, pb.CollateOptions, pb.StreamDatasetRequest, pb.DatasetRef):
         assert not any("template" in f.name for f in message.DESCRIPTOR.fields), message
     evil = "{% for m in messages %}PWNED{% endfor %}"
-    for body in (samples(OK, chat_template=evil), samples(OK, options={"chat_template": evil}),
-                 {"sample": OK, "chat_template": evil}):
+    for body in (
+        samples(OK, chat_template=evil),
+        samples(OK, options={"chat_template": evil}),
+        {"sample": OK, "chat_template": evil},
+    ):
         path = "/v1/mask" if "sample" in body else "/v1/collate"
         assert client.post(path, json=body).status_code == 400
     # a row may carry any extra column; a "chat_template" column is data, never a template
     plain = client.post("/v1/collate", json=samples(OK), headers={"accept": BATCH_MEDIA_TYPE})
-    carried = client.post("/v1/collate", json=samples({**OK, "chat_template": evil}), headers={"accept": BATCH_MEDIA_TYPE})
+    carried = client.post(
+        "/v1/collate", json=samples({**OK, "chat_template": evil}), headers={"accept": BATCH_MEDIA_TYPE}
+    )
     assert plain.status_code == carried.status_code == 200 and plain.content == carried.content
-    assert "PWNED" not in qwen_processor.tokenizer.decode(collate(qwen_processor, [OK], CollateOptions())
-                                                          .tensors["input_ids"][0])
+    assert "PWNED" not in qwen_processor.tokenizer.decode(
+        collate(qwen_processor, [OK], CollateOptions()).tensors["input_ids"][0]
+    )
 
 
-@pytest.mark.parametrize("template", [
-    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    "{% for m in messages %}{{ m.role }}{% endfor %}{{ cycler.__init__.__globals__.os.popen('touch @MARK@').read() }}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{% for m in messages %}{{ m.role }}{% endfor %}"
+        "{{ cycler.__init__.__globals__.os.popen('touch @MARK@').read() }}",
+    ],
+)
 def test_operator_templates_are_rendered_sandboxed(qwen_processor: Processor, tmp_path: Path, template: str) -> None:
     marker = tmp_path / "escaped"
     hostile = Processor("hostile", qwen_processor.tokenizer, chat_template=template.replace("@MARK@", str(marker)))
@@ -215,12 +237,21 @@ def test_remote_code_runs_only_when_the_config_enables_it(tmp_path: Path) -> Non
     marker = tmp_path / "remote-code-ran"
     repo = remote_code_repo(tmp_path / "repo", marker)
     configs = []
-    for name, entry in (("default", {"source": str(repo)}), ("enabled", {"source": str(repo), "trust_remote_code": True})):
+    for name, entry in (
+        ("default", {"source": str(repo)}),
+        ("enabled", {"source": str(repo), "trust_remote_code": True}),
+    ):
         configs.append(tmp_path / f"{name}.yaml")
         configs[-1].write_text(yaml.safe_dump({"processors": {"remote": entry}}))
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", _LOAD, str(marker), *map(str, configs)], env=env, capture_output=True,
-                         text=True, timeout=120, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(marker), *map(str, configs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["default"]["trust"] is False and out["default"]["ran"] is False
     assert "trust_remote_code=True" in out["default"]["status"]["error"]
@@ -242,8 +273,13 @@ def test_bearer_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(hmac, "compare_digest", counting)
     auth = TokenAuth(["first-token", "second-token", "3"])
-    for presented, accepted in (("first-token", True), ("3", True), ("first-toke", False), ("x" * 10_000, False),
-                                ("", False)):
+    for presented, accepted in (
+        ("first-token", True),
+        ("3", True),
+        ("first-toke", False),
+        ("x" * 10_000, False),
+        ("", False),
+    ):
         compared.clear()
         assert auth.accepts(f"Bearer {presented}") is accepted
         assert compared == [(32, 32)] * 3, presented

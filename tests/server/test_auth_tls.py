@@ -31,19 +31,26 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from feedline.proto import Unauthenticated
-from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2 as pb, feedline_pb2_grpc
+from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2_grpc
+from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import Processor
-from feedline.service.server import Security, TlsFiles, TokenAuth
 from feedline.service._cli import build_parser, config_from_args
-from feedline.service.server import ConfigError, ServeConfig
-from feedline.service.server import create_server
-from feedline.service.server import create_app
-from feedline.service.server import JsonFormatter
-from feedline.service.server import ProcessorRegistry, ServingState
-
+from feedline.service.server import (
+    ConfigError,
+    JsonFormatter,
+    ProcessorRegistry,
+    Security,
+    ServeConfig,
+    ServingState,
+    TlsFiles,
+    TokenAuth,
+    create_app,
+    create_server,
+)
 from tests.support.rows import ROWS
 
 TOKEN = "s3cret-token-for-tests"
@@ -68,29 +75,41 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _certificate(subject: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, *,
-                 usage: x509.ObjectIdentifier | None = None
-                 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _certificate(
+    subject: str,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    usage: x509.ObjectIdentifier | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     issuer_name, issuer_key = issuer or (_name(subject), key)
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
     if usage is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     return builder.sign(issuer_key, hashes.SHA256()), key
 
 
 def _write(directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -103,8 +122,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     client = _certificate("trainer", (ca.subject, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     rogue = _certificate("intruder", (other_ca.subject, other_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     ca_path, _ = _write(directory, "ca", ca, ca_key)
-    return Pki(ca_path, *_write(directory, "server", *server), *_write(directory, "client", *client),
-               *_write(directory, "rogue", *rogue))
+    return Pki(
+        ca_path,
+        *_write(directory, "server", *server),
+        *_write(directory, "client", *client),
+        *_write(directory, "rogue", *rogue),
+    )
 
 
 # --- tokens and configuration ---------------------------------------------------------------------------------
@@ -120,21 +143,30 @@ def test_token_check() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(accepted=st.text(min_size=1, max_size=40).map(str.strip).filter(bool),
-       presented=st.text(max_size=40))
+@given(accepted=st.text(min_size=1, max_size=40).map(str.strip).filter(bool), presented=st.text(max_size=40))
 def test_a_token_is_accepted_exactly_when_it_matches(accepted: str, presented: str) -> None:
     assert TokenAuth([accepted]).accepts(f"Bearer {presented}") == (presented.strip() == accepted)
 
 
-def test_security_from_flags_environment_and_token_file(tmp_path: Path, pki: Pki,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_security_from_flags_environment_and_token_file(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("new-token\n\n  old-token  \n")
     for key in [k for k in os.environ if k.startswith("FEEDLINE_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("FEEDLINE_TLS_CLIENT_CA", str(pki.ca))
-    args = build_parser().parse_args(["serve", "--auth-token-file", str(tokens), "--tls-cert", str(pki.server_cert),
-                                      "--tls-key", str(pki.server_key)])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--auth-token-file",
+            str(tokens),
+            "--tls-cert",
+            str(pki.server_cert),
+            "--tls-key",
+            str(pki.server_key),
+        ]
+    )
     config = config_from_args(args)
     assert (config.tls_cert, config.tls_key, config.tls_client_ca) == (pki.server_cert, pki.server_key, pki.ca)
     security = Security.from_config(config, env={"FEEDLINE_AUTH_TOKEN": TOKEN})
@@ -144,8 +176,17 @@ def test_security_from_flags_environment_and_token_file(tmp_path: Path, pki: Pki
     assert Security.from_config(ServeConfig(), env={}) == Security()
 
 
-@pytest.mark.parametrize("problem", ["empty token file", "missing token file", "cert without key",
-                                     "client CA without cert", "key of another certificate", "not PEM"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "empty token file",
+        "missing token file",
+        "cert without key",
+        "client CA without cert",
+        "key of another certificate",
+        "not PEM",
+    ],
+)
 def test_bad_security_settings_stop_the_server(problem: str, tmp_path: Path, pki: Pki) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
@@ -179,15 +220,19 @@ def grpc_target(processor: Processor, security: Security) -> Iterator[str]:
 
 
 def _channel_credentials(pki: Pki, client: str | None = None) -> grpc.ChannelCredentials:
-    chain = None if client is None else (getattr(pki, f"{client}_key").read_bytes(),
-                                         getattr(pki, f"{client}_cert").read_bytes())
+    chain = (
+        None
+        if client is None
+        else (getattr(pki, f"{client}_key").read_bytes(), getattr(pki, f"{client}_cert").read_bytes())
+    )
     return grpc.ssl_channel_credentials(pki.ca.read_bytes(), *(chain or (None, None)))
 
 
 def _list_processors(channel: grpc.Channel, token: str | None = None) -> pb.ListProcessorsResponse:
     metadata = (("authorization", f"Bearer {token}"),) if token else None
-    return feedline_pb2_grpc.FeedlineStub(channel).ListProcessors(pb.ListProcessorsRequest(), timeout=10,
-                                                                  metadata=metadata)
+    return feedline_pb2_grpc.FeedlineStub(channel).ListProcessors(
+        pb.ListProcessorsRequest(), timeout=10, metadata=metadata
+    )
 
 
 def _health(channel: grpc.Channel) -> int:
@@ -205,8 +250,10 @@ def _unauthenticated(call: Any) -> grpc.RpcError:
 def test_grpc_calls_need_the_token_and_health_checks_do_not(qwen_processor: Processor) -> None:
     from feedline.client._connection import map_rpc_error
 
-    with grpc_target(qwen_processor, Security(auth=TokenAuth([TOKEN]))) as target, \
-            grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    with (
+        grpc_target(qwen_processor, Security(auth=TokenAuth([TOKEN]))) as target,
+        grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel,
+    ):
         stub = feedline_pb2_grpc.FeedlineStub(channel)
         error = _unauthenticated(lambda: _list_processors(channel))
         assert isinstance(map_rpc_error(error), Unauthenticated)
@@ -225,16 +272,24 @@ def test_grpc_refusals_are_logged_with_the_request_id(qwen_processor: Processor)
     logger = logging.getLogger("feedline.service.auth")
     logger.addHandler(handler)
     try:
-        with grpc_target(qwen_processor, Security(auth=TokenAuth([TOKEN]))) as target, \
-                grpc.insecure_channel(target) as channel:
+        with (
+            grpc_target(qwen_processor, Security(auth=TokenAuth([TOKEN]))) as target,
+            grpc.insecure_channel(target) as channel,
+        ):
             stub = feedline_pb2_grpc.FeedlineStub(channel)
-            _unauthenticated(lambda: stub.ListProcessors(pb.ListProcessorsRequest(), timeout=10,
-                                                         metadata=(("x-request-id", "trace-42"),)))
+            _unauthenticated(
+                lambda: stub.ListProcessors(
+                    pb.ListProcessorsRequest(), timeout=10, metadata=(("x-request-id", "trace-42"),)
+                )
+            )
     finally:
         logger.removeHandler(handler)
     (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert (line["msg"], line["request_id"], line["method"]) == (
-        "unauthenticated", "trace-42", "/feedline.v1.Feedline/ListProcessors")
+        "unauthenticated",
+        "trace-42",
+        "/feedline.v1.Feedline/ListProcessors",
+    )
 
 
 def test_grpc_over_tls(qwen_processor: Processor, pki: Pki) -> None:
@@ -251,13 +306,19 @@ def test_grpc_mutual_tls_with_a_token_serves_the_real_client(qwen_processor: Pro
 
     security = Security(auth=TokenAuth([TOKEN]), tls=TlsFiles(pki.server_cert, pki.server_key, pki.ca))
     with grpc_target(qwen_processor, security) as target:
-        collate = RemoteCollate(target, qwen_processor.name, credentials=_channel_credentials(pki, "client"),
-                                metadata=[("authorization", f"Bearer {TOKEN}")])
+        collate = RemoteCollate(
+            target,
+            qwen_processor.name,
+            credentials=_channel_credentials(pki, "client"),
+            metadata=[("authorization", f"Bearer {TOKEN}")],
+        )
         batch = collate(ROWS[:2])
         assert batch["input_ids"].shape[0] == 2
         for client in (None, "rogue"):
-            with grpc.secure_channel(target, _channel_credentials(pki, client)) as channel, \
-                    pytest.raises(grpc.RpcError) as info:
+            with (
+                grpc.secure_channel(target, _channel_credentials(pki, client)) as channel,
+                pytest.raises(grpc.RpcError) as info,
+            ):
                 _list_processors(channel, TOKEN)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE, client
 
@@ -292,8 +353,10 @@ def _client_context(pki: Pki, client: str | None = None) -> ssl.SSLContext:
 
 
 def test_http_needs_the_token_except_for_probes_and_metrics(qwen_processor: Processor) -> None:
-    with http_port(qwen_processor, Security(auth=TokenAuth([TOKEN]))) as port, \
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with (
+        http_port(qwen_processor, Security(auth=TokenAuth([TOKEN]))) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
             refused = client.get("/v1/processors", headers=headers)
             assert refused.status_code == 401, headers
@@ -322,8 +385,10 @@ def test_http_mutual_tls(qwen_processor: Processor, pki: Pki) -> None:
         with httpx.Client(verify=_client_context(pki, "client"), timeout=30) as client:
             assert client.get(f"https://127.0.0.1:{port}/readyz").status_code == 200
         for intruder in (None, "rogue"):
-            with httpx.Client(verify=_client_context(pki, intruder), timeout=30) as client, \
-                    pytest.raises(httpx.TransportError):
+            with (
+                httpx.Client(verify=_client_context(pki, intruder), timeout=30) as client,
+                pytest.raises(httpx.TransportError),
+            ):
                 client.get(f"https://127.0.0.1:{port}/readyz")
 
 
@@ -332,8 +397,9 @@ HEALTHCHECK = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "healt
 
 def _healthcheck(port: int, **files: Path) -> int:
     env = {"FEEDLINE_HTTP_PORT": str(port), **{f"FEEDLINE_{k.upper()}": str(v) for k, v in files.items()}}
-    return subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, timeout=30, check=False,
-                          capture_output=True).returncode
+    return subprocess.run(
+        [sys.executable, str(HEALTHCHECK)], env=env, timeout=30, check=False, capture_output=True
+    ).returncode
 
 
 def test_container_health_check_over_tls_and_mutual_tls(qwen_processor: Processor, pki: Pki) -> None:
@@ -355,10 +421,30 @@ def test_serve_with_mutual_tls_and_a_token_file(pki: Pki, tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_"))}
     env["FEEDLINE_TLS_CLIENT_CA"] = str(pki.ca)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "feedline.service._cli", "serve", "--host", "127.0.0.1", "--grpc-port", "0",
-         "--http-port", "0", "--grace-period", "5", "--auth-token-file", str(tokens),
-         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "feedline.service._cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--grace-period",
+            "5",
+            "--auth-token-file",
+            str(tokens),
+            "--tls-cert",
+            str(pki.server_cert),
+            "--tls-key",
+            str(pki.server_key),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         logs = _logs_until(proc, "listening")

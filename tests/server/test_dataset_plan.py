@@ -16,8 +16,13 @@ from feedline.proto import InvalidSample, ResumeStateError
 from feedline.service.server._datasets import DatasetPlan, batch_rows, num_batches, open_dataset, resume_batch_index
 
 
-def _epoch(n: int, world: int, batch: int, *, seed: int = 3, epoch: int = 0, drop_last: bool = False) -> list[list[np.ndarray]]:
-    plans = [DatasetPlan(seed=seed, epoch=epoch, batch_size=batch, rank=r, world_size=world, drop_last=drop_last) for r in range(world)]
+def _epoch(
+    n: int, world: int, batch: int, *, seed: int = 3, epoch: int = 0, drop_last: bool = False
+) -> list[list[np.ndarray]]:
+    plans = [
+        DatasetPlan(seed=seed, epoch=epoch, batch_size=batch, rank=r, world_size=world, drop_last=drop_last)
+        for r in range(world)
+    ]
     return [[batch_rows(n, p, b) for b in range(num_batches(n, p))] for p in plans]
 
 
@@ -55,17 +60,30 @@ def test_elastic_resume_keeps_the_global_order() -> None:
     two = DatasetPlan(seed=1, batch_size=6, world_size=2)  # global batch 12
     consumed = 5 * 12
     start = resume_batch_index(consumed, two)
-    after_four = np.concatenate([batch_rows(n, DatasetPlan(seed=1, batch_size=3, rank=r, world_size=4), b)
-                                 for b in range(5, num_batches(n, four)) for r in range(4)])
-    after_two = np.concatenate([batch_rows(n, DatasetPlan(seed=1, batch_size=6, rank=r, world_size=2), b)
-                                for b in range(start, num_batches(n, two)) for r in range(2)])
+    after_four = np.concatenate(
+        [
+            batch_rows(n, DatasetPlan(seed=1, batch_size=3, rank=r, world_size=4), b)
+            for b in range(5, num_batches(n, four))
+            for r in range(4)
+        ]
+    )
+    after_two = np.concatenate(
+        [
+            batch_rows(n, DatasetPlan(seed=1, batch_size=6, rank=r, world_size=2), b)
+            for b in range(start, num_batches(n, two))
+            for r in range(2)
+        ]
+    )
     assert after_four.tolist() == after_two.tolist()
     with pytest.raises(ResumeStateError):
         resume_batch_index(5 * 12, DatasetPlan(batch_size=7, world_size=1))
 
 
 def _rows(n: int) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(n)]
+    return [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(n)
+    ]
 
 
 def test_readers_jsonl_parquet_and_saved_dataset(tmp_path: Path) -> None:
@@ -75,7 +93,10 @@ def test_readers_jsonl_parquet_and_saved_dataset(tmp_path: Path) -> None:
     saved = tmp_path / "saved"
     saved.mkdir()
     table = pa.Table.from_pylist(rows)
-    with pa.OSFile(str(saved / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+    with (
+        pa.OSFile(str(saved / "data-00000-of-00001.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema) as writer,
+    ):
         writer.write_table(table)
     for name in ("d.jsonl", "d.parquet", "saved"):
         source = open_dataset(name, [tmp_path])

@@ -55,15 +55,34 @@ REASONING: dict[str, Any] = {
 CASES = [
     ("default", "qwen2.5", CONVERSATION, [], {"label_policy": "assistant"}),
     ("nemo", "qwen2.5", CONVERSATION, [("select", "#label_policy", "nemo")], {"label_policy": "nemo"}),
-    ("last-turn", "qwen2.5", CONVERSATION, [("check", "#train_on_last_turn_only", True)],
-     {"train_on_last_turn_only": True}),
-    ("truncated", "qwen2.5", CONVERSATION, [("fill", "#max_length", "60"), ("select", "#truncation", "right")],
-     {"max_length": 60, "truncation": "right"}),
-    ("nemo-unshifted", "qwen2.5", CONVERSATION,
-     [("select", "#label_policy", "nemo"), ("select", "#label_format", "unshifted")],
-     {"label_policy": "nemo", "label_format": "unshifted"}),
-    ("qwen3-reasoning", "qwen3", REASONING, [("check", "#mask_reasoning_content", True)],
-     {"mask_reasoning_content": True}),
+    (
+        "last-turn",
+        "qwen2.5",
+        CONVERSATION,
+        [("check", "#train_on_last_turn_only", True)],
+        {"train_on_last_turn_only": True},
+    ),
+    (
+        "truncated",
+        "qwen2.5",
+        CONVERSATION,
+        [("fill", "#max_length", "60"), ("select", "#truncation", "right")],
+        {"max_length": 60, "truncation": "right"},
+    ),
+    (
+        "nemo-unshifted",
+        "qwen2.5",
+        CONVERSATION,
+        [("select", "#label_policy", "nemo"), ("select", "#label_format", "unshifted")],
+        {"label_policy": "nemo", "label_format": "unshifted"},
+    ),
+    (
+        "qwen3-reasoning",
+        "qwen3",
+        REASONING,
+        [("check", "#mask_reasoning_content", True)],
+        {"mask_reasoning_content": True},
+    ),
 ]
 
 
@@ -134,8 +153,13 @@ def _apply(page: Any, actions: list[tuple[str, str, Any]]) -> None:
 
 @pytest.mark.parametrize(("name", "processor", "row", "actions", "sent_options"), CASES, ids=[c[0] for c in CASES])
 def test_supervised_tokens_shown_equal_num_label_tokens(
-    page: Any, server: _Served, name: str, processor: str, row: dict[str, Any],
-    actions: list[tuple[str, str, Any]], sent_options: dict[str, Any],
+    page: Any,
+    server: _Served,
+    name: str,
+    processor: str,
+    row: dict[str, Any],
+    actions: list[tuple[str, str, Any]],
+    sent_options: dict[str, Any],
 ) -> None:
     page.select_option("#processor", processor)
     _apply(page, actions)
@@ -178,7 +202,8 @@ def test_hover_click_and_arrow_keys_show_id_piece_and_label(page: Any, server: _
     page.click(f'#tokens .tok[data-pos="{first}"]')
     page.keyboard.press("ArrowLeft")
     assert page.get_attribute("#tokens", "aria-activedescendant") == page.get_attribute(
-        f'#tokens .tok[data-pos="{first - 1}"]', "id")
+        f'#tokens .tok[data-pos="{first - 1}"]', "id"
+    )
     assert page.inner_text("#detail .d-label") == "-100" and page.inner_text("#detail .d-state") == "masked"
     _screenshot(page, "detail")
 
@@ -188,8 +213,9 @@ def test_padding_shown_is_what_collate_pads(page: Any, server: _Served) -> None:
     page.check("#pad_to_max_length")
     body = _submit(page, CONVERSATION)
     options = {**body["options"], "padding": "max_length"}
-    batch = server.http.post("/v1/collate", json={"processor": body["processor"], "samples": [body["sample"]],
-                                                  "options": options}).json()
+    batch = server.http.post(
+        "/v1/collate", json={"processor": body["processor"], "samples": [body["sample"]], "options": options}
+    ).json()
     pads = batch["tensors"]["attention_mask"][0].count(0)
     assert pads > 0
     counts = page.eval_on_selector_all("#tokens .tok.pad", "els => els.map(e => Number(e.dataset.count))")
@@ -234,10 +260,13 @@ def test_everything_the_page_loads_comes_from_the_server(page: Any, server: _Ser
     _submit(page, CONVERSATION)
     origin = f"http://127.0.0.1:{server.http_port}/"
     assert page.requests and all(url.startswith(origin) for url in page.requests), page.requests
-    assert page.evaluate("getComputedStyle(document.querySelector('#tokens .tok.sup')).textDecorationLine") == \
-        "underline"
-    assert page.evaluate("getComputedStyle(document.querySelector('#legend .tok.cut')).textDecorationLine") == \
-        "line-through"
+    assert (
+        page.evaluate("getComputedStyle(document.querySelector('#tokens .tok.sup')).textDecorationLine") == "underline"
+    )
+    assert (
+        page.evaluate("getComputedStyle(document.querySelector('#legend .tok.cut')).textDecorationLine")
+        == "line-through"
+    )
 
 
 def test_media_placeholders_are_shown_and_never_supervised(page: Any, server: _Served, tmp_path: Path) -> None:

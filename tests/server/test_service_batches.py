@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 
 from feedline.proto import DecodedBatch, FrameAssembler, decode_batch, decode_frames, unwrap_frame
-from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2 as pb, feedline_pb2_grpc, frame_stream_calls
-from feedline.service import CollatedBatch, CollateOptions, Processor, collate
-from feedline.service.server import BATCH_MEDIA_TYPE
-from feedline.service.media._loading import MediaPolicy
 from feedline.proto import bfloat16_to_float32 as from_bf16_bits
-from feedline.service.server import ProcessorRegistry, ServingState
-
+from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2_grpc, frame_stream_calls
+from feedline.proto.v1 import feedline_pb2 as pb
+from feedline.service import CollatedBatch, CollateOptions, Processor, collate
+from feedline.service.media._loading import MediaPolicy
+from feedline.service.server import BATCH_MEDIA_TYPE, ProcessorRegistry, ServingState
 from tests.support.media import image_bytes, image_part, processor, vqa_row
 from tests.support.rows import ROWS
 
@@ -32,30 +31,50 @@ def _cases(media_root: Path) -> list[tuple[str, str, list[dict[str, Any]], dict[
     (media_root / "photo.png").write_bytes(image_bytes(320, 240, seed=3))
     vlm_rows = [
         vqa_row(image_part(224, 224, seed=1), answer="Noise."),
-        {"messages": [{"role": "user", "content": "No picture here, just say hi."},
-                      {"role": "assistant", "content": "Hi!"}]},
-        vqa_row({"type": "image", "image": "photo.png"}, image_part(112, 168, "JPEG", seed=2),
-                question="Compare the two.", answer="The first is larger."),
+        {
+            "messages": [
+                {"role": "user", "content": "No picture here, just say hi."},
+                {"role": "assistant", "content": "Hi!"},
+            ]
+        },
+        vqa_row(
+            {"type": "image", "image": "photo.png"},
+            image_part(112, 168, "JPEG", seed=2),
+            question="Compare the two.",
+            answer="The first is larger.",
+        ),
     ]
     return [
         ("text", "qwen2.5", ROWS, {}),
         ("packed", "qwen2.5", ROWS * 3, {"packing": {"pack_size": 256}}),
-        ("packed-thd", "qwen2.5", ROWS * 3, {"packing": {"pack_size": 192, "layout": "thd"}, "label_format": "unshifted"}),
+        (
+            "packed-thd",
+            "qwen2.5",
+            ROWS * 3,
+            {"packing": {"pack_size": 192, "layout": "thd"}, "label_format": "unshifted"},
+        ),
         ("multimodal", "qwen2.5-vl", vlm_rows, {}),
         ("multimodal-bf16", "qwen2.5-vl", vlm_rows, {"pixel_dtype": "bfloat16", "label_format": "loss_mask"}),
     ]
 
 
 @pytest.fixture(scope="module")
-def servers(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any) -> Iterator[dict[str, Any]]:
+def servers(
+    qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any
+) -> Iterator[dict[str, Any]]:
     media_root = tmp_path_factory.mktemp("media")
     cases = _cases(media_root)
     state = ServingState(ProcessorRegistry.of(qwen_processor, processor("qwen2.5-vl")), media_roots=[media_root])
     served = in_process(state, http=True)
     channel = grpc.insecure_channel(str(served.grpc_target), options=CHANNEL_OPTIONS)
     with httpx.Client(base_url=served.http_url, timeout=60) as http:
-        yield {"cases": {c[0]: c[1:] for c in cases}, "state": state, "channel": channel, "http": http,
-               "media": MediaPolicy(roots=(media_root,))}
+        yield {
+            "cases": {c[0]: c[1:] for c in cases},
+            "state": state,
+            "channel": channel,
+            "http": http,
+            "media": MediaPolicy(roots=(media_root,)),
+        }
     channel.close()
 
 
@@ -84,8 +103,13 @@ def _request(servers: dict[str, Any], case: str, batch_index: int = 0) -> pb.Col
     msg = pb.CollateOptions(**{k: v for k, v in options.items() if k != "packing"})
     if "packing" in options:
         msg.packing.update(options["packing"])
-    return pb.CollateRequest(processor=name, samples=[json.dumps(r).encode() for r in rows], options=msg,
-                             batch_index=batch_index, max_frame_bytes=64 << 10)
+    return pb.CollateRequest(
+        processor=name,
+        samples=[json.dumps(r).encode() for r in rows],
+        options=msg,
+        batch_index=batch_index,
+        max_frame_bytes=64 << 10,
+    )
 
 
 @pytest.mark.parametrize("case", _CASE_NAMES)

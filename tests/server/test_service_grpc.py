@@ -11,28 +11,33 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import msgpack
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from feedline.proto import DecodedBatch, FrameAssembler, decode_batch, decode_frames, unwrap_frame
-from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2 as pb, feedline_pb2_grpc, frame_stream_calls
+from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2_grpc, frame_stream_calls
+from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server import Limits
+from feedline.service.server import Limits, ProcessorRegistry, ServingState, create_server
 from feedline.service.server._datasets import DatasetPlan, batch_rows, num_batches
-from feedline.service.server import create_server
-from feedline.service.server import ProcessorRegistry, ServingState
-
 from tests.support.rows import OPTION_CASES, ROWS
+
 
 def _request(rows: list[dict[str, Any]], batch_index: int = 0, **fields: Any) -> pb.CollateRequest:
     options = fields.pop("options", {})
-    return pb.CollateRequest(samples=[json.dumps(r).encode() for r in rows], batch_index=batch_index,
-                             options=pb.CollateOptions(**options), **fields)
+    return pb.CollateRequest(
+        samples=[json.dumps(r).encode() for r in rows],
+        batch_index=batch_index,
+        options=pb.CollateOptions(**options),
+        **fields,
+    )
 
 
-def _assert_engine_output(decoded: DecodedBatch, processor: Processor, rows: list[dict[str, Any]],
-                          options: dict[str, Any]) -> None:
+def _assert_engine_output(
+    decoded: DecodedBatch, processor: Processor, rows: list[dict[str, Any]], options: dict[str, Any]
+) -> None:
     expected = collate(processor, rows, CollateOptions.from_mapping(options))
     assert list(decoded.tensors) == list(expected.tensors)
     for name, arr in expected.tensors.items():
@@ -44,17 +49,28 @@ def _assert_engine_output(decoded: DecodedBatch, processor: Processor, rows: lis
 
 
 @pytest.fixture(scope="module")
-def served(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any) -> Iterator[dict[str, Any]]:
+def served(
+    qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, in_process: Any
+) -> Iterator[dict[str, Any]]:
     data_root = tmp_path_factory.mktemp("data")
     (data_root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS * 5))
     (data_root / "bad.jsonl").write_text((json.dumps(ROWS[0]) + "\n") * 3 + "{not json\n")
     (data_root / "invalid.jsonl").write_text((json.dumps(ROWS[0]) + "\n") * 3 + '{"messages": []}\n')
-    state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(max_in_flight_per_stream=2,
-                         max_samples_per_request=8), data_roots=[data_root])
+    state = ServingState(
+        ProcessorRegistry.of(qwen_processor),
+        limits=Limits(max_in_flight_per_stream=2, max_samples_per_request=8),
+        data_roots=[data_root],
+    )
     target = str(in_process(state).grpc_target)
     channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    yield {"target": target, "channel": channel, "stub": feedline_pb2_grpc.FeedlineStub(channel), "state": state,
-           "processor": qwen_processor, "data_root": data_root}
+    yield {
+        "target": target,
+        "channel": channel,
+        "stub": feedline_pb2_grpc.FeedlineStub(channel),
+        "state": state,
+        "processor": qwen_processor,
+        "data_root": data_root,
+    }
     channel.close()
 
 
@@ -84,8 +100,7 @@ def _stream(served: dict[str, Any], requests: Iterator[pb.CollateRequest], **kwa
 
 
 def test_stream_answers_every_batch_in_request_order(served: dict[str, Any]) -> None:
-    requests = [_request(ROWS[i % 4 : i % 4 + 1 + i % 3], batch_index=100 + i, max_frame_bytes=256)
-                for i in range(12)]
+    requests = [_request(ROWS[i % 4 : i % 4 + 1 + i % 3], batch_index=100 + i, max_frame_bytes=256) for i in range(12)]
     batches = list(_stream(served, iter(requests), timeout=60))
     assert [b.meta["batch_index"] for b in batches] == [100 + i for i in range(12)]
     for i, batch in enumerate(batches):
@@ -102,8 +117,7 @@ def test_stream_collates_no_further_ahead_than_its_window(served: dict[str, Any]
     probing off, so the stream window stays small), only a few of 40 batches of 0.4 MB get collated."""
     options = {"padding": "max_length", "max_length": 16384, "truncation": "right"}
     requests = [_request(ROWS[:1], batch_index=i, options=options) for i in range(40)]
-    with grpc.insecure_channel(served["target"],
-                               options=[("grpc.http2.bdp_probe", 0)]) as channel:
+    with grpc.insecure_channel(served["target"], options=[("grpc.http2.bdp_probe", 0)]) as channel:
         collate_stream, _ = frame_stream_calls(channel)
         before = _samples_counted()
         call = collate_stream(iter(requests), timeout=60)
@@ -165,6 +179,37 @@ def test_sample_that_is_not_json_is_invalid_argument(served: dict[str, Any]) -> 
     assert _error(info.value)["sample"] == 1
 
 
+def test_msgpack_samples_are_the_same_batch_as_json_samples(served: dict[str, Any]) -> None:
+    """Current clients send all rows as one msgpack array; older ones one JSON object per row."""
+    packed = pb.CollateRequest(samples_msgpack=msgpack.packb(ROWS), batch_index=3)
+    response = served["stub"].Collate(packed, timeout=30)
+    _assert_engine_output(decode_frames(response.frames), served["processor"], ROWS, {})
+    assert response.frames == served["stub"].Collate(_request(ROWS, batch_index=3), timeout=30).frames
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "sample", "message"),
+    [
+        ({"samples_msgpack": b"\xc1"}, None, "not a valid msgpack array of rows"),
+        ({"samples_msgpack": msgpack.packb({"messages": []})}, None, "must be a msgpack array of rows, not dict"),
+        ({"samples_msgpack": msgpack.packb([ROWS[0], "hello"])}, 1, "must be a map, not str"),
+        (
+            {"samples_msgpack": msgpack.packb(ROWS[:1]), "samples": [json.dumps(ROWS[0]).encode()]},
+            None,
+            "samples or samples_msgpack, not both",
+        ),
+    ],
+)
+def test_bad_msgpack_samples_are_invalid_argument(
+    served: dict[str, Any], request_fields: dict[str, Any], sample: int | None, message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        served["stub"].Collate(pb.CollateRequest(**request_fields), timeout=30)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    error = _error(info.value)
+    assert error["field"] == "samples_msgpack" and error["sample"] == sample and message in error["message"]
+
+
 @pytest.mark.parametrize(
     ("fields", "code", "kind"),
     [
@@ -174,8 +219,9 @@ def test_sample_that_is_not_json_is_invalid_argument(served: dict[str, Any]) -> 
         ({"options": {"label_format": "sideways"}}, grpc.StatusCode.INVALID_ARGUMENT, "invalid_options"),
     ],
 )
-def test_request_level_errors_map_to_status_codes(served: dict[str, Any], fields: dict[str, Any],
-                                                   code: grpc.StatusCode, kind: str) -> None:
+def test_request_level_errors_map_to_status_codes(
+    served: dict[str, Any], fields: dict[str, Any], code: grpc.StatusCode, kind: str
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         served["stub"].Collate(_request(ROWS, **fields), timeout=30)
     assert info.value.code() is code
@@ -206,8 +252,9 @@ def test_deadline_ends_the_call_and_its_queued_work(served: dict[str, Any]) -> N
     with grpc.insecure_channel(served["target"], options=[("grpc.http2.bdp_probe", 0)]) as channel:
         collate_stream, _ = frame_stream_calls(channel)
         before = _samples_counted()
-        call = collate_stream(iter([_request(ROWS[:1], batch_index=i, options=options) for i in range(200)]),
-                              timeout=0.5)
+        call = collate_stream(
+            iter([_request(ROWS[:1], batch_index=i, options=options) for i in range(200)]), timeout=0.5
+        )
         time.sleep(1.0)
         with pytest.raises(grpc.RpcError) as info:
             list(call)
@@ -234,8 +281,13 @@ def test_work_is_not_started_past_the_deadline() -> None:
 def _samples_counted() -> float:
     from prometheus_client import REGISTRY
 
-    return sum(s.value for m in REGISTRY.collect() if m.name == "feedline_samples" for s in m.samples
-               if s.name == "feedline_samples_total")
+    return sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "feedline_samples"
+        for s in m.samples
+        if s.name == "feedline_samples_total"
+    )
 
 
 def test_cancelled_stream_stops_collating(served: dict[str, Any]) -> None:
@@ -300,8 +352,15 @@ def test_reflection_lists_the_services(served: dict[str, Any]) -> None:
 
 
 def _dataset_request(**fields: Any) -> pb.StreamDatasetRequest:
-    base = {"dataset": pb.DatasetRef(path="train.jsonl"), "seed": 7, "epoch": 1, "shuffle": True,
-            "batch_size": 3, "rank": 1, "world_size": 2}
+    base = {
+        "dataset": pb.DatasetRef(path="train.jsonl"),
+        "seed": 7,
+        "epoch": 1,
+        "shuffle": True,
+        "batch_size": 3,
+        "rank": 1,
+        "world_size": 2,
+    }
     return pb.StreamDatasetRequest(**{**base, **fields})
 
 
@@ -347,8 +406,10 @@ def test_stream_dataset_error_names_the_dataset_row_and_batch_position(
     served: dict[str, Any], path: str, row: int
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        _dataset_batches(served, _dataset_request(dataset=pb.DatasetRef(path=path), shuffle=False,
-                                                  batch_size=2, rank=0, world_size=1))
+        _dataset_batches(
+            served,
+            _dataset_request(dataset=pb.DatasetRef(path=path), shuffle=False, batch_size=2, rank=0, world_size=1),
+        )
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     error = _error(info.value)
     assert (error["row"], error["sample"], error["batch_index"]) == (row, 1, 1)  # batches of 2, no shuffle

@@ -11,17 +11,15 @@ import pytest
 
 from feedline.proto import decode_batch
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server import Limits
-from feedline.service.server import BATCH_MEDIA_TYPE, create_app
-from feedline.service.server import ProcessorRegistry, ServingState
-
+from feedline.service.server import BATCH_MEDIA_TYPE, Limits, ProcessorRegistry, ServingState, create_app
 from tests.support.rows import OPTION_CASES, ROWS
 
 
 @pytest.fixture(scope="module")
 def http(qwen_processor: Processor, in_process: Any) -> Iterator[dict[str, Any]]:
-    state = ServingState(ProcessorRegistry.of(qwen_processor),
-                         limits=Limits(max_request_bytes=200_000, max_samples_per_request=16))
+    state = ServingState(
+        ProcessorRegistry.of(qwen_processor), limits=Limits(max_request_bytes=200_000, max_samples_per_request=16)
+    )
     served = in_process(state, grpc=False, http=True)
     with httpx.Client(base_url=served.http_url, timeout=30) as client:
         yield {"client": client, "state": state, "processor": qwen_processor}
@@ -33,8 +31,9 @@ def _expected(processor: Processor, rows: list[dict[str, Any]], options: dict[st
 
 @pytest.mark.parametrize("options", OPTION_CASES)
 def test_collate_binary_is_exactly_the_engine_output(http: dict[str, Any], options: dict[str, Any]) -> None:
-    reply = http["client"].post("/v1/collate", json={"samples": ROWS, "options": options},
-                                headers={"accept": BATCH_MEDIA_TYPE})
+    reply = http["client"].post(
+        "/v1/collate", json={"samples": ROWS, "options": options}, headers={"accept": BATCH_MEDIA_TYPE}
+    )
     assert reply.status_code == 200 and reply.headers["content-type"] == BATCH_MEDIA_TYPE
     decoded = decode_batch(reply.content)
     expected = _expected(http["processor"], ROWS, options)
@@ -71,8 +70,9 @@ def test_collate_json_lists_equal_the_engine_output(http: dict[str, Any], option
         ({}, 400, "invalid_request", None, "samples"),
     ],
 )
-def test_collate_errors_are_json_with_sample_and_field(http: dict[str, Any], payload: dict[str, Any], status: int,
-                                                       kind: str, sample: int | None, field: str) -> None:
+def test_collate_errors_are_json_with_sample_and_field(
+    http: dict[str, Any], payload: dict[str, Any], status: int, kind: str, sample: int | None, field: str
+) -> None:
     reply = http["client"].post("/v1/collate", json=payload)
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
@@ -105,7 +105,9 @@ def test_mask_reports_every_token(http: dict[str, Any]) -> None:
     assert body["fingerprint"] == http["processor"].fingerprint
     tokens = body["tokens"]
     assert {"id", "piece", "role", "supervised", "label", "kind"} <= set(tokens[0])
-    assert [t["id"] for t in tokens][: expected.tensors["input_ids"].shape[1]] == expected.tensors["input_ids"][0].tolist()
+    assert [t["id"] for t in tokens][: expected.tensors["input_ids"].shape[1]] == expected.tensors["input_ids"][
+        0
+    ].tolist()
     assert any(t["supervised"] and t["role"] == "assistant" for t in tokens)
     assert not any(t["supervised"] and t["role"] in ("user", "system") for t in tokens)
 
@@ -133,9 +135,15 @@ def test_metrics_count_requests_errors_samples_and_tokens(http: dict[str, Any]) 
     client.post("/v1/collate", json={"samples": ROWS})
     client.post("/v1/collate", json={"samples": [{"messages": "x"}]})
     text = client.get("/metrics").text
-    for name in ("feedline_requests_total", "feedline_errors_total", "feedline_request_seconds_bucket",
-                 "feedline_samples_total", "feedline_tokens_total", "feedline_padding_ratio_bucket",
-                 "feedline_in_flight"):
+    for name in (
+        "feedline_requests_total",
+        "feedline_errors_total",
+        "feedline_request_seconds_bucket",
+        "feedline_samples_total",
+        "feedline_tokens_total",
+        "feedline_padding_ratio_bucket",
+        "feedline_in_flight",
+    ):
         assert name in text, name
     assert 'feedline_errors_total{kind="invalid_sample",transport="http"}' in text
     assert 'feedline_requests_total{code="200",method="/v1/collate",transport="http"}' in text

@@ -30,7 +30,11 @@ class InProcess:
 
 @contextmanager
 def serve_in_process(
-    state: ServingState, *, grpc: bool = True, http: bool = False, grpc_options: dict[str, Any] | None = None,
+    state: ServingState,
+    *,
+    grpc: bool = True,
+    http: bool = False,
+    grpc_options: dict[str, Any] | None = None,
     http_options: dict[str, Any] | None = None,
 ) -> Iterator[InProcess]:
     """Start the gRPC server and/or the HTTP app for ``state``; both are stopped on exit."""

@@ -7,8 +7,8 @@ import copy
 import io
 import os
 import struct
-import zlib
 import tempfile
+import zlib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,12 @@ def image_part(w: int = 224, h: int = 224, fmt: str = "PNG", seed: int = 0) -> d
 
 
 def vqa_row(*parts: dict, question: str = "What is in the picture?", answer: str = "Mostly noise.") -> dict:
-    return {"messages": [
-        {"role": "user", "content": [*parts, {"type": "text", "text": question}]},
-        {"role": "assistant", "content": answer},
-    ]}
+    return {
+        "messages": [
+            {"role": "user", "content": [*parts, {"type": "text", "text": question}]},
+            {"role": "assistant", "content": answer},
+        ]
+    }
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -78,5 +80,6 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 def png_declaring(width: int, height: int) -> bytes:
     """A small PNG file whose header declares any size (a decompression bomb, built without the pixels)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    )

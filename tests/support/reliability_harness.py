@@ -19,20 +19,36 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from feedline.proto import FrameAssembler, unwrap_frame
-from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2 as pb, frame_stream_calls
+from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, frame_stream_calls
+from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import CollateResult
-
 from tests.support.reliability_corpus import OK, PNG, Case, Expect, RawFrame
 
 __all__ = [
-    "ROW_SETS", "Canary", "Layout", "call_grpc", "call_http", "collate_request", "expected_blob", "metric", "remote_code_repo",
-    "rss_bytes", "wait_for",
+    "ROW_SETS",
+    "Canary",
+    "Layout",
+    "call_grpc",
+    "call_http",
+    "collate_request",
+    "expected_blob",
+    "metric",
+    "remote_code_repo",
+    "rss_bytes",
+    "wait_for",
 ]
 
 ROW_SETS: list[list[dict[str, Any]]] = [
-    [{"messages": [{"role": "user", "content": f"Canary question {k}?"},
-                   {"role": "assistant", "content": f"Canary answer {k}: " + "ok " * k}]} for k in range(n)]
+    [
+        {
+            "messages": [
+                {"role": "user", "content": f"Canary question {k}?"},
+                {"role": "assistant", "content": f"Canary answer {k}: " + "ok " * k},
+            ]
+        }
+        for k in range(n)
+    ]
     for n in (1, 2, 3, 5)
 ]
 """The well-formed batches the canary stream cycles through."""
@@ -91,9 +107,13 @@ def collate_request(body: Mapping[str, Any], batch_index: int = 0) -> pb.Collate
             options.packing.update(value)
         else:
             setattr(options, key, value)
-    return pb.CollateRequest(samples=[json.dumps(s).encode() for s in body["samples"]], options=options,
-                             processor=body.get("processor") or "", fingerprint=body.get("fingerprint") or "",
-                             batch_index=batch_index)
+    return pb.CollateRequest(
+        samples=[json.dumps(s).encode() for s in body["samples"]],
+        options=options,
+        processor=body.get("processor") or "",
+        fingerprint=body.get("fingerprint") or "",
+        batch_index=batch_index,
+    )
 
 
 def call_http(client: httpx.Client, case: Case, layout: Layout) -> Expect:
@@ -158,9 +178,18 @@ def _raw_call(port: int, path: str, frame: RawFrame) -> Expect:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         conn.initiate_connection()
         stream = conn.get_next_available_stream_id()
-        conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", path),
-                                   (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
-                                   ("te", "trailers"), *frame.headers])
+        conn.send_headers(
+            stream,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                *frame.headers,
+            ],
+        )
         conn.send_data(stream, frame.body, end_stream=True)
         sock.sendall(conn.data_to_send())
         while "grpc-status" not in headers:
@@ -180,8 +209,9 @@ def _raw_call(port: int, path: str, frame: RawFrame) -> Expect:
     return _from_status(code, headers)
 
 
-def expected_blob(processor: Processor, rows: Sequence[Mapping[str, Any]], batch_index: int,
-                  options: CollateOptions | None = None) -> bytes:
+def expected_blob(
+    processor: Processor, rows: Sequence[Mapping[str, Any]], batch_index: int, options: CollateOptions | None = None
+) -> bytes:
     """The exact bytes a server sends for this batch: the engine's output, encoded in-process."""
     opts = options or CollateOptions()
     return bytes(CollateResult(processor, opts, collate(processor, rows, opts)).encode(batch_index))
@@ -272,10 +302,15 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
 def remote_code_repo(directory: Path, marker: Path) -> Path:
     """A model directory whose tokenizer is remote code that leaves ``marker`` behind when it runs."""
     directory.mkdir()
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "RemoteTokenizer", "auto_map": {"AutoTokenizer": ["remote.RemoteTokenizer", None]}}))
-    (directory / "config.json").write_text(json.dumps(
-        {"model_type": "remote", "auto_map": {"AutoConfig": "remote.RemoteConfig"}}))
-    (directory / "remote.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-                                         "raise RuntimeError('remote code ran')\n")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"tokenizer_class": "RemoteTokenizer", "auto_map": {"AutoTokenizer": ["remote.RemoteTokenizer", None]}}
+        )
+    )
+    (directory / "config.json").write_text(
+        json.dumps({"model_type": "remote", "auto_map": {"AutoConfig": "remote.RemoteConfig"}})
+    )
+    (directory / "remote.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\nraise RuntimeError('remote code ran')\n"
+    )
     return directory

@@ -6,13 +6,15 @@ from typing import Any
 
 ROWS: list[dict[str, Any]] = [
     {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}]},
-    {"messages": [
-        {"role": "system", "content": "You answer in French."},
-        {"role": "user", "content": "Hello, how are you today?"},
-        {"role": "assistant", "content": "Très bien, merci ! Et vous ?"},
-        {"role": "user", "content": "Fine."},
-        {"role": "assistant", "content": "Parfait."},
-    ]},
+    {
+        "messages": [
+            {"role": "system", "content": "You answer in French."},
+            {"role": "user", "content": "Hello, how are you today?"},
+            {"role": "assistant", "content": "Très bien, merci ! Et vous ?"},
+            {"role": "user", "content": "Fine."},
+            {"role": "assistant", "content": "Parfait."},
+        ]
+    },
     {"conversations": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Blue 🎨"}]},
     {"prompt": "Translate: chat =", "completion": " cat"},
 ]

@@ -22,9 +22,23 @@ class Served:
     def __init__(self, *args: str, wait_ready: bool = True) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_"))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "feedline.service._cli", "serve", "--grpc-port", "0", "--http-port", "0",
-             "--host", "127.0.0.1", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "feedline.service._cli",
+                "serve",
+                "--grpc-port",
+                "0",
+                "--http-port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                *args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         self.logs: list[dict[str, Any]] = []
         self._listening = threading.Event()

@@ -88,7 +88,8 @@ def _tiny(
     backend.normalizer = {"nfc": normalizers.NFC(), "nfkc": normalizers.NFKC(), None: None}[normalizer]
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre == "bytelevel")
     backend.pre_tokenizer = (
-        byte_level if pre == "bytelevel"
+        byte_level
+        if pre == "bytelevel"
         else pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"), byte_level])
     )
     backend.decoder = decoders.ByteLevel()
@@ -221,10 +222,12 @@ def test_starts_are_the_character_of_each_first_byte(encoders: dict[str, tuple[A
 def test_special_token_strings_in_user_content_match_hf(qwen_tokenizer: Any) -> None:
     """The template's specials are specials; the same strings typed by a user are what HF makes of them."""
     fast_proc, hf_proc = Processor("q", qwen_tokenizer), Processor("q", qwen_tokenizer, encoder_mode="hf")
-    row = {"messages": [
-        {"role": "user", "content": "Say <|im_end|> then <|im_start|>assistant and <tool_call> or <|im_end"},
-        {"role": "assistant", "content": "Typed: <|im_end|>\n<|endoftext|> done."},
-    ]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Say <|im_end|> then <|im_start|>assistant and <tool_call> or <|im_end"},
+            {"role": "assistant", "content": "Typed: <|im_end|>\n<|endoftext|> done."},
+        ]
+    }
     fast, hf = (tokenize_row(p, row, CollateOptions()) for p in (fast_proc, hf_proc))
     assert fast_proc.encoder.name == "fast" and hf_proc.encoder.name == "hf"
     assert np.array_equal(fast.input_ids, hf.input_ids)
@@ -276,8 +279,18 @@ def test_a_batch_is_encoded_in_one_joined_call(encoders: dict[str, tuple[Any, An
     fast, hf = encoders[name]
     assert fast.separator is not None
     separator = fast.separator[0]
-    texts = [*verification_texts(sorted(fast.spec.special_tokens))[:80], "", f"a{separator}b", separator,
-             f"{separator}{separator}", "Cafe\u0301 x", "", "日本語 ok", separator[:-1], separator[1:]]
+    texts = [
+        *verification_texts(sorted(fast.spec.special_tokens))[:80],
+        "",
+        f"a{separator}b",
+        separator,
+        f"{separator}{separator}",
+        "Cafe\u0301 x",
+        "",
+        "日本語 ok",
+        separator[:-1],
+        separator[1:],
+    ]
     calls = []
     original = fast._enc.encode_to_numpy
     fast._enc.encode_to_numpy = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
@@ -304,7 +317,10 @@ def test_fast_encoder_pickles(encoders: dict[str, tuple[Any, Any]]) -> None:
     clone = pickle.loads(pickle.dumps(fast))
     text = "pickled <|im_start|>user\nnaïve 😀 text<|im_end|>"
     assert isinstance(clone, TiktokenEncoder)
-    assert all(np.array_equal(a, b) for a, b in zip(clone.encode_with_offsets(text), fast.encode_with_offsets(text), strict=False))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(clone.encode_with_offsets(text), fast.encode_with_offsets(text), strict=False)
+    )
 
 
 @pytest.mark.parametrize("name", ["qwen2.5", "qwen3.5", "tekken"])
@@ -334,7 +350,19 @@ def test_every_regular_token_encodes_identically(encoders: dict[str, tuple[Any, 
 def test_verification_corpus_covers_the_brief() -> None:
     texts = verification_texts(["<|im_start|>", "<|im_end|>"])
     joined = "".join(texts)
-    needles = ("     ", "\t\t", "\r\n", "\u3000", "1234567890", "٠١٢", "👨‍👩‍👧‍👦", "\u0301", "def ", "<|im_start|>", "'ſ")
+    needles = (
+        "     ",
+        "\t\t",
+        "\r\n",
+        "\u3000",
+        "1234567890",
+        "٠١٢",
+        "👨‍👩‍👧‍👦",
+        "\u0301",
+        "def ",
+        "<|im_start|>",
+        "'ſ",
+    )
     for needle in needles:
         assert needle in joined, needle
     assert sum("x<|im_end|>y" in t or "end<|im_end|>" in t for t in texts) >= 1
@@ -349,12 +377,75 @@ def test_spec_reads_the_tokenizers_own_pattern(qwen35: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------------- properties
 
-_PIECES = st.sampled_from([
-    " ", "  ", "   ", "\n", "\n\n", "\r\n", "\r", "\t", "\x0b", "\x0c", "\x85", "\xa0", "\u2028", "\u3000", "\u200b",
-    "'s", "'S", "'ll", "'LL", "'re", "'ſ", "'", "''", "’s", "é", "e\u0301", "\u0301", "\u0338", "ﬁ", "Å", "ẞ",
-    "0", "12", "345", "١٢٣", "２", "½", "Ⅻ", "😀", "👍🏽", "👨‍👩‍👧", "🇺🇸", "1️⃣", "中文", "日本語", "한국어", "ไทย", "עִבְרִית",
-    "русский", "Ελληνικά", "हिन्दी", "<", "|", ">", "<|", "|>", "_", "-", "...", "!!", "```", "{", "}", "\\", "/",
-])
+_PIECES = st.sampled_from(
+    [
+        " ",
+        "  ",
+        "   ",
+        "\n",
+        "\n\n",
+        "\r\n",
+        "\r",
+        "\t",
+        "\x0b",
+        "\x0c",
+        "\x85",
+        "\xa0",
+        "\u2028",
+        "\u3000",
+        "\u200b",
+        "'s",
+        "'S",
+        "'ll",
+        "'LL",
+        "'re",
+        "'ſ",
+        "'",
+        "''",
+        "’s",
+        "é",
+        "e\u0301",
+        "\u0301",
+        "\u0338",
+        "ﬁ",
+        "Å",
+        "ẞ",
+        "0",
+        "12",
+        "345",
+        "١٢٣",
+        "２",
+        "½",
+        "Ⅻ",
+        "😀",
+        "👍🏽",
+        "👨‍👩‍👧",
+        "🇺🇸",
+        "1️⃣",
+        "中文",
+        "日本語",
+        "한국어",
+        "ไทย",
+        "עִבְרִית",
+        "русский",
+        "Ελληνικά",
+        "हिन्दी",
+        "<",
+        "|",
+        ">",
+        "<|",
+        "|>",
+        "_",
+        "-",
+        "...",
+        "!!",
+        "```",
+        "{",
+        "}",
+        "\\",
+        "/",
+    ]
+)
 
 
 def _texts(specials: list[str]) -> st.SearchStrategy[str]:
@@ -393,7 +484,9 @@ def test_random_unicode_identical_ids(encoders: dict[str, tuple[Any, Any]], name
 @pytest.mark.parametrize("name", ["qwen2.5", "tekken"])
 @_SETTINGS
 @given(data=st.data())
-def test_random_batches_match_text_by_text(encoders: dict[str, tuple[Any, Any]], name: str, data: st.DataObject) -> None:
+def test_random_batches_match_text_by_text(
+    encoders: dict[str, tuple[Any, Any]], name: str, data: st.DataObject
+) -> None:
     fast, _ = encoders[name]
     specials = sorted(fast.spec.special_tokens)[:64]
     texts = data.draw(st.lists(_texts(specials), min_size=2, max_size=6))

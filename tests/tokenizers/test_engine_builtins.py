@@ -13,10 +13,15 @@ from feedline.service import CollateOptions, load_processor, tokenize_row
 from tests.support.labels import supervised_runs
 
 NAMES = ("qwen2.5", "qwen3", "mistral-nemo", "mistral-7b-v3")
-_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="<>|[]"),
-    min_size=1, max_size=30,
-).map(lambda s: " ".join(s.split())).filter(bool)
+_text = (
+    st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="<>|[]"),
+        min_size=1,
+        max_size=30,
+    )
+    .map(lambda s: " ".join(s.split()))
+    .filter(bool)
+)
 
 
 @pytest.fixture(scope="module", params=NAMES)

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from feedline.proto import UnknownProcessor
-from feedline.service.tokenizers.builtin import _mistral as _vocab_mistral, _qwen as _vocab_qwen, _vocab
+from feedline.service.tokenizers.builtin import _mistral as _vocab_mistral
+from feedline.service.tokenizers.builtin import _qwen as _vocab_qwen
+from feedline.service.tokenizers.builtin import _vocab
 from feedline.service.tokenizers.builtin._vocab import BUILTIN_TOKENIZERS, builtin_tokenizer, builtin_tokenizer_dir
 
 Messages = list[dict[str, Any]]
@@ -27,29 +29,204 @@ TRANSFORMERS_QWEN2_CASES = [
         "general-purpose architectures (BERT, GPT-2, RoBERTa, XLM, DistilBert, XLNet...) for Natural "
         "Language Understanding (NLU) and Natural Language Generation (NLG) with over 32+ pretrained "
         "models in 100+ languages and deep interoperability between Jax, PyTorch and TensorFlow.",
-        [8963, 388, 320, 69514, 3881, 438, 4510, 27414, 32852, 388, 323, 4510, 27414, 21334, 35722, 1455, 529, 8,
-         5707, 4586, 58238, 77235, 320, 61437, 11, 479, 2828, 12, 17, 11, 11830, 61437, 64, 11, 1599, 10994, 11,
-         27604, 321, 33, 529, 11, 29881, 6954, 32574, 369, 18448, 11434, 45451, 320, 45, 23236, 8, 323, 18448,
-         11434, 23470, 320, 30042, 38, 8, 448, 916, 220, 18, 17, 10, 80669, 4119, 304, 220, 16, 15, 15, 10, 15459,
-         323, 5538, 94130, 2897, 1948, 619, 706, 11, 5355, 51, 21584, 323, 94986, 13],
+        [
+            8963,
+            388,
+            320,
+            69514,
+            3881,
+            438,
+            4510,
+            27414,
+            32852,
+            388,
+            323,
+            4510,
+            27414,
+            21334,
+            35722,
+            1455,
+            529,
+            8,
+            5707,
+            4586,
+            58238,
+            77235,
+            320,
+            61437,
+            11,
+            479,
+            2828,
+            12,
+            17,
+            11,
+            11830,
+            61437,
+            64,
+            11,
+            1599,
+            10994,
+            11,
+            27604,
+            321,
+            33,
+            529,
+            11,
+            29881,
+            6954,
+            32574,
+            369,
+            18448,
+            11434,
+            45451,
+            320,
+            45,
+            23236,
+            8,
+            323,
+            18448,
+            11434,
+            23470,
+            320,
+            30042,
+            38,
+            8,
+            448,
+            916,
+            220,
+            18,
+            17,
+            10,
+            80669,
+            4119,
+            304,
+            220,
+            16,
+            15,
+            15,
+            10,
+            15459,
+            323,
+            5538,
+            94130,
+            2897,
+            1948,
+            619,
+            706,
+            11,
+            5355,
+            51,
+            21584,
+            323,
+            94986,
+            13,
+        ],
     ),
     (
         "🤗 Transformers 提供了可以轻松地下载并且训练先进的预训练模型的 API 和工具。"
         "使用预训练模型可以减少计算消耗和碳排放，并且节省从头训练所需要的时间和资源。",
-        [144834, 80532, 93685, 83744, 34187, 73670, 104261, 29490, 62189, 103937, 104034, 102830, 98841, 104034,
-         104949, 9370, 5333, 58143, 102011, 1773, 37029, 98841, 104034, 104949, 73670, 101940, 100768, 104997,
-         33108, 100912, 105054, 90395, 100136, 106831, 45181, 64355, 104034, 113521, 101975, 33108, 85329, 1773],
+        [
+            144834,
+            80532,
+            93685,
+            83744,
+            34187,
+            73670,
+            104261,
+            29490,
+            62189,
+            103937,
+            104034,
+            102830,
+            98841,
+            104034,
+            104949,
+            9370,
+            5333,
+            58143,
+            102011,
+            1773,
+            37029,
+            98841,
+            104034,
+            104949,
+            73670,
+            101940,
+            100768,
+            104997,
+            33108,
+            100912,
+            105054,
+            90395,
+            100136,
+            106831,
+            45181,
+            64355,
+            104034,
+            113521,
+            101975,
+            33108,
+            85329,
+            1773,
+        ],
     ),
     (
         '```python\ntokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen-tokenizer")\ntokenizer("世界，你好！")```',
-        [73594, 12669, 198, 85593, 284, 8979, 37434, 6387, 10442, 35722, 445, 48, 16948, 45274, 16948, 34841, 3135,
-         1138, 85593, 445, 99489, 3837, 108386, 6313, 899, 73594],
+        [
+            73594,
+            12669,
+            198,
+            85593,
+            284,
+            8979,
+            37434,
+            6387,
+            10442,
+            35722,
+            445,
+            48,
+            16948,
+            45274,
+            16948,
+            34841,
+            3135,
+            1138,
+            85593,
+            445,
+            99489,
+            3837,
+            108386,
+            6313,
+            899,
+            73594,
+        ],
     ),
 ]
 
 # Qwen2.5-Instruct's default system turn, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. ...".
-QWEN2_5_DEFAULT_SYSTEM_IDS = [151644, 8948, 198, 2610, 525, 1207, 16948, 11, 3465, 553, 54364, 14817, 13, 1446, 525,
-                              264, 10950, 17847, 13, 151645, 198]
+QWEN2_5_DEFAULT_SYSTEM_IDS = [
+    151644,
+    8948,
+    198,
+    2610,
+    525,
+    1207,
+    16948,
+    11,
+    3465,
+    553,
+    54364,
+    14817,
+    13,
+    1446,
+    525,
+    264,
+    10950,
+    17847,
+    13,
+    151645,
+    198,
+]
 
 WEATHER_TOOL = {
     "type": "function",
@@ -61,9 +238,17 @@ WEATHER_TOOL = {
 }
 TOOL_CONVERSATION = [
     {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "abcDEF123", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-    ]},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "abcDEF123",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+            },
+        ],
+    },
     {"role": "tool", "tool_call_id": "abcDEF123", "content": "sunny, 21C"},
     {"role": "assistant", "content": "It is sunny and 21C in Paris."},
 ]
@@ -126,7 +311,7 @@ def _reference_texts() -> list[str]:
         "URL https://example.com/a/b?c=d&e=f#g and email a.b+c@example.org",
         '{"key": [1, 2, 3], "nested": {"a": null, "b": true, "c": "ünïcödé"}}',
         "SELECT id, name FROM users WHERE age >= 21 ORDER BY name DESC LIMIT 10;",
-        "fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n    println!(\"{:?}\", v);\n}\n",
+        'fn main() {\n    let v: Vec<u32> = (0..10).map(|x| x * x).collect();\n    println!("{:?}", v);\n}\n',
         "const f = async (x) => { await fetch(`/api/${x}`); return x ?? 0; };",
         "0123456789 12345678901234567890 3,000,000.00 $5 €10 ¥100",
         "Combining: e\u0301 a\u0308 n\u0303 and precomposed: é ä ñ; ligature ﬁ, fullwidth ＡＢＣ",
@@ -177,7 +362,10 @@ def qwen3_tokenizer() -> Any:
 def test_qwen3_adds_think_and_tool_response_tokens(qwen3_tokenizer: Any, qwen_tokenizer: Any) -> None:
     added = {i: (t.content, t.special) for i, t in qwen3_tokenizer.added_tokens_decoder.items()}
     assert [added[i] for i in range(151_665, 151_669)] == [
-        ("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False),
+        ("<tool_response>", False),
+        ("</tool_response>", False),
+        ("<think>", False),
+        ("</think>", False),
     ]
     assert len(qwen3_tokenizer) == 151_669
     ids = qwen3_tokenizer("<think>\nhm\n</think>")["input_ids"]
@@ -237,14 +425,24 @@ def test_qwen3_template_drops_earlier_reasoning(qwen3_tokenizer: Any) -> None:
 
 MISTRAL_CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"},
-     {"role": "assistant", "content": "4."}, {"role": "user", "content": "And 3+3?\nExplain   briefly."},
-     {"role": "assistant", "content": "6: three plus three."}],
-    [{"role": "user", "content": "Écris un poème sur la mer 🌊"},
-     {"role": "assistant", "content": " La mer\n  est bleue."}, {"role": "user", "content": "  merci  "}],
-    [{"role": "user", "content": "def f(x):\n    return x**2\n\n# explain"},
-     {"role": "assistant", "content": "It squares x."}, {"role": "user", "content": "日本語で説明して"},
-     {"role": "assistant", "content": "xを二乗します。"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3+3?\nExplain   briefly."},
+        {"role": "assistant", "content": "6: three plus three."},
+    ],
+    [
+        {"role": "user", "content": "Écris un poème sur la mer 🌊"},
+        {"role": "assistant", "content": " La mer\n  est bleue."},
+        {"role": "user", "content": "  merci  "},
+    ],
+    [
+        {"role": "user", "content": "def f(x):\n    return x**2\n\n# explain"},
+        {"role": "assistant", "content": "It squares x."},
+        {"role": "user", "content": "日本語で説明して"},
+        {"role": "assistant", "content": "xを二乗します。"},
+    ],
     TOOL_CONVERSATION,
 ]
 
@@ -270,9 +468,13 @@ def _mistral_messages(messages: Messages) -> Messages:
     for message in messages:
         calls = message.get("tool_calls")
         if calls:
-            message = {**message, "tool_calls": [
-                {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}} for c in calls
-            ]}
+            message = {
+                **message,
+                "tool_calls": [
+                    {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+                    for c in calls
+                ],
+            }
         out.append(message)
     return out
 
@@ -310,8 +512,11 @@ def test_mistral_sp_raw_text_matches_sentencepiece(mistral_sp_tokenizer: Any) ->
 
 @pytest.mark.parametrize(
     ("template", "file_name"),
-    [("mistral_nemo.jinja", "tekken_240718.json"), ("pixtral.jinja", "tekken_240911.json"),
-     ("mistral_7b_v3.jinja", "mistral_instruct_tokenizer_240323.model.v3")],
+    [
+        ("mistral_nemo.jinja", "tekken_240718.json"),
+        ("pixtral.jinja", "tekken_240911.json"),
+        ("mistral_7b_v3.jinja", "mistral_instruct_tokenizer_240323.model.v3"),
+    ],
 )
 def test_shipped_mistral_templates_are_what_mistral_common_generates(template: str, file_name: str) -> None:
     from mistral_common.integrations.chat_templates.chat_templates import convert_tokenizer_to_chat_template

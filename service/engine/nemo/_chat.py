@@ -6,7 +6,8 @@ over token renders of every conversation prefix (so role headers and the turn's 
 supervised, as in NeMo), else all ones. The mask steps run in NeMo's order: left-padding shift, zero under the
 tokenizer's attention mask, keep the last run (train_on_last_turn_only), then punch reasoning holes.
 
-This is the parity path, not the fast path: every render goes through HF, exactly as NeMo's calls do.
+``ChatCall`` makes every render through HF, exactly as NeMo's calls do (the reference); ``_nemo_fast`` answers
+the same calls from one encode of the whole conversation where it can show the answers are the same.
 """
 
 from __future__ import annotations
@@ -57,9 +58,15 @@ class ChatCall:
         """The main call: padded and truncated as asked, with HF's generation mask when the template has one."""
         with _template_errors():
             return self.tokenizer.apply_chat_template(  # type: ignore[no-any-return]
-                list(messages), tools=self.tools, chat_template=self.chat_template, tokenize=True,
-                return_dict=True, return_assistant_tokens_mask=assistant_mask, padding=padding,
-                truncation=self.truncation, max_length=self.max_length,
+                list(messages),
+                tools=self.tools,
+                chat_template=self.chat_template,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=assistant_mask,
+                padding=padding,
+                truncation=self.truncation,
+                max_length=self.max_length,
             )
 
     def ids(self, messages: Messages, *, truncate: bool = True) -> list[int]:
@@ -69,11 +76,30 @@ class ChatCall:
         truncation = self.truncation if truncate else _UNTRUNCATED
         with _template_errors():
             out = self.tokenizer.apply_chat_template(
-                list(messages), tools=self.tools, chat_template=self.chat_template, tokenize=True,
-                return_dict=True, padding=False, truncation=truncation,
+                list(messages),
+                tools=self.tools,
+                chat_template=self.chat_template,
+                tokenize=True,
+                return_dict=True,
+                padding=False,
+                truncation=truncation,
                 max_length=self.max_length if truncate else None,
             )
         return list(out["input_ids"])
+
+    def text(self, messages: Messages) -> str:
+        """The render alone (no tokenizer), through the same HF call with ``tokenize=False``."""
+        with _template_errors():
+            return self.tokenizer.apply_chat_template(  # type: ignore[no-any-return]
+                list(messages),
+                tools=self.tools,
+                chat_template=self.chat_template,
+                tokenize=False,
+            )
+
+    def prefix_render(self, messages: Messages, content: list[int]) -> Callable[[int], list[int]]:
+        """``n -> ids(messages[:n])`` for the prefix arithmetic: one render and encode per prefix, as NeMo."""
+        return lambda n: self.ids(messages[:n])
 
 
 @dataclass(frozen=True)
@@ -111,8 +137,9 @@ def format_chat_template(
         mask, strategy = np.asarray(out["assistant_masks"], dtype=bool), LabelStrategy.GENERATION_TAGS
     elif answer_only:
         roles = [str(m["role"]) for m in messages]
-        raw = prefix_assistant_mask(lambda n: call.ids(messages[:n]), roles, ids.shape[0], content,
-                                    call.tokenizer.eos_token_id)
+        raw = prefix_assistant_mask(
+            call.prefix_render(messages, content), roles, ids.shape[0], content, call.tokenizer.eos_token_id
+        )
         mask, strategy = shift_for_left_padding(raw, side, attention), LabelStrategy.PREFIX_RENDER
     else:
         mask, strategy = np.ones(ids.shape[0], dtype=bool), LabelStrategy.ALL_TOKENS
@@ -159,7 +186,7 @@ def prefix_assistant_mask(
 
     mask = np.zeros(length, dtype=bool)
     for k in turns:
-        mask[min(prefix_length(k), length):min(prefix_length(k + 1), length)] = True
+        mask[min(prefix_length(k), length) : min(prefix_length(k + 1), length)] = True
     return mask
 
 
@@ -208,7 +235,9 @@ def keep_last_run(mask: np.ndarray) -> np.ndarray:
     return kept
 
 
-def reasoning_mask(call: ChatCall, messages: Messages, content: list[int], length: int, warnings: list[str]) -> np.ndarray:
+def reasoning_mask(
+    call: ChatCall, messages: Messages, content: list[int], length: int, warnings: list[str]
+) -> np.ndarray:
     """NeMo's ``_build_reasoning_mask`` (§1.3): what changes when one turn's reasoning_content is emptied.
 
     Renders are untruncated when the sample is truncated; the retained window is then placed in that render as a
@@ -220,14 +249,14 @@ def reasoning_mask(call: ChatCall, messages: Messages, content: list[int], lengt
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or not message.get("reasoning_content"):
             continue
-        emptied = [*messages[:i], {**message, "reasoning_content": ""}, *messages[i + 1:]]
+        emptied = [*messages[:i], {**message, "reasoning_content": ""}, *messages[i + 1 :]]
         span = find_reasoning_span(reference, call.ids(emptied, truncate=False))
         if span is None:
             warnings.append(f"could not isolate reasoning_content tokens for assistant message {i}")
             continue
-        holes[span[0]:span[1]] = True
+        holes[span[0] : span[1]] = True
     offset = window_offset(content, reference) if truncating else 0
-    window = holes[offset:offset + len(content)][:length]
+    window = holes[offset : offset + len(content)][:length]
     out = np.zeros(length, dtype=bool)
     out[: window.shape[0]] = window
     return out
@@ -252,7 +281,7 @@ def window_offset(retained: Sequence[int], reference: Sequence[int]) -> int:
     n = len(retained)
     if list(reference[:n]) == list(retained):
         return 0
-    if n <= len(reference) and list(reference[len(reference) - n:]) == list(retained):
+    if n <= len(reference) and list(reference[len(reference) - n :]) == list(retained):
         return len(reference) - n
     raise TemplateError(
         "the truncated tokens are not a contiguous prefix or suffix of the untruncated render, so reasoning "

@@ -28,17 +28,25 @@ from ...tokenizers._processor import Processor
 from .._conversation import Conversation, PromptCompletion
 from .._sample import TokenizedSample
 from ._chat import ChatCall, MaskedIds, format_chat_template
+from ._fast import boundary_tokens, fast_or_reference
 
 __all__ = ["content_attention", "nemo_messages", "nemo_pad_token_id", "nemo_tokenize", "nemo_tokenizer"]
 
 _PADDED_TOKENIZERS: weakref.WeakKeyDictionary[Processor, Any] = weakref.WeakKeyDictionary()
+_BOUNDARIES: weakref.WeakKeyDictionary[Processor, dict[int, str]] = weakref.WeakKeyDictionary()
 
 
 def nemo_tokenize(
-    processor: Processor, row: Conversation | PromptCompletion, options: CollateOptions, *, index: int = 0
+    processor: Processor,
+    row: Conversation | PromptCompletion,
+    options: CollateOptions,
+    *,
+    index: int = 0,
+    fast: bool = True,
 ) -> TokenizedSample:
     """One row as NeMo's ChatDataset (conversations) or ColumnMappedTextInstructionDataset (prompt/completion,
-    ``use_hf_chat_template=False``) would produce it."""
+    ``use_hf_chat_template=False``) would produce it; ``fast=False`` makes NeMo's own per-prefix calls (the
+    reference that the fast path, ``_nemo_fast``, is checked against)."""
     padding = "max_length" if options.padding == "max_length" else "do_not_pad"
     truncation = _hf_truncation(options)
     tokenizer = nemo_tokenizer(processor)
@@ -46,7 +54,7 @@ def nemo_tokenize(
         if isinstance(row, PromptCompletion):
             labels = _format_prompt_completion(tokenizer, row, options, padding, truncation)
         else:
-            labels = _format_chat(processor, tokenizer, row, options, padding, truncation)
+            labels = _format_chat(processor, tokenizer, row, options, padding, truncation, fast)
     except FeedlineError as exc:
         raise exc.at_sample(index) from exc
     warnings = list(labels.warnings)
@@ -118,6 +126,7 @@ def _format_chat(
     options: CollateOptions,
     padding: str,
     truncation: bool | str,
+    fast: bool,
 ) -> MaskedIds:
     template = processor.chat_template
     if not template:
@@ -131,15 +140,29 @@ def _format_chat(
         truncation=truncation,
         max_length=options.max_length,
     )
-    return format_chat_template(
-        call,
-        template,
-        nemo_messages(conv),
-        padding=padding,
-        answer_only=options.answer_only,
-        train_on_last_turn_only=options.train_on_last_turn_only,
-        mask_reasoning_content=options.mask_reasoning_content,
-    )
+    messages = nemo_messages(conv)
+
+    def run(chat: ChatCall) -> MaskedIds:
+        return format_chat_template(
+            chat,
+            template,
+            messages,
+            padding=padding,
+            answer_only=options.answer_only,
+            train_on_last_turn_only=options.train_on_last_turn_only,
+            mask_reasoning_content=options.mask_reasoning_content,
+        )
+
+    if not fast:
+        return run(call)
+    return fast_or_reference(run, call, processor.encoder, _boundaries(processor))
+
+
+def _boundaries(processor: Processor) -> dict[int, str]:
+    found = _BOUNDARIES.get(processor)
+    if found is None:
+        found = _BOUNDARIES[processor] = boundary_tokens(processor.tokenizer)
+    return found
 
 
 def nemo_messages(conv: Conversation) -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ import numpy as np
 
 from feedline.proto import FeedlineError
 
+from ..._options import CollateOptions
 from ...engine._conversation import Conversation, PromptCompletion
 from ...engine._text_labels import TextLabels
-from ..._options import CollateOptions
 
 __all__ = ["Family", "LoadedMedia", "ProcessorCall"]
 
@@ -68,7 +68,9 @@ class Family(Protocol):
         """Refuse options this family cannot honour (InvalidOptions), never change them silently."""
         ...
 
-    def render(self, processor: Any, row: Conversation | PromptCompletion, options: CollateOptions, index: int) -> TextLabels:
+    def render(
+        self, processor: Any, row: Conversation | PromptCompletion, options: CollateOptions, index: int
+    ) -> TextLabels:
         """The prompt text the processor sees and, in its characters, what to supervise."""
         ...
 
@@ -80,8 +82,9 @@ class Family(Protocol):
         """Run the processor once on the rendered prompt and this sample's media."""
         ...
 
-    def call_batch(self, processor: Any, texts: Sequence[str], media: Sequence[LoadedMedia],
-                   indices: Sequence[int]) -> list[ProcessorCall | FeedlineError]:
+    def call_batch(
+        self, processor: Any, texts: Sequence[str], media: Sequence[LoadedMedia], indices: Sequence[int]
+    ) -> list[ProcessorCall | FeedlineError]:
         """``call`` for several samples (one processor call where the family can split its output exactly);
         a sample's own error is returned in its place."""
         ...

@@ -16,13 +16,12 @@ import numpy as np
 
 from feedline.proto import FeedlineError, InvalidSample, TemplateError
 
-from ...engine._conversation import Conversation, PromptCompletion
-from ...engine._text import capture
-from ...engine._text import label_conversation
-from ...engine._text_labels import TextLabels
 from ..._options import CollateOptions
-from ._protocol import LoadedMedia, ProcessorCall
+from ...engine._conversation import Conversation, PromptCompletion
 from ...engine._sample import TOKEN_AXIS_KEYS
+from ...engine._text import capture, label_conversation
+from ...engine._text_labels import TextLabels
+from ._protocol import LoadedMedia, ProcessorCall
 
 __all__ = ["PROCESSOR_ERRORS", "TOKEN_AXIS_KEYS", "GenericFamily", "processor_errors"]
 
@@ -39,8 +38,9 @@ def processor_errors(index: int, processor: Any) -> Iterator[None]:
     try:
         yield
     except PROCESSOR_ERRORS as exc:
-        raise InvalidSample(f"the processor ({type(processor).__name__}) rejected this sample: {exc}",
-                            sample=index) from exc
+        raise InvalidSample(
+            f"the processor ({type(processor).__name__}) rejected this sample: {exc}", sample=index
+        ) from exc
 
 
 class GenericFamily:
@@ -52,14 +52,17 @@ class GenericFamily:
 
     def prepare(self, row: Conversation | PromptCompletion, index: int) -> Conversation | PromptCompletion:
         if isinstance(row, PromptCompletion):
-            raise InvalidSample(f"the {self.name} family renders conversations; a prompt/completion row has none",
-                                sample=index)
+            raise InvalidSample(
+                f"the {self.name} family renders conversations; a prompt/completion row has none", sample=index
+            )
         return row
 
     def check_options(self, options: CollateOptions) -> None:
         return None
 
-    def render(self, processor: Any, row: Conversation | PromptCompletion, options: CollateOptions, index: int) -> TextLabels:
+    def render(
+        self, processor: Any, row: Conversation | PromptCompletion, options: CollateOptions, index: int
+    ) -> TextLabels:
         assert isinstance(row, Conversation)
         return label_conversation(processor, row, options, index, keep_parts=True)
 
@@ -77,12 +80,19 @@ class GenericFamily:
     def call(self, processor: Any, text: str, media: LoadedMedia, index: int) -> ProcessorCall:
         hf = processor.hf_processor
         with processor_errors(index, hf):
-            out = hf(text=[text], return_tensors="np", add_special_tokens=False, return_offsets_mapping=True,
-                     return_text_replacement_offsets=True, **self.processor_kwargs(media))
+            out = hf(
+                text=[text],
+                return_tensors="np",
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                return_text_replacement_offsets=True,
+                **self.processor_kwargs(media),
+            )
         return normalise_call(hf, text, dict(out))
 
-    def call_batch(self, processor: Any, texts: Sequence[str], media: Sequence[LoadedMedia],
-                   indices: Sequence[int]) -> list[ProcessorCall | FeedlineError]:
+    def call_batch(
+        self, processor: Any, texts: Sequence[str], media: Sequence[LoadedMedia], indices: Sequence[int]
+    ) -> list[ProcessorCall | FeedlineError]:
         """One ``call`` per sample: the generic rule does not know how to split a batched output."""
         return [capture(self.call, processor, t, m, i) for t, m, i in zip(texts, media, indices, strict=False)]
 
@@ -95,8 +105,9 @@ class GenericFamily:
     def select_media(self, tensors: Mapping[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
         """Per-image tensors (leading axis = number of images) keep only the kept images."""
         n = keep.shape[0]
-        return {k: (v[keep] if k not in TOKEN_AXIS_KEYS and v.ndim and v.shape[0] == n else v)
-                for k, v in tensors.items()}
+        return {
+            k: (v[keep] if k not in TOKEN_AXIS_KEYS and v.ndim and v.shape[0] == n else v) for k, v in tensors.items()
+        }
 
     def finalize(self, processor: Any, input_ids: np.ndarray, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return tensors
@@ -106,8 +117,10 @@ def normalise_call(hf: Any, text: str, out: dict[str, Any]) -> ProcessorCall:
     """A processor's batch-of-one output to a ProcessorCall (expanded text rebuilt from its replacements)."""
     offsets, replacements = out.get("offset_mapping"), out.get("text_replacement_offsets")
     if offsets is None or replacements is None:
-        raise TemplateError(f"{type(hf).__name__} reports no token offsets or placeholder replacements, so its "
-                            "tokens cannot be labelled generically; it needs a registered family")
+        raise TemplateError(
+            f"{type(hf).__name__} reports no token offsets or placeholder replacements, so its "
+            "tokens cannot be labelled generically; it needs a registered family"
+        )
     pieces: list[str] = []
     spans: list[tuple[int, int]] = []
     ends: list[int] = []
@@ -154,7 +167,9 @@ def _media_token_ids(hf: Any, extra: tuple[str, ...]) -> frozenset[int]:
     return frozenset(ids)
 
 
-def verified_call(processor: Any, text: str, out: dict[str, Any], expand: dict[int, np.ndarray] | None = None) -> ProcessorCall:
+def verified_call(
+    processor: Any, text: str, out: dict[str, Any], expand: dict[int, np.ndarray] | None = None
+) -> ProcessorCall:
     """A ProcessorCall for a processor that reports no offsets (remote-code processors).
 
     Its tokens must equal the engine tokenizer's on the same text (checked: a difference is a TemplateError,
@@ -164,8 +179,10 @@ def verified_call(processor: Any, text: str, out: dict[str, Any], expand: dict[i
     ids = np.asarray(out["input_ids"][0], dtype=np.int64)
     mine, starts = processor.encoder.encode_with_offsets(text)
     if not np.array_equal(ids, mine):
-        raise TemplateError(f"{type(processor.hf_processor).__name__} tokenizes the prompt differently from its "
-                            "tokenizer; its labels cannot be aligned")
+        raise TemplateError(
+            f"{type(processor.hf_processor).__name__} tokenizes the prompt differently from its "
+            "tokenizer; its labels cannot be aligned"
+        )
     ends = np.append(starts[1:], len(text))
     replacements: list[dict[str, Any]] = []  # in the processor's own text_replacement_offsets form
     for token_id, counts in (expand or {}).items():
@@ -181,15 +198,27 @@ def verified_call(processor: Any, text: str, out: dict[str, Any], expand: dict[i
         pos = int(np.searchsorted(starts, r["span"][0]))
         reps[pos] = len(r["replacement"]) // (r["span"][1] - r["span"][0])
     expanded_ids = np.repeat(ids, reps)
-    call = normalise_call(processor.hf_processor, text, {
-        **{k: v for k, v in out.items() if k not in _DROPPED_KEYS},
-        "input_ids": expanded_ids[None],
-        "offset_mapping": np.zeros((1, expanded_ids.shape[0], 2), dtype=np.int64),
-        "text_replacement_offsets": [replacements],
-    })
+    call = normalise_call(
+        processor.hf_processor,
+        text,
+        {
+            **{k: v for k, v in out.items() if k not in _DROPPED_KEYS},
+            "input_ids": expanded_ids[None],
+            "offset_mapping": np.zeros((1, expanded_ids.shape[0], 2), dtype=np.int64),
+            "text_replacement_offsets": [replacements],
+        },
+    )
     width = np.repeat(ends - starts, reps)
     first = np.repeat(np.cumsum(reps) - reps, reps)
     copy = np.arange(expanded_ids.shape[0]) - first
     new = call.shift(np.repeat(starts, reps)) + copy * width
-    return ProcessorCall(expanded_ids, new, call.text, call.media_spans, call.media_kinds, call.placeholder_ends,
-                         call.added, call.tensors)
+    return ProcessorCall(
+        expanded_ids,
+        new,
+        call.text,
+        call.media_spans,
+        call.media_kinds,
+        call.placeholder_ends,
+        call.added,
+        call.tensors,
+    )

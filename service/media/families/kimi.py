@@ -31,8 +31,10 @@ class KimiFamily(GenericFamily):
 
     def check_options(self, options: CollateOptions) -> None:
         if options.max_length is not None and options.padding != "max_length":
-            raise InvalidOptions("Kimi media expansion fixes the sequence length: use padding='max_length' "
-                                 "with max_length", field="padding")
+            raise InvalidOptions(
+                "Kimi media expansion fixes the sequence length: use padding='max_length' with max_length",
+                field="padding",
+            )
 
     def call(self, processor: Any, text: str, media: LoadedMedia, index: int) -> ProcessorCall:
         hf = processor.hf_processor

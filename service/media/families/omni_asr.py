@@ -24,6 +24,9 @@ class OmniASRFamily(GenericFamily):
         assert isinstance(row, Conversation)
         last = row.messages[-1]
         if last.role != "assistant" or not last.text.strip():
-            raise InvalidSample("an Omni ASR conversation must end in a non-empty assistant turn (the transcript)",
-                                sample=index, field=f"messages[{len(row.messages) - 1}]")
+            raise InvalidSample(
+                "an Omni ASR conversation must end in a non-empty assistant turn (the transcript)",
+                sample=index,
+                field=f"messages[{len(row.messages) - 1}]",
+            )
         return row

@@ -36,23 +36,37 @@ class QwenVLFamily(GenericFamily):
         expected = np.prod(grids, axis=1) // (merge * merge)
         runs = np.asarray([len(_pad_ids(call, span)) for span in call.media_spans], dtype=np.int64)
         if runs.shape != expected.shape or not np.array_equal(runs, expected):
-            raise InvalidSample(f"image token counts {runs.tolist()} do not match image_grid_thw "
-                                f"({expected.tolist()} expected)", sample=index)
+            raise InvalidSample(
+                f"image token counts {runs.tolist()} do not match image_grid_thw ({expected.tolist()} expected)",
+                sample=index,
+            )
 
-    def call_batch(self, processor: Any, texts: Sequence[str], media: Sequence[LoadedMedia],
-                   indices: Sequence[int]) -> list[ProcessorCall | FeedlineError]:
+    def call_batch(
+        self, processor: Any, texts: Sequence[str], media: Sequence[LoadedMedia], indices: Sequence[int]
+    ) -> list[ProcessorCall | FeedlineError]:
         """One processor call for the batch: its per-call overhead paid once and pixel_values made once (each
         sample's rows are a view of them); sample by sample instead when the processor refuses the batch, so
         the error names its sample, or when the output cannot be split exactly."""
         hf = processor.hf_processor
         token = getattr(hf, "image_token", None)
-        if len(texts) < 2 or not isinstance(token, str) or any(
-                m.audio or t.count(token) != len(m.images) for t, m in zip(texts, media, strict=False)):
+        if (
+            len(texts) < 2
+            or not isinstance(token, str)
+            or any(m.audio or t.count(token) != len(m.images) for t, m in zip(texts, media, strict=False))
+        ):
             return super().call_batch(processor, texts, media, indices)
         images = [im for m in media for im in m.images]
         try:
-            out = dict(hf(text=list(texts), return_tensors=None, add_special_tokens=False, return_offsets_mapping=True,
-                          return_text_replacement_offsets=True, **({"images": images} if images else {})))
+            out = dict(
+                hf(
+                    text=list(texts),
+                    return_tensors=None,
+                    add_special_tokens=False,
+                    return_offsets_mapping=True,
+                    return_text_replacement_offsets=True,
+                    **({"images": images} if images else {}),
+                )
+            )
         except PROCESSOR_ERRORS:
             return super().call_batch(processor, texts, media, indices)
         if not set(out) <= _BATCH_KEYS:
@@ -65,7 +79,7 @@ class QwenVLFamily(GenericFamily):
             part: dict[str, Any] = {key: [out[key][k]] for key in _PER_TEXT_KEYS if key in out}
             a, b = first_image[k], first_image[k + 1]
             if b > a:
-                part.update(pixel_values=out["pixel_values"][first_row[a]:first_row[b]], image_grid_thw=grids[a:b])
+                part.update(pixel_values=out["pixel_values"][first_row[a] : first_row[b]], image_grid_thw=grids[a:b])
             calls.append(capture(normalise_call, hf, text, part))
         return calls
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from feedline.proto import InvalidSample, LabelStrategy
 
+from ..._options import CollateOptions
 from ...engine._conversation import Conversation, PromptCompletion
 from ...engine._text_labels import TextLabels
-from ..._options import CollateOptions
 from ._protocol import LoadedMedia, ProcessorCall
 from .generic import GenericFamily, processor_errors, verified_call
 
@@ -32,7 +32,9 @@ class TemplatelessFamily(GenericFamily):
             raise InvalidSample("a templateless sample needs an assistant answer", sample=index, field="messages")
         return row
 
-    def render(self, processor: Any, row: Conversation | PromptCompletion, options: CollateOptions, index: int) -> TextLabels:
+    def render(
+        self, processor: Any, row: Conversation | PromptCompletion, options: CollateOptions, index: int
+    ) -> TextLabels:
         if isinstance(row, PromptCompletion):
             prompt, answer = row.prompt, row.completion
         else:
@@ -40,12 +42,12 @@ class TemplatelessFamily(GenericFamily):
             answer = next(m.text for m in row.messages if m.role == "assistant" and m.text)
         eos = processor.tokenizer.eos_token or ""
         text = prompt + answer + (eos if eos and not answer.endswith(eos) else "")
-        return TextLabels(text, ((len(prompt), len(text)),), (), (0, len(prompt)),
-                          LabelStrategy.PROMPT_COMPLETION, ())
+        return TextLabels(text, ((len(prompt), len(text)),), (), (0, len(prompt)), LabelStrategy.PROMPT_COMPLETION, ())
 
     def call(self, processor: Any, text: str, media: LoadedMedia, index: int) -> ProcessorCall:
         hf = processor.hf_processor
         with processor_errors(index, hf):
-            out = dict(hf(images=list(media.images) or None, text=[text], return_tensors="np",
-                          add_special_tokens=False))
+            out = dict(
+                hf(images=list(media.images) or None, text=[text], return_tensors="np", add_special_tokens=False)
+            )
             return verified_call(processor, text, out)

@@ -63,15 +63,23 @@ def build_sentencepiece(model_file: Path, template: str) -> PreTrainedTokenizerF
     vocab, merges, whole = _sentencepiece_tables(model_file)
     backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="first", split=False)
-    backend.decoder = decoders.Sequence([
-        decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
-    ])
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace(_SPACE, " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
     )
     backend.add_tokens([AddedToken(piece, special=special, normalized=False) for piece, special in whole])
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # unannotated upstream
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
         clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = template

@@ -24,7 +24,11 @@ __all__ = ["BUILTIN_PROCESSORS", "builtin_processor_dir", "template_text"]
 
 def template_text(name: str) -> str:
     """A chat template shipped in ``feedline.service.tokenizers.builtin.templates``."""
-    return resources.files("feedline.service.tokenizers.builtin.templates").joinpath(f"{name}.jinja").read_text(encoding="utf-8")
+    return (
+        resources.files("feedline.service.tokenizers.builtin.templates")
+        .joinpath(f"{name}.jinja")
+        .read_text(encoding="utf-8")
+    )
 
 
 def _qwen_tokenizer(extra_special: list[str] | None = None, named: dict[str, str] | None = None) -> Any:
@@ -46,8 +50,9 @@ def _qwen2_5_vl() -> Any:
     from .._compat import without_video
 
     cls = without_video(transformers.Qwen2_5_VLProcessor)
-    return cls(image_processor=Qwen2VLImageProcessorPil(), tokenizer=_qwen_tokenizer(),
-               chat_template=template_text("qwen2_vl"))
+    return cls(
+        image_processor=Qwen2VLImageProcessorPil(), tokenizer=_qwen_tokenizer(), chat_template=template_text("qwen2_vl")
+    )
 
 
 def _llava_onevision() -> Any:
@@ -60,20 +65,28 @@ def _llava_onevision() -> Any:
 
     cls = without_video(transformers.LlavaOnevisionProcessor)
     tok = _qwen_tokenizer(["<image>", "<video>"])
-    return cls(image_processor=LlavaOnevisionImageProcessorPil(), tokenizer=tok, num_image_tokens=729,
-               vision_feature_select_strategy="full", chat_template=template_text("llava_onevision"))
+    return cls(
+        image_processor=LlavaOnevisionImageProcessorPil(),
+        tokenizer=tok,
+        num_image_tokens=729,
+        vision_feature_select_strategy="full",
+        chat_template=template_text("llava_onevision"),
+    )
 
 
 def _gemma3_structure() -> Any:
     from transformers import Gemma3Processor
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-    tok = _qwen_tokenizer(["<start_of_turn>", "<end_of_turn>"], {
-        "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"})
+    tok = _qwen_tokenizer(
+        ["<start_of_turn>", "<end_of_turn>"],
+        {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    )
     tok.add_special_tokens({"bos_token": "<bos>", "eos_token": "<end_of_turn>"})
     image_processor = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})  # Gemma 3 checkpoints use 896
-    return Gemma3Processor(image_processor=image_processor, tokenizer=tok,
-                           chat_template=template_text("gemma3"), image_seq_length=256)
+    return Gemma3Processor(
+        image_processor=image_processor, tokenizer=tok, chat_template=template_text("gemma3"), image_seq_length=256
+    )
 
 
 BUILTIN_PROCESSORS: dict[str, Callable[[], Any]] = {

@@ -126,15 +126,25 @@ def _backend(vocab_file: Path, specials: Sequence[tuple[str, bool]]) -> Any:
     from tokenizers.models import BPE
 
     vocab, merges = bpe_from_ranks(load_ranks(vocab_file))
-    model = BPE(vocab=vocab, merges=merges, unk_token=None, continuing_subword_prefix="", end_of_word_suffix="",
-                fuse_unk=False, byte_fallback=False, ignore_merges=False)
+    model = BPE(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        continuing_subword_prefix="",
+        end_of_word_suffix="",
+        fuse_unk=False,
+        byte_fallback=False,
+        ignore_merges=False,
+    )
     backend = Tokenizer(model)
     backend.normalizer = normalizers.NFC()
     byte_level = {"add_prefix_space": False, "trim_offsets": False, "use_regex": False}
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(**byte_level),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(**byte_level),
+        ]
+    )
     backend.post_processor = processors.ByteLevel(**byte_level)
     backend.decoder = decoders.ByteLevel(**byte_level)
     # Ids follow the regular vocabulary (151643 on), in this order.

