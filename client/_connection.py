@@ -64,7 +64,8 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
 
 def map_rpc_error(err: grpc.RpcError) -> FeedlineError:
     """The server's FeedlineError from the call's trailing metadata, or ServiceUnavailable for transport errors."""
-    for key, value in (err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else ():
+    metadata: Any = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in metadata or ():
         if key == ERROR_METADATA_KEY:
             try:
                 return error_from_dict(json.loads(value))
@@ -352,11 +353,11 @@ class Connection:
     def stream_dataset(self, address: str, request: pb.StreamDatasetRequest) -> Any:
         """A StreamDataset call on ``address``, its frames as serialized bytes (no deadline: it lasts an epoch;
         the caller cancels it when it stalls, see ``hedge_delay``)."""
-        method = self.channel(address).unary_stream(
+        method: Any = self.channel(address).unary_stream(
             STREAM_DATASET, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
         )
         self.stats["attempts"] += 1
-        return method(request, timeout=None, metadata=list(self.metadata) or None)
+        return method(request, timeout=None, metadata=tuple(self.metadata) or None)
 
     def unary(
         self,
@@ -400,7 +401,7 @@ class HedgedCall:
             self._method, request_serializer=self._serializer, response_deserializer=self._deserializer
         )
         future = method.future(
-            self._request, timeout=self._conn.policy.timeout, metadata=list(self._conn.metadata) or None
+            self._request, timeout=self._conn.policy.timeout, metadata=tuple(self._conn.metadata) or None
         )
         self._live.append((address, time.monotonic(), future))
         self._conn.stats["attempts"] += 1
