@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from feedline.proto import FingerprintMismatch, InvalidOptions, ResumeStateError
+from feedline.proto import FeedlineError, FingerprintMismatch, InvalidOptions, ResumeStateError
 from feedline.proto._codec import decode_batch
 from feedline.proto._plan import DatasetPlan
 from feedline.proto.v1 import feedline_pb2 as pb
@@ -214,6 +214,8 @@ class RemoteLoader:
                     field="dataset",
                 ) from None
             raise
+        except FeedlineError as exc:
+            raise self._with_row(exc, self._delivered) from None
         finally:
             self._counts.summarise(self.epoch)
         self._start, self._delivered = 0, 0
@@ -247,6 +249,18 @@ class RemoteLoader:
         rows = batches[index] if batches is not None and index < len(batches) else None
         self.last_report = BatchReport(self.epoch, index, with_rows(meta.get("reports") or [], rows))
         self._counts.observe(self.last_report)
+
+    def _with_row(self, exc: FeedlineError, index: int) -> FeedlineError:
+        """A samples-mode error about position ``exc.sample`` of batch ``index`` also names the row of ``samples``
+        it came from (the server sees only the batch; dataset mode's errors name the row already)."""
+        if self._source is None or exc.sample is None or exc.row is not None:
+            return exc
+        batches = self._source.batch_rows(self.epoch)
+        if batches is None:  # an iterable, read in order: its n-th row
+            return exc.at_row(index * self.plan.batch_size + exc.sample)
+        if index < len(batches) and exc.sample < len(batches[index]):
+            return exc.at_row(batches[index][exc.sample])
+        return exc
 
     def _data_fingerprint(self) -> str:
         return self._source.fingerprint() if self._source is not None else self.dataset_fingerprint
