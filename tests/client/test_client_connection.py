@@ -18,7 +18,7 @@ from feedline.client._connection import Connection
 from feedline.proto import FingerprintMismatch
 from feedline.proto.v1 import COLLATE, SERVICE_NAME
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server import ProcessorRegistry, create_server
+from feedline.service.server import ProcessorRegistry, ServingState
 
 _ROWS = [
     {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(3)
@@ -26,11 +26,8 @@ _ROWS = [
 
 
 @pytest.fixture(scope="module")
-def good(qwen_processor: Processor) -> Iterator[str]:
-    srv, port = create_server("127.0.0.1:0", ProcessorRegistry.of(qwen_processor))
-    srv.start()
-    yield f"127.0.0.1:{port}"
-    srv.stop(0)
+def good(qwen_processor: Processor, in_process: Any) -> str:
+    return str(in_process(ServingState(ProcessorRegistry.of(qwen_processor))).grpc_target)
 
 
 @pytest.fixture()
