@@ -20,9 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feedline.client import RemoteLoader, RetryPolicy
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server._config import Limits
+from feedline.service.server import Limits, ProcessorRegistry, ServingState
 from feedline.service.server._datasets import DatasetPlan, MixturePart, batch_rows, num_batches, open_mixture
-from feedline.service.server._registry import ProcessorRegistry, ServingState
 
 RETRY = RetryPolicy(attempts=8, initial_backoff=0.05, max_backoff=0.5, timeout=60)
 BUCKET = "feedline-test"
