@@ -166,11 +166,14 @@ class RowSource:
         indices = np.asarray(indices, dtype=np.int64)
         if len(self._readers) == 1:
             return self._read(0, indices)
-        which = np.searchsorted(self._starts, indices, side="right") - 1
+        groups: dict[int, list[int]] = {}  # file -> positions in the batch (plain lists: a batch is small)
+        for pos, f in enumerate((np.searchsorted(self._starts, indices, side="right") - 1).tolist()):
+            groups.setdefault(f, []).append(pos)
+        if len(groups) == 1:
+            return self._read(next(iter(groups)), indices)
         out: list[Any] = [None] * len(indices)
-        for f in np.unique(which).tolist():
-            sel = np.flatnonzero(which == f)
-            for pos, row in zip(sel.tolist(), self._read(f, indices[sel]), strict=True):
+        for f, sel in groups.items():
+            for pos, row in zip(sel, self._read(f, indices[sel]), strict=True):
                 out[pos] = row
         return out
 

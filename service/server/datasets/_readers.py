@@ -41,7 +41,7 @@ _SCAN_CHUNK = 16 << 20
 _FAULT_AROUND = 64 << 10
 _JSON = json.JSONDecoder()
 _JSON_SPACE = " \t\n\r"
-_RELEASE_BYTES = 32 << 20
+_RELEASE_BYTES = 16 << 20
 
 
 class Reader(Protocol):
@@ -100,7 +100,7 @@ class BlockCache:
 
 
 class _Mapped:
-    """A read-only memory map whose pages this process lets go of every ~32 MiB touched (``MADV_DONTNEED``;
+    """A read-only memory map whose pages this process lets go of every ~16 MiB touched (``MADV_DONTNEED``;
     the kernel's page cache keeps them): RSS stays flat however much of the file an epoch reads."""
 
     def __init__(self, path: str) -> None:
