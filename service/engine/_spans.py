@@ -224,6 +224,9 @@ def render_layout(
         body = upto[start : len(upto.rstrip())]
         same = common_prefix(text[at : at + len(body)], body)
         stop = at + same if same == len(body) else _closer_in_history(text, at + same, at, markers, k)
+        closer = markers.end if markers and not is_last else ""
+        if closer and not body.endswith(closer) and text.startswith(closer, stop):
+            stop += len(closer)  # the last turn is written without the closer earlier turns have (Cat-Llama-3)
         spans.append((at, max(stop, at)))
     return TurnLayout(assistant=tuple(spans), regions=_regions_from_spans(text, messages, spans))
 

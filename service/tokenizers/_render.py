@@ -103,6 +103,11 @@ class ChatRenderer:
             raise TemplateError(f"the chat template cannot render this conversation: {exc}") from exc
         return Rendered(text=text, generation_spans=tuple((int(a), int(b)) for a, b in spans))
 
+    @property
+    def eos(self) -> str:
+        """The tokenizer's eos string ("" when it has none)."""
+        return self._special.get("eos_token", "")
+
     def text(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
         """Render and return only the text."""
         return self.render(messages, **kwargs).text
