@@ -223,7 +223,12 @@ def render_layout(
             start, at = _anchored_starts(renderer, template_messages, tools, k, (prompt, upto, text), markers)
         body = upto[start : len(upto.rstrip())]
         same = common_prefix(text[at : at + len(body)], body)
-        stop = at + same if same == len(body) else _closer_in_history(text, at + same, at, markers, k)
+        if same == len(body):
+            stop = at + same
+        else:  # written otherwise as an earlier turn: through the first closer before the next message
+            closers = (markers.end if markers else "", renderer.closing_atom(body))
+            bound = _next_message_start(renderer, template_messages, text, tools, k)
+            stop = _closer_in_history(text, (at + same, at, bound), closers, k)
         closer = markers.end if markers and not is_last else ""
         if closer and not body.endswith(closer) and text.startswith(closer, stop):
             stop += len(closer)  # the last turn is written without the closer earlier turns have (Cat-Llama-3)
@@ -299,17 +304,35 @@ def _body_start(renderer: ChatRenderer, prompt: str, upto: str, markers: TurnMar
     return at
 
 
-def _closer_in_history(text: str, shared: int, start: int, markers: TurnMarkers | None, k: int) -> int:
+def _closer_in_history(text: str, window: tuple[int, int, int], closers: tuple[str, ...], k: int) -> int:
     """End of the turn's closer inside the whole conversation, where the turn is written differently from the
-    prefix's last turn: the first closer of earlier turns that ends at or after where the two renders part."""
-    closer = markers.end if markers else ""
-    at = text.find(closer, max(start, shared - len(closer))) if closer else -1
-    if at >= 0:
+    prefix's last turn: the first of ``closers`` (the earlier turns' closer, the special token the prefix's turn
+    ends with: gpt-oss "<|call|>") that ends at or after where the two renders part and before the next message
+    begins. ``window``: (where they part, the turn's start, the next message's start)."""
+    shared, start, bound = window
+    found = [(at, c) for c in closers if c and (at := text.find(c, max(start, shared - len(c)), bound)) >= 0]
+    if found:
+        at, closer = min(found)
         return at + len(closer)
     raise TemplateError(
-        f"message {k}: the turn closes differently inside the conversation and its closer is not "
-        "known; the turn cannot be located"
+        f"message {k}: the turn is written differently inside the conversation and no closer ends it before "
+        "the next message; the turn cannot be located"
     )
+
+
+def _next_message_start(
+    renderer: ChatRenderer, template_messages: Sequence[dict[str, Any]], text: str, tools: Sequence[Any] | None, k: int
+) -> int:
+    """Where message ``k+1``'s own text starts in ``text`` (the render of all of ``template_messages``): the first
+    character that differs from a render with a mark put before it; the end of the text when there is no such
+    message or it has no text to mark."""
+    nxt = template_messages[k + 1] if k + 1 < len(template_messages) else None
+    content = nxt.get("content") if nxt else None
+    if not isinstance(content, str) or not content:
+        return len(text)
+    marked = [dict(m) for m in template_messages]
+    marked[k + 1]["content"] = _MARK + content
+    return common_prefix(text, renderer.text(marked, tools=tools))
 
 
 def _regions_from_spans(text: str, messages: Sequence[Message], spans: Sequence[Span]) -> tuple[int, ...]:

@@ -518,6 +518,7 @@ FAMILIES: dict[str, Family] = {
             tool_calls=True,
             single_tool_call=True,
             tool_call_content=False,
+            reasoning=True,
             source="openai/openai-cookbook articles/openai-harmony.md; llama.cpp notes on openai-gpt-oss-120b.jinja",
         ),
     )
