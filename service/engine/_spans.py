@@ -225,10 +225,18 @@ def render_layout(
         same = common_prefix(text[at : at + len(body)], body)
         if same == len(body):
             stop = at + same
-        else:  # written otherwise as an earlier turn: through the first closer before the next message
-            closers = (markers.end if markers else "", renderer.closing_atom(body))
+        else:  # written otherwise as an earlier turn: where the two realign, else at a closer, before the next message
+            same = renderer.snap(text, at + same) - at
             bound = _next_message_start(renderer, template_messages, text, tools, k)
-            stop = _closer_in_history(text, (at + same, at, bound), closers, k)
+            closers = (markers.end if markers else "", renderer.closing_atom(body))
+            stop = _realigned(text, body, (at, same, bound)) or _closer_in_history(
+                text, (at + same, at, bound), closers
+            )
+            if stop is None:
+                raise TemplateError(
+                    f"message {k}: the turn is written differently inside the conversation and neither realigns "
+                    "with it nor closes before the next message; the turn cannot be located"
+                )
         closer = markers.end if markers and not is_last else ""
         if closer and not body.endswith(closer) and text.startswith(closer, stop):
             stop += len(closer)  # the last turn is written without the closer earlier turns have (Cat-Llama-3)
@@ -304,20 +312,34 @@ def _body_start(renderer: ChatRenderer, prompt: str, upto: str, markers: TurnMar
     return at
 
 
-def _closer_in_history(text: str, window: tuple[int, int, int], closers: tuple[str, ...], k: int) -> int:
+def _realigned(text: str, body: str, window: tuple[int, int, int]) -> int | None:
+    """End of the turn when the conversation writes it as the prefix's last turn less (or plus) one stretch of text
+    from where the two part (GLM-4.5 and Nemotron drop the reasoning or "<think>" earlier turns had as the last
+    one; gpt-oss drops a tool call's analysis message): the rest of the body then follows verbatim. None when no
+    such stretch exists. ``window``: (the turn's start in ``text``, where the renders part in the body, the next
+    message's start)."""
+    at, same, bound = window
+    shared = at + same
+    rest = body[same:]
+    for cut in range(1, len(rest)):  # the prefix wrote extra text
+        tail = rest[cut:]
+        if tail.strip() and text.startswith(tail, shared) and shared + len(tail) <= bound:
+            return shared + len(tail)
+    found = text.find(rest, shared, bound)  # the conversation writes extra text
+    return found + len(rest) if rest.strip() and found >= 0 else None
+
+
+def _closer_in_history(text: str, window: tuple[int, int, int], closers: tuple[str, ...]) -> int | None:
     """End of the turn's closer inside the whole conversation, where the turn is written differently from the
     prefix's last turn: the first of ``closers`` (the earlier turns' closer, the special token the prefix's turn
-    ends with: gpt-oss "<|call|>") that ends at or after where the two renders part and before the next message
-    begins. ``window``: (where they part, the turn's start, the next message's start)."""
+    ends with) that ends at or after where the two renders part and before the next message begins.
+    ``window``: (where they part, the turn's start, the next message's start). None when none does."""
     shared, start, bound = window
     found = [(at, c) for c in closers if c and (at := text.find(c, max(start, shared - len(c)), bound)) >= 0]
-    if found:
-        at, closer = min(found)
-        return at + len(closer)
-    raise TemplateError(
-        f"message {k}: the turn is written differently inside the conversation and no closer ends it before "
-        "the next message; the turn cannot be located"
-    )
+    if not found:
+        return None
+    at, closer = min(found)
+    return at + len(closer)
 
 
 def _next_message_start(
