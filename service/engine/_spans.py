@@ -225,18 +225,8 @@ def render_layout(
         same = common_prefix(text[at : at + len(body)], body)
         if same == len(body):
             stop = at + same
-        else:  # written otherwise as an earlier turn: where the two realign, else at a closer, before the next message
-            same = renderer.snap(text, at + same) - at
-            bound = _next_message_start(renderer, template_messages, text, tools, k)
-            closers = (markers.end if markers else "", renderer.closing_atom(body))
-            stop = _realigned(text, body, (at, same, bound)) or _closer_in_history(
-                text, (at + same, at, bound), closers
-            )
-            if stop is None:
-                raise TemplateError(
-                    f"message {k}: the turn is written differently inside the conversation and neither realigns "
-                    "with it nor closes before the next message; the turn cannot be located"
-                )
+        else:
+            stop = _end_in_context(renderer, (template_messages, tools, k), text, body, (at, same), markers)
         closer = markers.end if markers and not is_last else ""
         if closer and not body.endswith(closer) and text.startswith(closer, stop):
             stop += len(closer)  # the last turn is written without the closer earlier turns have (Cat-Llama-3)
@@ -310,6 +300,31 @@ def _body_start(renderer: ChatRenderer, prompt: str, upto: str, markers: TurnMar
         at = len(upto) - len(upto[at:].lstrip()) + len(rest.strip())
         at += len(upto[at:]) - len(upto[at:].lstrip())
     return at
+
+
+def _end_in_context(
+    renderer: ChatRenderer,
+    row: tuple[Sequence[dict[str, Any]], Sequence[Any] | None, int],
+    text: str,
+    body: str,
+    where: tuple[int, int],
+    markers: TurnMarkers | None,
+) -> int:
+    """End of turn ``k`` (``row``: the messages, tools, k) that the whole conversation writes otherwise than the
+    prefix's last turn ``body`` (``where``: its start in ``text`` and how much of ``body`` matches there): where the
+    two realign, else at a closer, and always before the next message's own text."""
+    template_messages, tools, k = row
+    at, same = where
+    same = renderer.snap(text, at + same) - at
+    bound = _next_message_start(renderer, template_messages, text, tools, k)
+    closers = (markers.end if markers else "", renderer.closing_atom(body))
+    stop = _realigned(text, body, (at, same, bound)) or _closer_in_history(text, (at + same, at, bound), closers)
+    if stop is None:
+        raise TemplateError(
+            f"message {k}: the turn is written differently inside the conversation and neither realigns with it "
+            "nor closes before the next message; the turn cannot be located"
+        )
+    return stop
 
 
 def _realigned(text: str, body: str, window: tuple[int, int, int]) -> int | None:
