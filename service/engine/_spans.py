@@ -200,29 +200,87 @@ def render_layout(
     of ``messages[:k+1]`` (a forced prefix such as "<think>" never appears in the history and is not
     supervised; whitespace the history adds after the prompt is header) and runs through what that render adds
     after the header, less the text every render appends (``markers.tail``). Inside the whole conversation the
-    turn may close differently (gpt-oss "<|end|>" for "<|return|>"): the closer there is ``markers.end``.
-    TemplateError (a per-row reason) when the template writes earlier turns differently in the prefix.
+    turn may be written differently from the prefix's last turn (gpt-oss closes it with "<|end|>" for
+    "<|return|>", Nemotron drops the "<think>" it gives the last turn): it runs there through the closer of
+    earlier turns, ``markers.end``. When the template writes the text before the turn differently once later
+    messages follow (Mistral moves the tool list and system prompt into the last user turn), the renders are
+    compared from the end of the previous message's own text on (``_anchored_starts``).
+    TemplateError (a per-row reason) when neither places the turn.
     """
     tail = markers.tail if markers else ""
     spans: list[Span] = []
     for k, msg in enumerate(messages):
         if msg.role != "assistant":
             continue
+        is_last = k == len(messages) - 1
         before = _without_tail(renderer.text(template_messages[:k], tools=tools), tail) if k else ""
         prompt = renderer.text(template_messages[:k], tools=tools, add_generation_prompt=True) if k else ""
         upto = _without_tail(renderer.text(template_messages[: k + 1], tools=tools), tail)
-        start = _body_start(renderer, prompt, upto, markers, k == len(messages) - 1)
-        shared = common_prefix(text, upto)
-        if not upto.startswith(before) or start < len(before) or shared < start:
-            raise TemplateError(
-                f"message {k}: the template writes the conversation before this turn differently "
-                "when the turn is the last one; the turn cannot be located"
-            )
-        stop = len(upto.rstrip())
-        if shared < stop:
-            stop = _closer_in_history(text, shared, start, markers, k)
-        spans.append((start, max(stop, start)))
+        start = _body_start(renderer, prompt, upto, markers, is_last)
+        if upto.startswith(before) and len(before) <= start <= common_prefix(text, upto):
+            at = start
+        else:
+            start, at = _anchored_starts(renderer, template_messages, tools, k, (prompt, upto, text), markers)
+        body = upto[start : len(upto.rstrip())]
+        same = common_prefix(text[at : at + len(body)], body)
+        if same == len(body):
+            stop = at + same
+        else:
+            stop = _end_in_context(renderer, (template_messages, tools, k), text, body, (at, same), markers)
+        closer = markers.end if markers and not is_last else ""
+        if closer and not body.endswith(closer) and text.startswith(closer, stop):
+            stop += len(closer)  # the last turn is written without the closer earlier turns have (Cat-Llama-3)
+        spans.append((at, max(stop, at)))
     return TurnLayout(assistant=tuple(spans), regions=_regions_from_spans(text, messages, spans))
+
+
+def _anchored_starts(
+    renderer: ChatRenderer,
+    template_messages: Sequence[dict[str, Any]],
+    tools: Sequence[Any] | None,
+    k: int,
+    renders: tuple[str, str, str],
+    markers: TurnMarkers | None,
+) -> tuple[int, int]:
+    """Where turn ``k``'s body starts in the render of ``messages[:k+1]`` and in the whole conversation's, each
+    found after the end of message ``k-1``'s own text by what the generation prompt writes after that text."""
+    prompt, upto, text = renders
+    ends = [
+        _content_end(renderer, template_messages[:n], (render, n == k), tools, k - 1) if k else None
+        for n, render in ((k, prompt), (k + 1, upto), (len(template_messages), text))
+    ]
+    if None in ends:
+        raise TemplateError(
+            f"message {k}: the template writes the conversation before this turn differently "
+            "when the turn is the last one, and the message before it has no text to anchor on"
+        )
+    in_prompt, in_upto, in_text = (e for e in ends if e is not None)
+    header = prompt[in_prompt:]
+    start = in_upto + _body_start(renderer, header, upto[in_upto:], markers, True)
+    at = in_text + _body_start(renderer, header, text[in_text:], markers, k == len(template_messages) - 1)
+    return start, at
+
+
+_MARK = "\x07"  # appended to a message's text to find where the template wrote it; no template strips it
+
+
+def _content_end(
+    renderer: ChatRenderer,
+    template_messages: Sequence[dict[str, Any]],
+    rendered: tuple[str, bool],
+    tools: Sequence[Any] | None,
+    k: int,
+) -> int | None:
+    """Where message ``k``'s text ends in ``rendered = (text, with the generation prompt)``, a render of
+    ``template_messages``: the first character that differs from a render with a mark appended to the text
+    (None when the message has no text to mark)."""
+    content = template_messages[k].get("content")
+    if not isinstance(content, str) or not content:
+        return None
+    marked = [dict(m) for m in template_messages]
+    marked[k]["content"] = content + _MARK
+    plain, prompted = rendered
+    return common_prefix(plain, renderer.text(marked, tools=tools, add_generation_prompt=prompted))
 
 
 def _without_tail(render: str, tail: str) -> str:
@@ -244,17 +302,74 @@ def _body_start(renderer: ChatRenderer, prompt: str, upto: str, markers: TurnMar
     return at
 
 
-def _closer_in_history(text: str, shared: int, start: int, markers: TurnMarkers | None, k: int) -> int:
-    """End of the turn's closer inside the whole conversation, where it differs from the last-turn closer."""
-    closer = markers.end if markers else ""
-    if closer:
-        for at in range(shared, max(start, shared - len(closer)) - 1, -1):
-            if text.startswith(closer, at):
-                return at + len(closer)
-    raise TemplateError(
-        f"message {k}: the turn closes differently inside the conversation and its closer is not "
-        "known; the turn cannot be located"
-    )
+def _end_in_context(
+    renderer: ChatRenderer,
+    row: tuple[Sequence[dict[str, Any]], Sequence[Any] | None, int],
+    text: str,
+    body: str,
+    where: tuple[int, int],
+    markers: TurnMarkers | None,
+) -> int:
+    """End of turn ``k`` (``row``: the messages, tools, k) that the whole conversation writes otherwise than the
+    prefix's last turn ``body`` (``where``: its start in ``text`` and how much of ``body`` matches there): where the
+    two realign, else at a closer, and always before the next message's own text."""
+    template_messages, tools, k = row
+    at, same = where
+    same = renderer.snap(text, at + same) - at
+    bound = _next_message_start(renderer, template_messages, text, tools, k)
+    closers = (markers.end if markers else "", renderer.closing_atom(body))
+    stop = _realigned(text, body, (at, same, bound)) or _closer_in_history(text, (at + same, at, bound), closers)
+    if stop is None:
+        raise TemplateError(
+            f"message {k}: the turn is written differently inside the conversation and neither realigns with it "
+            "nor closes before the next message; the turn cannot be located"
+        )
+    return stop
+
+
+def _realigned(text: str, body: str, window: tuple[int, int, int]) -> int | None:
+    """End of the turn when the conversation writes it as the prefix's last turn less (or plus) one stretch of text
+    from where the two part (GLM-4.5 and Nemotron drop the reasoning or "<think>" earlier turns had as the last
+    one; gpt-oss drops a tool call's analysis message): the rest of the body then follows verbatim. None when no
+    such stretch exists. ``window``: (the turn's start in ``text``, where the renders part in the body, the next
+    message's start)."""
+    at, same, bound = window
+    shared = at + same
+    rest = body[same:]
+    for cut in range(1, len(rest)):  # the prefix wrote extra text
+        tail = rest[cut:]
+        if tail.strip() and text.startswith(tail, shared) and shared + len(tail) <= bound:
+            return shared + len(tail)
+    found = text.find(rest, shared, bound)  # the conversation writes extra text
+    return found + len(rest) if rest.strip() and found >= 0 else None
+
+
+def _closer_in_history(text: str, window: tuple[int, int, int], closers: tuple[str, ...]) -> int | None:
+    """End of the turn's closer inside the whole conversation, where the turn is written differently from the
+    prefix's last turn: the first of ``closers`` (the earlier turns' closer, the special token the prefix's turn
+    ends with) that ends at or after where the two renders part and before the next message begins.
+    ``window``: (where they part, the turn's start, the next message's start). None when none does."""
+    shared, start, bound = window
+    found = [(at, c) for c in closers if c and (at := text.find(c, max(start, shared - len(c)), bound)) >= 0]
+    if not found:
+        return None
+    at, closer = min(found)
+    return at + len(closer)
+
+
+def _next_message_start(
+    renderer: ChatRenderer, template_messages: Sequence[dict[str, Any]], text: str, tools: Sequence[Any] | None, k: int
+) -> int:
+    """Where message ``k+1``'s own text starts in ``text`` (the render of all of ``template_messages``): the first
+    character that differs from a render with a mark put before it; the end of the text when there is no such
+    message or it has no text to mark."""
+    nxt = template_messages[k + 1] if k + 1 < len(template_messages) else None
+    content = nxt.get("content") if nxt else None
+    if not isinstance(content, str) or not content:
+        return len(text)
+    marked = [dict(m) for m in template_messages]
+    marked[k + 1]["content"] = _MARK + content
+    return common_prefix(text, renderer.text(marked, tools=tools))
 
 
 def _regions_from_spans(text: str, messages: Sequence[Message], spans: Sequence[Span]) -> tuple[int, ...]:

@@ -102,7 +102,7 @@ def _derive(renderer: ChatRenderer, tools: Sequence[Mapping[str, Any]] | None) -
     one = user + [{"role": "assistant", "content": _PROBE_ASSISTANT[0]}]
     two = one + [{"role": "user", "content": _PROBE_USER[1]}, {"role": "assistant", "content": _PROBE_ASSISTANT[1]}]
     base_full, prompted, full, both = render(user), render(user, True), render(one), render(two)
-    tail = _render_tail(renderer, base_full, full, both)
+    tail = _render_tail(renderer, base_full, full, both) or _prompt_tail(renderer, prompted, (base_full, full, both))
     base = base_full[: len(base_full) - len(tail)]
     if not full.startswith(base):
         raise TemplateError("the template renders a user turn differently once an assistant turn follows")
@@ -122,7 +122,7 @@ def _derive(renderer: ChatRenderer, tools: Sequence[Mapping[str, Any]] | None) -
         raise TemplateError("the template writes nothing but whitespace between a user turn and assistant content")
     suffix = full[at + len(_PROBE_ASSISTANT[0]) : len(full) - len(tail)]
     last_end = suffix.rstrip()
-    end, trailer = _mid_closer(both, last_end, _user_closer(base))
+    end, trailer = _mid_closer(both, last_end, (_user_closer(base), renderer.eos))
     if end and last_end != end and last_end.startswith(end):
         # The last turn closes as the others do and the render then appends more (zephyr-gemma's eos after a
         # final assistant message): that text is the render's tail, not the turn's closer.
@@ -156,6 +156,27 @@ def _render_tail(renderer: ChatRenderer, base: str, full: str, both: str) -> str
     return ""
 
 
+def _prompt_tail(renderer: ChatRenderer, prompted: str, renders: tuple[str, str, str]) -> str:
+    """The generation prompt, when the template writes it at the end of every render whether asked or not
+    (Command R7B ends each render with "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"): the text all renders end
+    with after the last eos they share, the eos that closes the turn before it; "" for other templates."""
+    base = renders[0]
+    if prompted != base or not renderer.eos:
+        return ""
+    shared = min(_common_suffix(base, other) for other in renders[1:])
+    ending = base[len(base) - shared :]
+    at = ending.rfind(renderer.eos)
+    return ending[at + len(renderer.eos) :] if at >= 0 and ending[at + len(renderer.eos) :].strip() else ""
+
+
+def _common_suffix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[len(a) - 1 - i] == b[len(b) - 1 - i]:
+        i += 1
+    return i
+
+
 def _header(history: str, prompt: str, renderer: ChatRenderer) -> str:
     """The non-supervised opening of an assistant turn, from the history header and the generation prompt.
 
@@ -181,18 +202,21 @@ def _user_closer(base: str) -> str:
     return base[at + len(_PROBE_USER[0]) :].rstrip() if at >= 0 else ""
 
 
-def _mid_closer(both: str, last_end: str, user_closer: str) -> tuple[str, str]:
+def _mid_closer(both: str, last_end: str, others: tuple[str, str]) -> tuple[str, str]:
     """The closer of an assistant turn another message follows, and the whitespace after it.
 
     It is the last turn's closer when the history writes that one too; else (gpt-oss: "<|return|>" last,
-    "<|end|>" before; OLMo-3: eos last, "<|im_end|>" before) the text that closes other turns.
+    "<|end|>" before; OLMo-3: eos last, "<|im_end|>" before; nothing last, "<|im_end|>" before) the text that
+    closes user turns (``others``: that text, then the eos).
     """
     first = both.find(_PROBE_ASSISTANT[0])
     second = both.find(_PROBE_USER[1], first)
     if first < 0 or second < 0:
         raise TemplateError("the template does not render a second exchange verbatim")
     between = both[first + len(_PROBE_ASSISTANT[0]) : second]
-    for closer in (last_end, user_closer):
+    # A last turn written without a closer (Cat-Llama-3 writes "<|im_end|>" only before another message) closes,
+    # inside the conversation, like user turns do, or with the eos that follows its content.
+    for closer in (last_end, *others) if last_end else (*filter(None, others), ""):
         if between.startswith(closer) and (closer or not last_end):
             rest = between[len(closer) :]
             return closer, rest[: len(rest) - len(rest.lstrip())]

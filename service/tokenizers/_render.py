@@ -81,8 +81,10 @@ class ChatRenderer:
     ) -> Rendered:
         """Render one conversation; ``track_generation`` also returns {% generation %} spans."""
         track = track_generation and self.has_generation_tags
-        # The inputs as apply_chat_template hands them over: plain JSON data, reasoning under its aliases.
-        chat = _ALIAS_REASONING(_hf._plain_template_data(list(messages)))
+        # The inputs as apply_chat_template hands them over: keys whose value is None dropped (templates test
+        # `"content" in message` or `message.tool_calls is defined`), plain JSON data, reasoning under its aliases.
+        present = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        chat = _ALIAS_REASONING(_hf._plain_template_data(present))
         variables = {
             "messages": chat,
             "tools": _hf._plain_template_data(list(tools)) if tools is not None else None,
@@ -103,9 +105,18 @@ class ChatRenderer:
             raise TemplateError(f"the chat template cannot render this conversation: {exc}") from exc
         return Rendered(text=text, generation_spans=tuple((int(a), int(b)) for a, b in spans))
 
+    @property
+    def eos(self) -> str:
+        """The tokenizer's eos string ("" when it has none)."""
+        return self._special.get("eos_token", "")
+
     def text(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
         """Render and return only the text."""
         return self.render(messages, **kwargs).text
+
+    def closing_atom(self, text: str) -> str:
+        """The added token ``text`` ends with ("" when none): the closer a rendered turn ends with."""
+        return next((atom for atom in self.atoms if text.endswith(atom)), "")
 
     def snap(self, text: str, at: int) -> int:
         """``at`` moved back to the start of the added token it falls inside (comparing renders character by

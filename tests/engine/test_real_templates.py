@@ -21,23 +21,8 @@ from tests.support.chat_formats.registry import FAMILIES, family
 
 EXAMPLES = int(os.environ.get("FEEDLINE_FAMILY_EXAMPLES", "25"))
 
-# Known gaps (issue 16, LABELS.md): these formats move the tool list into the last user turn, so a row whose
-# assistant turn has tool calls renders its earlier turns differently once a later turn follows; the engine
-# refuses such rows (about 1 in 7 generated rows) rather than guess. Not strict: hypothesis does not draw such a
-# row every run. They are reported as xfail, never counted as passing.
-_REFUSES_SOME_TOOL_ROWS = {
-    "mistral_v3": "tool-call rows whose tool list moves into the last user turn are refused",
-    "mistral_nemo": "tool-call rows whose tool list moves into the last user turn are refused",
-    "nemotron_nano_v2": "a last-turn tool-call layout is refused",
-}
 
-
-def _marked(name: str) -> object:
-    reason = _REFUSES_SOME_TOOL_ROWS.get(name)
-    return pytest.param(name, marks=pytest.mark.xfail(reason=f"issue 16: {reason}", strict=False)) if reason else name
-
-
-@pytest.mark.parametrize("name", [_marked(n) for n in sorted(FAMILIES)])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_default_policy_supervises_each_turns_body_and_closer(name: str) -> None:
     date = engine_date(family_processor(name))
     labelled = []

@@ -143,7 +143,9 @@ def _content_edge(
 
 
 def _match_prompt_tail(tail: str, history: str) -> int:
-    """How much of ``history`` the prompt's tail accounts for (whitespace only the prompt has is skipped)."""
+    """How much of ``history`` the prompt's tail accounts for: whitespace only one side has is skipped (Alpaca's
+    prompt ends with a newline its history lacks; Hermes 3's history closes a tool result with "\n<|im_end|>"
+    where the prompt writes "<|im_end|>"), while the tail has text left to match."""
     i = j = 0
     while i < len(tail) and j < len(history):
         if tail[i] == history[j] or (tail[i].isspace() and history[j].isspace()):
@@ -151,6 +153,8 @@ def _match_prompt_tail(tail: str, history: str) -> int:
             j += 1
         elif tail[i].isspace():
             i += 1
+        elif history[j].isspace():
+            j += 1
         else:
             break
     return j
