@@ -10,7 +10,7 @@ from feedline.proto import FeedlineError, FingerprintMismatch, ResumeStateError,
 from ._collate import RemoteCollate
 from ._loader import DatasetPlan, RemoteLoader
 from ._masks import block_causal_mask, document_ids_from_cu_seqlens
-from ._replicas import RetryPolicy
+from ._policy import RetryPolicy
 from ._reports import BatchReport
 
 __all__ = [

@@ -11,9 +11,9 @@ import grpc
 
 from feedline.proto._framing import decode_frames
 
-from ._http_port import http_port_error
-from ._replicas import Replicas, RetryPolicy, call_with_failover
-from ._requests import check_fingerprint, collate_call, collate_request, options_message, processor_fingerprint
+from ._connection import Connection
+from ._policy import RetryPolicy
+from ._requests import check_fingerprint, collate_request, fingerprint_of, options_message
 from ._tensors import to_torch
 
 __all__ = ["RemoteCollate"]
@@ -47,7 +47,7 @@ class RemoteCollate:
         self.pin_memory = pin_memory
         self.options = dict(options)
         self._options_msg = options_message(self.options)
-        self._replicas = Replicas(endpoints, credentials=credentials, metadata=metadata)
+        self._connection = Connection(endpoints, self.retry, credentials=credentials, metadata=metadata)
         self._counter = itertools.count()
         self.last_reports: list[dict[str, Any]] = []
 
@@ -65,26 +65,13 @@ class RemoteCollate:
     def pin(self) -> str:
         """Ask a replica for the processor's fingerprint once and keep it for every later request."""
         if not self.fingerprint:
-            self.fingerprint = call_with_failover(self._replicas, self.retry, self._ask_fingerprint)
+            self.fingerprint = fingerprint_of(self._connection.list_processors(), self.processor)
         return self.fingerprint
-
-    def _ask_fingerprint(self, channel: grpc.Channel) -> str:
-        try:
-            return processor_fingerprint(channel, self.processor, self.retry.timeout, self._replicas.metadata)
-        except grpc.RpcError as err:
-            wrong_port = http_port_error(err, ", ".join(self._replicas.targets))
-            if wrong_port is not None:
-                raise wrong_port from None  # not an RpcError: no replica is retried, the answer would not change
-            raise
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         fingerprint = self.pin()
         request = collate_request(self.processor, fingerprint, self._options_msg, samples, next(self._counter))
-
-        def attempt(channel: grpc.Channel) -> Any:
-            return collate_call(channel, request, self.retry.timeout, self._replicas.metadata).result()
-
-        response = call_with_failover(self._replicas, self.retry, attempt)
+        response = self._connection.collate(request).result()
         check_fingerprint(response.fingerprint, fingerprint)
         decoded = decode_frames(response.frames)
         self.last_reports = list(decoded.meta.get("reports", []))

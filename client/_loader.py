@@ -14,21 +14,21 @@ import collections
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import grpc
 
-from feedline.proto import FingerprintMismatch, InvalidOptions, ResumeStateError
+from feedline.proto import FeedlineError, FingerprintMismatch, InvalidOptions, ResumeStateError
 from feedline.proto._codec import decode_batch
 from feedline.proto._plan import DatasetPlan
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._collate import RemoteCollate
 from ._order import SampleSource, is_sized
+from ._policy import RetryPolicy
 from ._receiver import Receiver
-from ._replicas import RetryPolicy
 from ._reports import BatchReport, ReportCounts, with_rows
 from ._sources import dataset_blobs, sample_blobs
 from ._tensors import to_torch
@@ -214,6 +214,8 @@ class RemoteLoader:
                     field="dataset",
                 ) from None
             raise
+        except FeedlineError as exc:
+            raise self._with_row(exc, self._delivered) from None
         finally:
             self._counts.summarise(self.epoch)
         self._start, self._delivered = 0, 0
@@ -223,6 +225,17 @@ class RemoteLoader:
     def receiver_pid(self) -> int | None:
         """Process id of the receiver process (for monitoring its CPU and memory), None until one runs."""
         return self._receiver_process.pid if self._receiver_process is not None else None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """What the connection did so far: ``attempts`` (calls sent), ``failovers`` (attempts that failed and
+        went to another replica), ``hedges`` (calls also sent to a second replica) and ``hedges_won``,
+        ``stalls`` (streams resumed elsewhere for want of a frame), ``refused`` (replicas left out for another
+        processor fingerprint), ``dns_changes`` (replica sets seen change). Zero counters are left out."""
+        total = collections.Counter(self._remote._connection.stats)
+        if self._receiver_process is not None:
+            total.update(self._receiver_process.stats)
+        return {k: v for k, v in sorted(total.items()) if v}
 
     def close(self) -> None:
         """Stop the receiver process, if one was started (also done when the loader is garbage collected)."""
@@ -236,6 +249,18 @@ class RemoteLoader:
         rows = batches[index] if batches is not None and index < len(batches) else None
         self.last_report = BatchReport(self.epoch, index, with_rows(meta.get("reports") or [], rows))
         self._counts.observe(self.last_report)
+
+    def _with_row(self, exc: FeedlineError, index: int) -> FeedlineError:
+        """A samples-mode error about position ``exc.sample`` of batch ``index`` also names the row of ``samples``
+        it came from (the server sees only the batch; dataset mode's errors name the row already)."""
+        if self._source is None or exc.sample is None or exc.row is not None:
+            return exc
+        batches = self._source.batch_rows(self.epoch)
+        if batches is None:  # an iterable, read in order: its n-th row
+            return exc.at_row(index * self.plan.batch_size + exc.sample)
+        if index < len(batches) and exc.sample < len(batches[index]):
+            return exc.at_row(batches[index][exc.sample])
+        return exc
 
     def _data_fingerprint(self) -> str:
         return self._source.fingerprint() if self._source is not None else self.dataset_fingerprint
@@ -323,7 +348,9 @@ def _mixture_part(part: Mapping[str, Any] | str) -> dict[str, Any]:
     return entry
 
 
-def _prefetched(blobs: Iterator[tuple[int, Any]], prefetch: int, max_bytes: int) -> Iterator[tuple[int, Any]]:
+def _prefetched(
+    blobs: Generator[tuple[int, Any], None, None], prefetch: int, max_bytes: int
+) -> Iterator[tuple[int, Any]]:
     """Read ``blobs`` on a background thread into a buffer bounded in batches and bytes (backpressure)."""
     out = _PrefetchBuffer(prefetch, max_bytes)
 

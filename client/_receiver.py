@@ -16,6 +16,7 @@ receiver -> trainer (data socket):
     ("slot", slot, size, live) + fd    a new shared-memory slot (see ``_slots.send_slot``)
     ("batch", run, index, slot, fields, meta) | ("done", run) | ("error", run, error_dict)
                                        meta: the batch's reports and dataset fingerprint
+    ("stats", run, counters)           the run's connection counters (failovers, hedges...), when they change
 The receiver ends when the control socket closes, so it never outlives its trainer. If it dies, the trainer
 starts another and continues the run from the next undelivered batch (samples mode sends the undelivered
 chunks again), so a lost receiver neither loses nor repeats a batch.
@@ -69,6 +70,7 @@ class _Child:
         self._ctrl = Connection(parent_ctrl.detach())
         self._data = Connection(parent_data.detach())
         self.slots = SlotMaps()
+        self.stats: dict[int, dict[str, int]] = {}  # run -> its connection's counters (see Receiver.stats)
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -81,9 +83,12 @@ class _Child:
         while True:
             try:
                 message: tuple[Any, ...] = self._data.recv()
-                if message[0] != "slot":
+                if message[0] == "stats":
+                    self.stats[message[1]] = message[2]
+                elif message[0] != "slot":
                     return message
-                self.slots.add(self._data, *message[1:])
+                else:
+                    self.slots.add(self._data, *message[1:])
             except (EOFError, OSError):
                 raise _Died(f"exit code {self.proc.poll()}") from None
 
@@ -145,10 +150,25 @@ class Receiver:
     def __init__(self) -> None:
         self._child = _Child()
         self._runs = 0
+        self._past: collections.Counter[str] = collections.Counter()  # counters of earlier runs and receivers
 
     @property
     def pid(self) -> int:
         return self._child.proc.pid
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Connection counters summed over every run (failovers, hedges, stalls, refused replicas...)."""
+        total = collections.Counter(self._past)
+        for counters in self._child.stats.values():
+            total.update(counters)
+        return dict(total)
+
+    def _fold_stats(self) -> None:
+        """Keep one total for finished runs, so the counters stay a few integers however many runs there were."""
+        for counters in self._child.stats.values():
+            self._past.update(counters)
+        self._child.stats.clear()
 
     def batches(
         self,
@@ -179,12 +199,14 @@ class Receiver:
                 _LOGGER.warning(
                     "receiver process died (%s); continuing from batch %d on a new one", died, spec["start"]
                 )
+                self._fold_stats()
                 self._child.close()
                 self._child = _Child()
 
     def _attempt(
         self, spec: dict[str, Any], feed: _Feed | None, pin_memory: bool
     ) -> Iterator[tuple[int, dict[str, Any], Mapping[str, Any]]]:
+        self._fold_stats()
         child = self._child
         self._runs += 1
         run = self._runs

@@ -70,7 +70,7 @@ class _Run:
         self._chunks.put(END)
         with self._room:
             self._room.notify_all()
-        self.spec["remote"]._replicas.close()  # fails the call in flight, so the thread sees the stop
+        self.spec["remote"]._connection.close()  # fails the call in flight, so the thread sees the stop
 
     def _wait_for_room(self) -> bool:
         prefetch, max_bytes = self.spec["prefetch"], self.spec["max_bytes"]
@@ -94,6 +94,7 @@ class _Run:
             blobs = dataset_blobs(remote, request, allocate=allocate, stop=self.stop)
         else:
             blobs = sample_blobs(remote, self._rows(), self.spec["prefetch"], allocate=allocate, stop=self.stop)
+        reported: dict[str, int] = {}
         try:
             for index, blob in blobs:
                 if not self._wait_for_room():
@@ -102,7 +103,11 @@ class _Run:
                 meta = {k: decoded.meta[k] for k in _TRAINER_META if k in decoded.meta}
                 with self._room:
                     self._sent.append(blob.nbytes)
+                if remote._connection.stats != reported:  # failovers, hedges, stalls: the loader's counters
+                    reported = dict(remote._connection.stats)
+                    self._out.send(("stats", self.run, reported))
                 self._out.send(("batch", self.run, index, allocate.lend(), describe(decoded, blob), meta))
+            self._out.send(("stats", self.run, dict(remote._connection.stats)))
             self._out.send(("done", self.run))
         except FeedlineError as exc:
             if not self.stop.is_set():
@@ -115,7 +120,7 @@ class _Run:
             if close is not None:
                 close()
             allocate.close()
-            remote._replicas.close()
+            remote._connection.close()
 
 
 def serve(ctrl_fd: int, data_fd: int) -> None:

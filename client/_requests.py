@@ -8,21 +8,11 @@ from typing import Any
 import msgpack
 from google.protobuf import struct_pb2
 
-from feedline.proto import FingerprintMismatch, InvalidOptions, InvalidSample
-from feedline.proto.v1 import COLLATE, LIST_PROCESSORS, STREAM_DATASET
+from feedline.proto import FingerprintMismatch, InvalidOptions, InvalidSample, UnknownProcessor
 from feedline.proto.v1 import feedline_pb2 as pb
 
-__all__ = [
-    "FRAME_STREAM",
-    "check_fingerprint",
-    "collate_call",
-    "collate_request",
-    "options_message",
-    "pack_rows",
-    "processor_fingerprint",
-]
+__all__ = ["check_fingerprint", "collate_request", "fingerprint_of", "options_message", "pack_rows"]
 
-FRAME_STREAM, _COLLATE, _LIST = STREAM_DATASET, COLLATE, LIST_PROCESSORS
 _OPTION_FIELDS = frozenset(f.name for f in pb.CollateOptions.DESCRIPTOR.fields)
 
 
@@ -82,27 +72,9 @@ def check_fingerprint(answered: str, pinned: str) -> None:
         raise FingerprintMismatch(f"replica answered with processor {answered}, pinned {pinned}")
 
 
-def collate_call(channel: Any, request: pb.CollateRequest, timeout: float, metadata: Sequence[tuple[str, str]]) -> Any:
-    """Unary Collate as a future (callers bound how many are in flight)."""
-    method = channel.unary_unary(
-        _COLLATE,
-        request_serializer=pb.CollateRequest.SerializeToString,
-        response_deserializer=pb.CollateResponse.FromString,
-    )
-    return method.future(request, timeout=timeout, metadata=list(metadata) or None)
-
-
-def processor_fingerprint(channel: Any, processor: str, timeout: float, metadata: Sequence[tuple[str, str]]) -> str:
+def fingerprint_of(response: pb.ListProcessorsResponse, processor: str) -> str:
     """The fingerprint a replica reports for ``processor`` (to pin it for the rest of the run)."""
-    method = channel.unary_unary(
-        _LIST,
-        request_serializer=pb.ListProcessorsRequest.SerializeToString,
-        response_deserializer=pb.ListProcessorsResponse.FromString,
-    )
-    response = method(pb.ListProcessorsRequest(), timeout=timeout, metadata=list(metadata) or None)
     for info in response.processors:
         if info.name == processor or (not processor and info is response.processors[0]):
             return str(info.fingerprint)
-    from feedline.proto import UnknownProcessor
-
     raise UnknownProcessor(f"no replica processor named {processor!r}", field="processor")

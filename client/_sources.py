@@ -12,7 +12,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -23,8 +23,8 @@ from feedline.proto._framing import FrameAssembler, join_frames
 from feedline.proto.v1 import RESUME_METADATA_KEY
 from feedline.proto.v1 import feedline_pb2 as pb
 
-from ._replicas import RETRYABLE, map_rpc_error
-from ._requests import FRAME_STREAM, check_fingerprint, collate_call, collate_request
+from ._connection import Connection, HedgedCall
+from ._requests import check_fingerprint, collate_request
 
 if TYPE_CHECKING:
     from ._collate import RemoteCollate
@@ -43,18 +43,19 @@ def dataset_blobs(
     *,
     allocate: Allocate | None = None,
     stop: threading.Event | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Generator[tuple[int, np.ndarray], None, None]:
     """Batches of a StreamDataset call from ``request.start_batch_index`` on; a broken stream, or one that waits
-    ``retry.timeout`` seconds for a frame, resumes on another replica from the next undelivered index. A call
-    the server ends early (it serves in time-bounded chunks) is continued with a new call from the index it
-    names. ``stop`` ends the retries (the caller closed the run)."""
-    policy = remote.retry
-    next_index, failures = request.start_batch_index, 0
+    longer than the connection's stall limit for a frame, resumes on another replica from the next undelivered
+    index. A call the server ends early (it serves in time-bounded chunks) is continued with a new call from the
+    index it names. ``stop`` ends the retries (the caller closed the run)."""
+    conn = remote._connection
+    next_index, failures, stalls = request.start_batch_index, 0, 0
+    address = conn.pick()
     while True:
-        target = remote._replicas.rotation()[0]
+        watch = _StallWatch(conn, address, stalls)
         started = next_index
         try:
-            stream = _stream(remote, target, request, next_index, allocate)
+            stream = _stream(conn, address, request, next_index, allocate, watch)
             while True:
                 try:
                     blob = next(stream)
@@ -62,27 +63,41 @@ def dataset_blobs(
                     resume = end.value
                     break
                 yield next_index, blob
-                next_index, failures = next_index + 1, 0
+                next_index, failures, stalls = next_index + 1, 0, 0
         except grpc.RpcError as err:
-            mapped = map_rpc_error(err)
             if stop is not None and stop.is_set():
                 return
-            if err.code() not in RETRYABLE or not isinstance(mapped, ServiceUnavailable):
-                raise mapped from None
             failures += 1
-            if failures >= policy.attempts:
-                raise ServiceUnavailable(f"batch {next_index}: no replica answered") from None
-            _LOGGER.warning("stream broke at batch %d (%s); resuming on another replica", next_index, err.code().name)
-            time.sleep(policy.backoff(failures))
+            if not watch.stalled:
+                conn.failed(address, err, failures, f"stream at batch {next_index}")
+            elif failures >= conn.policy.attempts:
+                raise ServiceUnavailable(f"stream at batch {next_index}: every replica stalled") from None
+            else:
+                stalls += 1
+                conn.slow(address)
+                conn.stats["stalls"] += 1
+                _LOGGER.warning(
+                    "batch %d: no frame from %s in %.2f s; resuming the stream on another replica",
+                    next_index,
+                    address,
+                    watch.limit,
+                )
+            address = conn.pick(avoid=(address,))
             continue
         if resume is None:  # the requested range is done
             return
         if resume != next_index or next_index == started:  # a server serves at least one batch per call
             raise ServiceUnavailable(f"the server asked to resume at batch {resume} after sending up to {next_index}")
+        address = conn.pick()  # the server ended this chunk of the epoch: the next call may go to another replica
 
 
 def _stream(
-    remote: RemoteCollate, target: str, template: pb.StreamDatasetRequest, start: int, allocate: Allocate | None
+    conn: Connection,
+    address: str,
+    template: pb.StreamDatasetRequest,
+    start: int,
+    allocate: Allocate | None,
+    watch: _StallWatch,
 ) -> Generator[np.ndarray, None, int | None]:
     """Blobs of one call from ``start``; returns the batch index the server asks to continue from, if any."""
     request = pb.StreamDatasetRequest()
@@ -90,18 +105,15 @@ def _stream(
     request.start_batch_index = start
     if template.max_batches:  # the same end, wherever this call begins
         request.max_batches = template.start_batch_index + template.max_batches - start
-    method: Any = remote._replicas.channel(target).unary_stream(
-        FRAME_STREAM, request_serializer=pb.StreamDatasetRequest.SerializeToString, response_deserializer=None
-    )
-    call = method(request, timeout=None, metadata=tuple(remote._replicas.metadata) or None)
-    watch = _IdleWatch(call, remote.retry.timeout, target)
+    call = conn.stream_dataset(address, request)
+    watch.start(call)
     frames = iter(call)
     try:
         assembler = FrameAssembler(allocate=allocate)
         while True:
-            watch.waiting_since = time.monotonic()
+            watch.waiting()
             frame = next(frames, None)
-            watch.waiting_since = None
+            watch.arrived()
             if frame is None:
                 break
             blob = assembler.add(frame)
@@ -116,22 +128,41 @@ def _stream(
         call.cancel()  # a consumer that stops early must not leave the server streaming
 
 
-class _IdleWatch:
-    """The deadline of a stream that lasts an epoch: cancel the call when it has waited ``limit`` seconds for
-    its next frame (a replica that hangs without dying), so the stream resumes on another. Time the consumer
-    spends holding a batch (backpressure) does not count."""
+class _StallWatch:
+    """The deadline of a stream that lasts an epoch: cancel the call when it has waited longer than the
+    connection's stall limit for its next frame (three times that for its first, doubled per consecutive
+    stall, never more than ``timeout``), so the stream resumes on another replica. Time the consumer spends
+    holding a batch (backpressure) does not count. Frame waits are fed back into the hedge delay."""
 
-    def __init__(self, call: Any, limit: float, target: str) -> None:
-        self._call, self._limit, self._target = call, limit, target
-        self.waiting_since: float | None = None
+    def __init__(self, conn: Connection, address: str, stalls: int) -> None:
+        self._conn, self._address, self._stalls = conn, address, stalls
+        self._since: float | None = None
+        self._first = True
+        self.limit = 0.0
+        self.stalled = False
         self._done = threading.Event()
-        threading.Thread(target=self._watch, name="feedline-stream-deadline", daemon=True).start()
+        self._call: Any = None
+
+    def start(self, call: Any) -> None:
+        self._call = call
+        threading.Thread(target=self._watch, name="feedline-stream-stall", daemon=True).start()
+
+    def waiting(self) -> None:
+        delay = self._conn.hedge_delay("stream") * (3 if self._first else 1) * 2**self._stalls
+        self.limit = min(self._conn.policy.timeout, delay)
+        self._since = time.monotonic()
+
+    def arrived(self) -> None:
+        since, self._since = self._since, None
+        if since is not None and not self._first:
+            self._conn.succeeded(self._address, "stream", time.monotonic() - since)
+        self._first = False
 
     def _watch(self) -> None:
-        while not self._done.wait(min(1.0, self._limit / 4)):
-            since = self.waiting_since
-            if since is not None and time.monotonic() - since > self._limit:
-                _LOGGER.warning("no frame from %s for %.1f s; cancelling its stream", self._target, self._limit)
+        while not self._done.wait(0.05):
+            since = self._since
+            if since is not None and time.monotonic() - since > self.limit:
+                self.stalled = True
                 self._call.cancel()
                 return
 
@@ -146,49 +177,28 @@ def sample_blobs(
     *,
     allocate: Allocate | None = None,
     stop: threading.Event | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """One unary Collate per chunk, ``prefetch`` in flight; each batch is retried on another replica under
-    the same index, so the answer is the same bytes whoever computes it. ``stop`` ends the retries."""
-    pending: collections.deque[tuple[int, Sequence[Mapping[str, Any]], Any]] = collections.deque()
+) -> Generator[tuple[int, np.ndarray], None, None]:
+    """One unary Collate per chunk, ``prefetch`` in flight, each hedged and failed over by the connection
+    under the same batch index, so the answer is the same bytes whoever computes it. ``stop`` ends the retries."""
+    pending: collections.deque[tuple[int, HedgedCall]] = collections.deque()
+    conn = remote._connection
     try:
         for index, rows in chunks:
-            pending.append((index, rows, _submit(remote, index, rows)))
+            request = collate_request(remote.processor, remote.fingerprint, remote._options_msg, rows, index)
+            pending.append((index, conn.collate(request, stop)))
             if len(pending) >= prefetch:
-                yield _collect(remote, *pending.popleft(), allocate, stop)
+                yield _collect(remote, pending.popleft(), allocate)
         while pending:
-            yield _collect(remote, *pending.popleft(), allocate, stop)
+            yield _collect(remote, pending.popleft(), allocate)
     finally:
-        for _, _, future in pending:  # a consumer that stops early leaves no call running
-            future.cancel()
-
-
-def _submit(remote: RemoteCollate, index: int, rows: Sequence[Mapping[str, Any]]) -> Any:
-    request = collate_request(remote.processor, remote.fingerprint, remote._options_msg, rows, index)
-    target = remote._replicas.rotation()[0]
-    return collate_call(remote._replicas.channel(target), request, remote.retry.timeout, remote._replicas.metadata)
+        for _, call in pending:  # a consumer that stops early leaves no call running
+            call.cancel()
 
 
 def _collect(
-    remote: RemoteCollate,
-    index: int,
-    rows: Sequence[Mapping[str, Any]],
-    future: Any,
-    allocate: Allocate | None,
-    stop: threading.Event | None,
+    remote: RemoteCollate, pending: tuple[int, HedgedCall], allocate: Allocate | None
 ) -> tuple[int, np.ndarray]:
-    policy = remote.retry
-    for attempt in range(policy.attempts):
-        try:
-            response = future.result()
-        except grpc.RpcError as err:
-            if stop is not None and stop.is_set():
-                raise ServiceUnavailable(f"batch {index}: the run was stopped") from None
-            if err.code() not in RETRYABLE:
-                raise map_rpc_error(err) from None
-            _LOGGER.warning("batch %d: %s; retrying on another replica", index, err.code().name)
-            time.sleep(policy.backoff(attempt))
-            future = _submit(remote, index, rows)
-            continue
-        check_fingerprint(response.fingerprint, remote.fingerprint)
-        return index, join_frames(response.frames, allocate=allocate)
-    raise ServiceUnavailable(f"batch {index}: no replica answered after {policy.attempts} attempts")
+    index, call = pending
+    response = call.result()
+    check_fingerprint(response.fingerprint, remote.fingerprint)
+    return index, join_frames(response.frames, allocate=allocate)

@@ -16,6 +16,13 @@ rm -rf "$VENV"
 # Debian's chromium and the Playwright driver for the browser test of the mask page (never Playwright's browsers).
 bash scripts/install_browser.sh "$VENV/bin/python" || echo "WARNING: browser install failed; tests/test_page_browser.py will be SKIPPED" >&2
 
+# nftables and dnsmasq for the network fault tests (tests/test_reliability_network.py: namespaces, loss and
+# partitions, a headless-Service DNS name); without them (or without root) that module is skipped, loudly.
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null && ! { command -v nft && command -v dnsmasq; } >/dev/null; then
+    apt-get install -y -q nftables dnsmasq >/dev/null \
+        || echo "WARNING: nftables/dnsmasq install failed; tests/test_reliability_network.py will be SKIPPED" >&2
+fi
+
 if "$VENV/bin/python" -m pip list --format=freeze | grep -i '^nvidia-'; then
     echo "error: nvidia-* packages were installed; torch must stay the 2.13.0 CPU wheel" >&2
     exit 1

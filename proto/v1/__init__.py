@@ -30,8 +30,10 @@ COLLATE = f"/{SERVICE_NAME}/Collate"
 COLLATE_STREAM = f"/{SERVICE_NAME}/CollateStream"
 STREAM_DATASET = f"/{SERVICE_NAME}/StreamDataset"
 LIST_PROCESSORS = f"/{SERVICE_NAME}/ListProcessors"
+"""gRPC method paths, one definition for the servers, the client and the tests."""
+
 ERROR_METADATA_KEY = "feedline-error"
-"""Trailing-metadata key of a failed call: the error body (kind, message, sample, field) as JSON."""
+"""Trailing metadata key of a failed call: the error body ``{kind, message, sample, field}`` as JSON."""
 RESUME_METADATA_KEY = "feedline-resume-batch"
 """Trailing metadata of a StreamDataset call that ended before its range did: the batch index to continue from."""
 

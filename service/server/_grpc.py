@@ -96,7 +96,7 @@ def create_server(
         ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),  # clients ping every 10 s (RetryPolicy.keepalive)
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", int(max_connection_age_grace_s * 1000)),

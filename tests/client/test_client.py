@@ -180,7 +180,7 @@ def test_sigkill_of_a_replica_mid_epoch_loses_and_repeats_nothing(data_root: Pat
                 killed.set()
 
         loader = dataset_loader(targets, batch_size=2, seed=9, prefetch=1, fingerprint=first._remote.fingerprint)
-        loader._remote._replicas._next = 0  # pinned already (no ListProcessors): the stream starts on the one to die
+        loader._remote._connection._next = 0  # pinned already (no ListProcessors): the stream starts on the one to die
         disturbed = batch_blobs(loader, kill_first)
         assert killed.is_set() and replicas[0].proc.returncode == -signal.SIGKILL
         assert disturbed == reference

@@ -270,7 +270,7 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
     from concurrent import futures
 
     from feedline.client import RetryPolicy
-    from feedline.client._requests import FRAME_STREAM
+    from feedline.proto.v1 import STREAM_DATASET
 
     def hang(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         while context.is_active():
@@ -280,7 +280,7 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
     handler = grpc.method_handlers_generic_handler(
         "feedline.v1.Feedline",
         {
-            FRAME_STREAM.rsplit("/", 1)[1]: grpc.unary_stream_rpc_method_handler(hang),
+            STREAM_DATASET.rsplit("/", 1)[1]: grpc.unary_stream_rpc_method_handler(hang),
         },
     )
     stalled = grpc.server(futures.ThreadPoolExecutor(4))
@@ -300,7 +300,7 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
             fingerprint=fingerprint,
             retry=RetryPolicy(attempts=4, initial_backoff=0.05, timeout=1.5),
         )
-        loader._remote._replicas._next = 0  # the hanging replica first
+        loader._remote._connection._next = 0  # the hanging replica first
         started = time.monotonic()
         assert [_bytes(b) for b in loader] == reference
         assert 1.5 < time.monotonic() - started < 30

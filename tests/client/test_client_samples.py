@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from feedline.client import BatchReport, RemoteLoader
-from feedline.proto import InvalidOptions, ResumeStateError
+from feedline.proto import InvalidOptions, InvalidSample, ResumeStateError
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import Limits, ProcessorRegistry, ServingState
 
@@ -240,3 +240,24 @@ def test_a_client_pointed_at_an_http_port_is_told_so_at_once(qwen_processor: Pro
         next(iter(RemoteLoader(target, samples=_rows(2), offload=False)))
     assert time.monotonic() - started < 5  # no retries: another try cannot turn HTTP into gRPC
     assert info.value.field == "endpoints" and target in str(info.value) and "gRPC port" in str(info.value)
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_bad_row_is_named_by_its_index_in_samples_not_its_batch_position(server: str, offload: bool) -> None:
+    rows = _rows(12)
+    rows[5] = {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}
+    for rank in range(2):
+        loader = RemoteLoader(
+            server, samples=rows, batch_size=3, seed=11, shuffle=True, world_size=2, rank=rank, offload=offload
+        )
+        batches = _sampler_batches(12, 2, rank, shuffle=True, drop_last=False, seed=11, epoch=0, batch_size=3)
+        holding = [b for b in batches if 5 in b]
+        if not holding:
+            assert len(list(loader)) == len(batches)
+            continue
+        with pytest.raises(InvalidSample) as info:
+            list(loader)
+        loader.close()
+        assert info.value.row == 5 and info.value.sample == holding[0].index(5)
+        assert f"row 5 (position {info.value.sample} in the batch)" in str(info.value)
+        assert info.value.field is not None and "role" in str(info.value)

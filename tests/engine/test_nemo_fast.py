@@ -18,7 +18,7 @@ from feedline.proto import FeedlineError
 from feedline.service import CollateOptions, Processor, parse_row
 from feedline.service.engine.nemo._fast import FAST_PATH
 from feedline.service.engine.nemo._labels import nemo_tokenize
-from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
+from feedline.service.tokenizers.builtin import builtin_tokenizer
 from tests.support.chat_templates import CHATML_REASONING, CHATML_REWRITING
 
 TOKENIZERS = ("qwen2.5", "mistral-nemo", "mistral-7b-v3")

@@ -26,7 +26,7 @@ from feedline.service.engine.nemo._chat import (
     window_offset,
 )
 from feedline.service.engine.nemo._labels import content_attention, nemo_pad_token_id, nemo_tokenize
-from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
+from feedline.service.tokenizers.builtin import builtin_tokenizer
 from tests.support.chat_templates import CHATML_GENERATION, CHATML_REASONING, QWEN3
 from tests.support.labels import supervised_runs
 

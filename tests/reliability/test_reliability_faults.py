@@ -174,7 +174,8 @@ def test_a_replica_drained_mid_epoch_loses_and_repeats_nothing(data_root: Path, 
             time.sleep(0.05)
 
         loader = dataset_loader(targets, fingerprint=first._remote.fingerprint, **options)
-        loader._remote._replicas._next = 0  # pinned already (no ListProcessors): the stream starts on the one to drain
+        # pinned already (no ListProcessors): the stream starts on the one to drain
+        loader._remote._connection._next = 0
         disturbed = batch_blobs(loader, drain_at_10)
         assert draining.proc.wait(30) == 0
     finally:

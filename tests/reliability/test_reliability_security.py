@@ -33,9 +33,9 @@ from feedline.service.server import (
     ServingState,
     TokenAuth,
     create_app,
-    create_server,
     load_config,
 )
+from tests.support.inprocess import serve_in_process
 from tests.support.media import processor as mm_processor
 from tests.support.reliability_corpus import CASES, OK, b64, image, samples, vl
 from tests.support.reliability_harness import Layout, call_grpc, call_http, collate_request, remote_code_repo
@@ -115,53 +115,45 @@ def test_without_a_media_root_no_path_is_read(qwen_processor: Processor) -> None
 
 
 def test_no_dataset_outside_the_data_roots_is_opened(state: ServingState, layout: Layout) -> None:
-    server, port = create_server("127.0.0.1:0", state.registry, state=state)
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel, opened_files() as opened:
+    with serve_in_process(state) as served:
+        target = str(served.grpc_target)
+        port = int(target.rsplit(":", 1)[1])
+        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel, opened_files() as opened:
             for case in (c for c in CASES if c.category == "dataset" and "path" in (c.grpc.field or "")):  # type: ignore[union-attr]
                 assert call_grpc(channel, port, case, layout) == case.grpc, case.id
             _, stream_dataset = frame_stream_calls(channel)
-            served = list(
+            streamed = list(
                 stream_dataset(pb.StreamDatasetRequest(dataset=pb.DatasetRef(path="train.jsonl")), timeout=30)
             )
-    finally:
-        server.stop(0)
-    assert served and str((layout.data / "train.jsonl").resolve()) in opened
+    assert streamed and str((layout.data / "train.jsonl").resolve()) in opened
     assert _outside(opened, layout) == []
 
 
 # --- size limits ---------------------------------------------------------------------------------------------
 
 
-def test_grpc_request_and_message_limits_hold(qwen_processor: Processor) -> None:
+def test_grpc_request_and_message_limits_hold(qwen_processor: Processor, in_process: Any) -> None:
     """Regression: CHANNEL_OPTIONS' 256 MiB used to win over the configured limits (first duplicate key wins)."""
     limits = Limits(max_request_bytes=64 << 10, max_message_bytes=256 << 10, max_frame_bytes=64 << 10)
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=limits)
-    server, port = create_server("127.0.0.1:0", state.registry, state=state)
-    server.start()
+    target = in_process(state).grpc_target
     big_batch = collate_request({"samples": [OK] * 8, "options": {"padding": "max_length", "max_length": 2048}})
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
-            stub = feedline_pb2_grpc.FeedlineStub(channel)
-            stub.Collate(collate_request({"samples": [{"prompt": "x" * (60 << 10), "completion": "y"}]}), timeout=30)
-            with pytest.raises(grpc.RpcError) as over:
-                stub.Collate(
-                    collate_request({"samples": [{"prompt": "x" * (70 << 10), "completion": "y"}]}), timeout=30
-                )
-            assert over.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            with pytest.raises(grpc.RpcError) as answer:  # ~400 KB in one unary response
-                stub.Collate(big_batch, timeout=30)
-            assert answer.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            collate_stream, _ = frame_stream_calls(channel)  # the same batch streams in frames under the limit
-            assembler, blobs = FrameAssembler(), []
-            for message in collate_stream(iter([big_batch]), timeout=30):
-                assert len(message) <= limits.max_message_bytes
-                blob = assembler.add(unwrap_frame(message))
-                blobs += [blob] if blob is not None else []
-            assert len(blobs) == 1 and blobs[0].nbytes > limits.max_message_bytes
-    finally:
-        server.stop(0)
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = feedline_pb2_grpc.FeedlineStub(channel)
+        stub.Collate(collate_request({"samples": [{"prompt": "x" * (60 << 10), "completion": "y"}]}), timeout=30)
+        with pytest.raises(grpc.RpcError) as over:
+            stub.Collate(collate_request({"samples": [{"prompt": "x" * (70 << 10), "completion": "y"}]}), timeout=30)
+        assert over.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.RpcError) as answer:  # ~400 KB in one unary response
+            stub.Collate(big_batch, timeout=30)
+        assert answer.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        collate_stream, _ = frame_stream_calls(channel)  # the same batch streams in frames under the limit
+        assembler, blobs = FrameAssembler(), []
+        for message in collate_stream(iter([big_batch]), timeout=30):
+            assert len(message) <= limits.max_message_bytes
+            blob = assembler.add(unwrap_frame(message))
+            blobs += [blob] if blob is not None else []
+        assert len(blobs) == 1 and blobs[0].nbytes > limits.max_message_bytes
 
 
 def test_image_pixel_limit_is_checked_before_decoding(client: TestClient) -> None:

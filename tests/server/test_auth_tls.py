@@ -10,12 +10,10 @@ import ipaddress
 import json
 import logging
 import os
-import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +23,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,9 +45,8 @@ from feedline.service.server import (
     ServingState,
     TlsFiles,
     TokenAuth,
-    create_app,
-    create_server,
 )
+from tests.support.inprocess import serve_in_process
 from tests.support.rows import ROWS
 
 TOKEN = "s3cret-token-for-tests"
@@ -211,12 +207,8 @@ def test_bad_security_settings_stop_the_server(problem: str, tmp_path: Path, pki
 def grpc_target(processor: Processor, security: Security) -> Iterator[str]:
     """A started gRPC server on 127.0.0.1 enforcing ``security``; yields its address."""
     state = ServingState(ProcessorRegistry.of(processor))
-    server, port = create_server("127.0.0.1:0", state.registry, state=state, auth=security.auth, tls=security.tls)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
+    with serve_in_process(state, grpc_options={"auth": security.auth, "tls": security.tls}) as served:
+        yield str(served.grpc_target)
 
 
 def _channel_credentials(pki: Pki, client: str | None = None) -> grpc.ChannelCredentials:
@@ -248,7 +240,7 @@ def _unauthenticated(call: Any) -> grpc.RpcError:
 
 
 def test_grpc_calls_need_the_token_and_health_checks_do_not(qwen_processor: Processor) -> None:
-    from feedline.client._replicas import map_rpc_error
+    from feedline.client._connection import map_rpc_error
 
     with (
         grpc_target(qwen_processor, Security(auth=TokenAuth([TOKEN]))) as target,
@@ -329,20 +321,15 @@ def test_grpc_mutual_tls_with_a_token_serves_the_real_client(qwen_processor: Pro
 @contextmanager
 def http_port(processor: Processor, security: Security) -> Iterator[int]:
     """A started uvicorn server on 127.0.0.1 enforcing ``security``; yields its port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    app = create_app(ServingState(ProcessorRegistry.of(processor)), auth=security.auth)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", **security.uvicorn_options()))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    state = ServingState(ProcessorRegistry.of(processor))
+    with serve_in_process(
+        state,
+        grpc=False,
+        http=True,
+        http_options={"auth": security.auth},
+        uvicorn_options=security.uvicorn_options(),
+    ) as served:
+        yield int(str(served.http_url).rsplit(":", 1)[1])
 
 
 def _client_context(pki: Pki, client: str | None = None) -> ssl.SSLContext:

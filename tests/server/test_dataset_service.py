@@ -20,10 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from feedline.client import RemoteLoader, RetryPolicy
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server._config import Limits
+from feedline.service.server import Limits, ProcessorRegistry, ServingState
 from feedline.service.server._datasets import DatasetPlan, MixturePart, batch_rows, num_batches, open_mixture
-from feedline.service.server._grpc import create_server
-from feedline.service.server._registry import ProcessorRegistry, ServingState
 
 RETRY = RetryPolicy(attempts=8, initial_backoff=0.05, max_backoff=0.5, timeout=60)
 BUCKET = "feedline-test"
@@ -91,16 +89,14 @@ def data_root(tmp_path_factory: pytest.TempPathFactory, s3_url: str) -> Path:
     return root
 
 
-def _serve(state: ServingState, **kw: Any) -> tuple[grpc.Server, str]:
-    srv, port = create_server("127.0.0.1:0", state.registry, state=state, **kw)
-    srv.start()
-    return srv, f"127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def server(
-    qwen_processor: Processor, data_root: Path, s3_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+    qwen_processor: Processor,
+    data_root: Path,
+    s3_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    in_process: Any,
+) -> str:
     """Calls end after ~10 ms of serving, so every epoch below crosses many continuations."""
     state = ServingState(
         ProcessorRegistry.of(qwen_processor),
@@ -109,9 +105,7 @@ def server(
         data_urls=[s3_url],
         dataset_cache_dir=tmp_path_factory.mktemp("cache"),
     )
-    srv, target = _serve(state, dataset_chunk_s=0.01)
-    yield target
-    srv.stop(0)
+    return str(in_process(state, grpc_options={"dataset_chunk_s": 0.01}).grpc_target)
 
 
 def _loader(target: str, dataset: Any, **kw: Any) -> RemoteLoader:
@@ -203,10 +197,10 @@ def test_repeats_make_passes_over_a_dataset(qwen_processor: Processor, data_root
 
 @pytest.mark.timeout(240)
 def test_64_ranks_on_one_server_get_first_batches_promptly_and_health_stays_serving(
-    qwen_processor: Processor, data_root: Path
+    qwen_processor: Processor, data_root: Path, in_process: Any
 ) -> None:
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(), data_roots=[data_root])
-    srv, target = _serve(state, dataset_chunk_s=0.5)
+    target = str(in_process(state, grpc_options={"dataset_chunk_s": 0.5}).grpc_target)
     world, firsts, counts, errors = 64, [0.0] * 64, [0] * 64, []
     health_failures, health_checks = [], [0]
     stop = threading.Event()
@@ -246,7 +240,6 @@ def test_64_ranks_on_one_server_get_first_batches_promptly_and_health_stays_serv
     finally:
         stop.set()
         watcher.join()
-        srv.stop(0)
     assert not errors, errors[:3]
     assert counts == [16] * world
     assert all(f > 0 for f in firsts) and max(firsts) < 20.0, sorted(firsts)[-5:]

@@ -20,7 +20,7 @@ from feedline.proto import DecodedBatch, FrameAssembler, decode_batch, decode_fr
 from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2_grpc, frame_stream_calls
 from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import CollateOptions, Processor, collate
-from feedline.service.server import Limits, ProcessorRegistry, ServingState, create_server
+from feedline.service.server import Limits, ProcessorRegistry, ServingState
 from feedline.service.server._datasets import DatasetPlan, batch_rows, num_batches
 from tests.support.rows import OPTION_CASES, ROWS
 
@@ -327,11 +327,9 @@ def test_list_processors(served: dict[str, Any]) -> None:
     assert dict(info.defaults)["label_format"] is None and dict(info.defaults)["label_policy"] == "assistant"
 
 
-def test_health_and_drain(qwen_processor: Processor) -> None:
+def test_health_and_drain(qwen_processor: Processor, in_process: Any) -> None:
     state = ServingState(ProcessorRegistry.of(qwen_processor))
-    server, port = create_server("127.0.0.1:0", state.registry, state=state)
-    server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.insecure_channel(in_process(state).grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", SERVICE_NAME):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
@@ -339,24 +337,20 @@ def test_health_and_drain(qwen_processor: Processor) -> None:
         state.drain()
         reply = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-    server.stop(0)
 
 
-def test_health_is_not_serving_while_a_processor_failed(tmp_path: Path) -> None:
+def test_health_is_not_serving_while_a_processor_failed(tmp_path: Path, in_process: Any) -> None:
     from feedline.service.server import ProcessorSpec
 
     registry = ProcessorRegistry([ProcessorSpec("broken", str(tmp_path / "missing"))])
     assert registry.load_all() is False
     assert "missing" in registry.status()["broken"]["error"]
-    server, port = create_server("127.0.0.1:0", registry)
-    server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.insecure_channel(in_process(ServingState(registry)).grpc_target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.RpcError) as info:
             feedline_pb2_grpc.FeedlineStub(channel).Collate(_request(ROWS), timeout=5)
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE
-    server.stop(0)
 
 
 def test_reflection_lists_the_services(served: dict[str, Any]) -> None:

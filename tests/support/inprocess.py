@@ -36,8 +36,10 @@ def serve_in_process(
     http: bool = False,
     grpc_options: dict[str, Any] | None = None,
     http_options: dict[str, Any] | None = None,
+    uvicorn_options: dict[str, Any] | None = None,
 ) -> Iterator[InProcess]:
-    """Start the gRPC server and/or the HTTP app for ``state``; both are stopped on exit."""
+    """Start the gRPC server and/or the HTTP app for ``state``; both are stopped on exit. ``grpc_options`` go to
+    ``create_server``, ``http_options`` to ``create_app``, ``uvicorn_options`` (TLS files) to uvicorn."""
     grpc_server = None
     http_server = thread = None
     target = url = None
@@ -50,14 +52,17 @@ def serve_in_process(
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             app = create_app(state, **(http_options or {}))
-            http_server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+            http_server = uvicorn.Server(
+                uvicorn.Config(app, log_config=None, lifespan="off", **(uvicorn_options or {}))
+            )
             thread = threading.Thread(target=http_server.run, kwargs={"sockets": [sock]}, daemon=True)
             thread.start()
             deadline = time.monotonic() + 30
             while not http_server.started:
                 assert time.monotonic() < deadline, "the HTTP server did not start"
                 time.sleep(0.02)
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            scheme = "https" if (uvicorn_options or {}).get("ssl_certfile") else "http"
+            url = f"{scheme}://127.0.0.1:{sock.getsockname()[1]}"
         yield InProcess(state, target, url)
     finally:
         if grpc_server is not None:

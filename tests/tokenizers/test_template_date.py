@@ -11,7 +11,7 @@ from transformers.utils import chat_template_utils
 from feedline.proto import TemplateError
 from feedline.service import Processor
 from feedline.service.tokenizers._render import DEFAULT_TEMPLATE_DATE, ChatRenderer
-from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
+from feedline.service.tokenizers.builtin import builtin_tokenizer
 
 DATED = (
     "{{ 'Today: ' + strftime_now('%d %b %Y') + '\\n' }}"

@@ -71,7 +71,7 @@ def _base(name: str) -> Any:
         from feedline.service.tokenizers.builtin._mistral import build_sentencepiece, mistral_data_file
 
         return build_sentencepiece(mistral_data_file("tokenizer.model.v1"), "")
-    from feedline.service.tokenizers.builtin._vocab import builtin_tokenizer
+    from feedline.service.tokenizers.builtin import builtin_tokenizer
 
     return builtin_tokenizer(name)
 
