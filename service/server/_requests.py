@@ -40,7 +40,7 @@ from ._datasets import (
     DatasetPlan,
     Mixture,
     MixturePart,
-    batch_positions,
+    batch_span,
     check_fingerprint,
     num_batches,
     open_dataset,
@@ -344,13 +344,13 @@ class DatasetStream:
         """One batch, collated and split into wrapped frames. Mixture batches carry ``dataset_index`` (which
         dataset of the mixture) and ``dataset_row`` (its row there) per sample."""
         request = self._request
-        positions = batch_positions(self._size, request.plan, batch_index)
         plan = request.plan
+        start, stop = batch_span(self._size, plan, batch_index)
         if self._mixture is not None:
-            part, rows = self._mixture.locate(positions, plan)
+            part, rows = self._mixture.locate(np.arange(start, stop, dtype=np.int64), plan)
         else:
-            part = np.zeros_like(positions)
-            rows = self._sources[0].order(plan.seed, plan.epoch, plan.shuffle).rows(positions)
+            rows = self._sources[0].order(plan.seed, plan.epoch, plan.shuffle).between(start, stop)
+            part = np.zeros_like(rows)
         extra = {"dataset_index": part.astype(np.int32), "dataset_row": rows} if self._mixture is not None else {}
         if not len(rows):  # this rank's share of the last, partial global step is empty
             empty = encode_batch(

@@ -79,3 +79,28 @@ def test_plan_over_a_windowed_order_keeps_every_rank_equal_and_every_row_once() 
         plan = DatasetPlan(seed=4, epoch=1, batch_size=5, rank=rank, world_size=3)
         seen += [r for b in range(num_batches(n, plan)) for r in batch_rows(n, plan, b, order).tolist()]
     assert sorted(seen) == list(range(n))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(1, 200_000),
+    start=st.integers(0, 200_000),
+    width=st.integers(0, 40),
+    shuffle=st.booleans(),
+    windowed=st.booleans(),
+)
+def test_a_range_of_positions_is_a_slice_of_the_same_order(
+    size: int, start: int, width: int, shuffle: bool, windowed: bool
+) -> None:
+    """``between`` (a batch's consecutive positions, sliced from a cached span) gives what ``rows`` gives,
+    inside a span, across the edge of one (multiples of 65,536) and for an empty range."""
+    start = min(start, size)
+    stop = min(size, start + width)
+    blocks = [size // 3, size - size // 3] if windowed else [size]
+    order = EpochOrder(blocks, seed=3, epoch=1, shuffle=shuffle, window_rows=size // 2 if windowed else None)
+    expected = order.rows(np.arange(start, stop, dtype=np.int64)).tolist()
+    assert order.between(start, stop).tolist() == expected
+    edge = (size - 1) & ~0xFFFF
+    if edge:  # a batch across a span's edge
+        lo, hi = max(0, edge - 3), min(size, edge + 5)
+        assert order.between(lo, hi).tolist() == order.rows(np.arange(lo, hi)).tolist()

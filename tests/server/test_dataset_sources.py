@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -12,12 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from feedline.proto import InvalidSample
 from feedline.service.server import _datasets as _dataset
 from feedline.service.server._datasets import RowSource, open_dataset
 from feedline.service.server.datasets._files import locate
-from feedline.service.server.datasets._readers import BlockCache, line_index
+from feedline.service.server.datasets._lines import scan_lines
+from feedline.service.server.datasets._readers import BlockCache
 
 
 def _rows(n: int, start: int = 0) -> list[dict]:
@@ -74,21 +78,68 @@ def test_jsonl_line_index_is_built_once_and_cached(tmp_path: Path) -> None:
     )  # no final newline
     first = open_dataset("t.jsonl", [data], cache_dir=cache)
     assert _all(first) == rows
-    (index_file,) = (cache / "lines").glob("*.lines.npy")
+    (index_file,) = (cache / "lines").glob("*.rows")
+    assert index_file.stat().st_size == 8 * (50 + 1)  # a start per row and the file's size
     location = locate("t.jsonl", [data])
-    again = RowSource(location, cache)  # a fresh open (another process) maps the cached index
-    reader = again._readers[0]
-    assert reader._index_map is not None and _all(again) == rows  # type: ignore[attr-defined]
+    built = index_file.stat().st_mtime_ns
+    again = RowSource(location, cache)  # a fresh open (another process) reads the cached index
+    assert index_file.stat().st_mtime_ns == built and _all(again) == rows
+    index_file.write_bytes(index_file.read_bytes()[:-8] + (1).to_bytes(8, "little"))  # built from another file
+    assert _all(RowSource(location, cache)) == rows
     index_file.unlink()
     RowSource(location, cache)
     assert index_file.exists()
 
 
-def test_line_index_matches_a_plain_split() -> None:
-    text = b'{"a": 1}\n\n{"b": 2}\r\n{"c": 3}'
-    chunks = [np.frombuffer(text[:7], np.uint8), np.frombuffer(text[7:], np.uint8)]  # a line across chunks
-    starts, ends = line_index(chunks)
-    assert [text[s:e] for s, e in zip(starts, ends, strict=True)] == [b'{"a": 1}', b'{"b": 2}\r', b'{"c": 3}']
+def _reference(text: bytes, block_bytes: int) -> tuple[list[bytes], list[list[int]]]:
+    """Rows (non-blank lines) of ``text`` and its block table, by a plain split."""
+    rows, starts, ends, offset = [], [], [], 0
+    for line in text.split(b"\n"):
+        if len(line) >= 8 or line.strip():
+            rows.append(line)
+            starts.append(offset)
+            ends.append(offset + len(line))
+        offset += len(line) + 1
+    firsts = [i for i in range(len(starts)) if i == 0 or starts[i] // block_bytes != starts[i - 1] // block_bytes]
+    last = [f - 1 for f in firsts[1:]] + ([len(starts) - 1] if starts else [])
+    return rows, [firsts, [starts[f] for f in firsts], [ends[i] for i in last]]
+
+
+def _scanned(text: bytes, cuts: list[int], block_bytes: int) -> tuple[list[bytes], list[list[int]]]:
+    out = io.BytesIO()
+    bounds = [0, *sorted(c % (len(text) + 1) for c in cuts), len(text)]
+    blocks = scan_lines((text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)), out, block_bytes)
+    entries = np.frombuffer(out.getvalue(), "<i8").tolist()
+    assert entries[-1] == len(text)
+    rows = [text[a:b].split(b"\n", 1)[0] for a, b in zip(entries, entries[1:], strict=False)]
+    return rows, blocks.tolist()
+
+
+def test_line_index_across_chunks_crlf_and_blank_lines() -> None:
+    text = b'{"a": 1}\n\n{"b": 2}\r\n \r\n{"c": 3}'
+    rows, _ = _scanned(text, [7, 12, 19], 16)  # a line and a blank line across chunks
+    assert rows == [b'{"a": 1}', b'{"b": 2}\r', b'{"c": 3}']
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.sampled_from([b"", b" ", b"\r", b"\t \r", b"       ", b"        ", b"x", b"{}"]),
+            st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")),
+        ),
+        max_size=40,
+    ),
+    final_newline=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
+    block_bytes=st.sampled_from([1, 7, 32, 1 << 20]),
+)
+def test_line_index_matches_a_plain_split(
+    lines: list[bytes], final_newline: bool, cuts: list[int], block_bytes: int
+) -> None:
+    """Any bytes, cut into chunks anywhere: the scan finds the rows and blocks a plain split finds."""
+    text = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    assert _scanned(text, cuts, block_bytes) == _reference(text, block_bytes)
 
 
 def test_a_bad_line_is_named_by_its_row_across_shards(tmp_path: Path) -> None:
@@ -184,8 +235,8 @@ def test_other_schemes_go_through_fsspec(tmp_path: Path) -> None:
 
 
 def test_reading_a_whole_file_leaves_rss_flat(tmp_path: Path) -> None:
-    """Pages of the memory-mapped file and index are let go of as rows are read: an epoch over an 80 MB JSONL
-    file grows RSS by far less than the file (without that it grows by the whole file)."""
+    """Rows are read with ``pread`` from the file and its on-disk index, nothing mapped or held per row: an
+    epoch over an 80 MB JSONL file grows RSS by far less than the file."""
     psutil = pytest.importorskip("psutil")
     filler = "x" * 2000
     with (tmp_path / "big.jsonl").open("w") as fh:
@@ -197,3 +248,36 @@ def test_reading_a_whole_file_leaves_rss_flat(tmp_path: Path) -> None:
     for start in range(0, len(source), 64):
         source.rows(order[start : start + 64])
     assert (psutil.Process().memory_info().rss - before) / 2**20 < 40
+
+
+def test_jsonl_rows_come_from_unmapped_files_and_an_index_on_disk(tmp_path: Path) -> None:
+    """Neither the data file nor its index is mapped into the process (a mapping's pages count in RSS however
+    the file is read), and what the reader holds grows with the file's 4 MiB blocks at most, not its rows."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.fail("this check reads /proc/self/maps (Linux)")
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    _jsonl(small, _rows(10))
+    _jsonl(large, _rows(50_000))
+    held = []
+    for name in ("small.jsonl", "large.jsonl"):
+        source = open_dataset(name, [tmp_path], cache_dir=tmp_path / "cache")
+        assert source.rows([len(source) - 1, 0]) == [_rows(len(source))[-1], _rows(1)[0]]
+        mapped = maps.read_text()
+        assert str(tmp_path) not in mapped, [line for line in mapped.splitlines() if str(tmp_path) in line]
+        reader = source._readers[0]
+        held.append(sum(a.nbytes for a in vars(reader).values() if isinstance(a, np.ndarray)))
+        held[-1] += reader._index.blocks.nbytes  # type: ignore[attr-defined]
+    assert held[0] <= held[1] < 1024  # 24 bytes per 4 MiB of the file at most
+
+
+def test_jsonl_rows_decode_as_json_does(tmp_path: Path) -> None:
+    """Whitespace around a value is allowed (JSON's own: spaces, tabs, CR); anything else after it is the
+    decoder's error, naming the row."""
+    (tmp_path / "t.jsonl").write_bytes(b'  {"a": 1}\n{"b": [2]} \t\r\n"text"\n{"c": 3} x\n{"d": 4}\xc2\xa0\n')
+    source = open_dataset("t.jsonl", [tmp_path])
+    assert source.rows([0, 1, 2]) == [{"a": 1}, {"b": [2]}, "text"]
+    for row in (3, 4):
+        with pytest.raises(InvalidSample, match="Extra data") as info:
+            source.rows([row])
+        assert info.value.sample == row

@@ -7,7 +7,7 @@ Two pieces:
   ``m`` is ever held. Its quality against numpy's shuffle is measured in tests/server/test_dataset_order.py and
   bench/bench_datasets.py (correlation of position and rank, spacing of neighbours).
 - ``EpochOrder``: the epoch's global order over a dataset stored in blocks. Where rows are read one by one
-  cheaply (a memory-mapped JSONL or Arrow file) the whole dataset is one window and the order is one
+  cheaply (a local JSONL file, a memory-mapped Arrow file) the whole dataset is one window and the order is one
   ``Permutation``. Where reading means decoding a block (a Parquet row group, a byte range of an object)
   the blocks are permuted once per (seed, epoch) (O(blocks), small) and grouped into windows that fit the
   reader's cache; rows are shuffled within each window. Every row is still visited once per epoch.
@@ -136,6 +136,16 @@ class EpochOrder:
         )
         mixed: np.ndarray = gathered[np.argsort(np.argsort(span, kind="stable"), kind="stable")]
         return mixed
+
+    def between(self, start: int, stop: int) -> np.ndarray:
+        """The rows visited at positions ``[start, stop)``: a slice of one cached span for a batch (the usual
+        case: a batch lies in one span unless it crosses a multiple of 65,536)."""
+        index = start >> _SPAN_BITS
+        if not self._shuffle or stop <= start or (stop - 1) >> _SPAN_BITS != index:
+            return self.rows(np.arange(start, stop, dtype=np.int64))
+        base = index << _SPAN_BITS
+        rows: np.ndarray = self._span(index)[start - base : stop - base].copy()
+        return rows
 
     def _span(self, index: int) -> np.ndarray:
         with self._lock:

@@ -1,9 +1,8 @@
 """Rows of one dataset file read by index, in memory that does not grow with the file.
 
-- JSONL: an index of line offsets, built once by a numpy scan for newlines (over the memory-mapped file, or
-  the object streamed in chunks) and saved under the cache directory keyed by the file's digest, then loaded
-  memory-mapped. Local rows are sliced from the memory-mapped file; remote rows from ~4 MiB byte ranges
-  read whole and kept in the bounded block cache.
+- JSONL: the row index of ``_lines`` (built once by a streaming scan, cached under the cache directory keyed
+  by the file's digest, read from disk per row). Local rows are read with ``pread`` (nothing mapped, RSS
+  flat); remote rows from ~4 MiB byte ranges read whole and kept in the bounded block cache.
 - Parquet: row counts and sizes from the footer only; a row is read by decoding its row group, which stays in
   the bounded block cache (so the epoch order shuffles within windows of row groups that fit that cache).
 - Arrow (HF ``save_to_disk``): the stream files memory-mapped; record batches are zero-copy views of the map.
@@ -20,8 +19,9 @@ import logging
 import mmap
 import os
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,16 +30,17 @@ import numpy as np
 
 from feedline.proto import InvalidSample
 
+from ._columns import row_reader, scalar_row
 from ._files import DataFile
+from ._lines import LineIndex
 
-__all__ = ["BlockCache", "Reader", "line_index", "open_reader"]
+__all__ = ["BlockCache", "Reader", "open_reader"]
 
 _LOGGER = logging.getLogger("feedline.service.dataset")
-_SCAN_CHUNK = 64 << 20
-_REMOTE_BLOCK = 4 << 20
-_BLANK_MAX = 8  # lines this short are checked for being blank (longer ones are rows or errors)
+_SCAN_CHUNK = 16 << 20
 _FAULT_AROUND = 64 << 10
 _JSON = json.JSONDecoder()
+_JSON_SPACE = " \t\n\r"
 _RELEASE_BYTES = 16 << 20
 
 
@@ -131,135 +132,78 @@ def open_reader(kind: str, file: DataFile, digest: str, cache: BlockCache, index
     return _JsonlReader(file, digest, cache, index_dir)
 
 
-def line_index(chunks: Iterable[np.ndarray]) -> np.ndarray:
-    """(2, n) int64 array of [start, end) byte offsets of the non-blank lines in the concatenated ``chunks``."""
-    newlines, total = [], 0
-    for chunk in chunks:
-        newlines.append(np.flatnonzero(chunk == 10) + total)
-        total += chunk.shape[0]
-    ends = np.concatenate([*newlines, np.zeros(0, np.int64)]).astype(np.int64)
-    starts = np.concatenate([[0], ends + 1]).astype(np.int64)
-    ends = np.concatenate([ends, [total]])
-    keep = ends > starts
-    return np.stack([starts[keep], ends[keep]])
-
-
-def _drop_blank(index: np.ndarray, read: Callable[[int, int], bytes]) -> np.ndarray:
-    """Drop lines of whitespace only (checked where a line is shorter than a JSON object can usefully be)."""
-    short = np.flatnonzero(index[1] - index[0] < _BLANK_MAX)
-    blank = [i for i in short.tolist() if not read(int(index[0, i]), int(index[1, i])).strip()]
-    return np.delete(index, blank, axis=1) if blank else index
-
-
 class _JsonlReader:
     random_access = True
 
     def __init__(self, file: DataFile, digest: str, cache: BlockCache, index_dir: Path | None) -> None:
         self._file, self._cache, self._digest = file, cache, digest
-        self._mapped = _Mapped(file.path) if file.local and file.size else None
-        self._index_map: _Mapped | None = None
-        self._index = self._load_index(index_dir)
-        self.num_rows = int(self._index.shape[1])
+        self._index = LineIndex.load_or_build(self._scan, digest, file.size, index_dir)
+        self.num_rows = self._index.num_rows
+        self._fd: int | None = None
         if file.local:
+            self._fd = os.open(file.path, os.O_RDONLY)
+            weakref.finalize(self, os.close, self._fd)
             self.block_rows = np.array([self.num_rows], dtype=np.int64)
             self.block_bytes = np.array([file.size], dtype=np.int64)
-            self._block_starts = np.zeros(1, dtype=np.int64)
         else:
             self.random_access = False
-            block_of = np.asarray(self._index[0]) // _REMOTE_BLOCK
-            _, first, counts = np.unique(block_of, return_index=True, return_counts=True)
-            self._block_starts = first.astype(np.int64)
-            self.block_rows = counts.astype(np.int64)
-            ends: Any = (
-                np.asarray(self._index[1, np.concatenate([first[1:], [self.num_rows]]) - 1]) if len(first) else []
-            )
-            self.block_bytes = np.asarray(ends, dtype=np.int64) - np.asarray(self._index[0, first], dtype=np.int64)
+            first, starts, ends = self._index.blocks
+            self._block_starts = first
+            self.block_rows = np.diff(np.append(first, self.num_rows)).astype(np.int64)
+            self.block_bytes = ends - starts
 
-    def _load_index(self, index_dir: Path | None) -> np.ndarray:
-        target = index_dir / f"{self._digest}.lines.npy" if index_dir else None
-        if target is not None and target.is_file():
-            try:
-                return self._map_index(target)
-            except (OSError, ValueError) as exc:
-                _LOGGER.warning("rebuilding unreadable line index %s: %s", target, exc)
-        index = _drop_blank(line_index(self._scan()), self._read)
-        if self._mapped is not None:
-            self._mapped.release()
-        if target is not None:
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-                with open(tmp, "wb") as fh:
-                    np.save(fh, index)
-                os.replace(tmp, target)
-                return self._map_index(target)
-            except OSError as exc:  # a read-only cache: keep the index in memory (8 bytes per line x2)
-                _LOGGER.warning("cannot cache the line index under %s: %s", index_dir, exc)
-        return index
-
-    def _map_index(self, path: Path) -> np.ndarray:
-        """The saved (2, n) int64 index, memory-mapped (its pages let go of like the file's)."""
-        fmt: Any = np.lib.format  # untyped in numpy's stubs
-        with open(path, "rb") as fh:
-            version = fmt.read_magic(fh)
-            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, fortran, dtype = read_header(fh)
-            offset = fh.tell()
-        if fortran or dtype != np.dtype(np.int64) or len(shape) != 2 or shape[0] != 2:
-            raise ValueError(f"not a line index: shape {shape}, dtype {dtype}")
-        self._index_map = _Mapped(str(path))
-        flat = np.frombuffer(self._index_map.map, dtype=np.int64, count=2 * shape[1], offset=offset)
-        index: np.ndarray = flat.reshape(shape)
-        return index
-
-    def _scan(self) -> Iterator[np.ndarray]:
-        if self._mapped is not None:
-            for offset in range(0, len(self._mapped.map), _SCAN_CHUNK):
-                count = min(_SCAN_CHUNK, len(self._mapped.map) - offset)
-                yield np.frombuffer(self._mapped.map, dtype=np.uint8, count=count, offset=offset)
-                self._mapped.touched(1, count)
-        elif not self._file.local:
+    def _scan(self) -> Iterator[Any]:
+        """The file's bytes in chunks: local ones read into one reused buffer (no mapping, RSS flat)."""
+        if self._file.local:
+            buffer = memoryview(bytearray(_SCAN_CHUNK))
+            with open(self._file.path, "rb", buffering=0) as fh:
+                while got := fh.readinto(buffer):
+                    yield buffer[:got]
+        else:
             with self._file.fs.open_input_stream(self._file.path) as stream:
                 while chunk := stream.read(_SCAN_CHUNK):
-                    yield np.frombuffer(chunk, dtype=np.uint8)
-
-    def _read(self, start: int, end: int) -> bytes:
-        if self._mapped is not None:
-            return self._mapped.map[start:end]
-        with self._file.fs.open_input_file(self._file.path) as fh:
-            return bytes(fh.read_at(end - start, start))
+                    yield chunk
 
     def rows(self, local: np.ndarray) -> list[Any]:
-        bounds = np.asarray(self._index[:, local])
-        if self._index_map is not None:
-            self._index_map.touched(len(local))
-        if self._mapped is not None:
-            self._mapped.touched(len(local))
-            return [
-                self._decode(self._mapped.map[s:e], int(i)) for s, e, i in zip(bounds[0], bounds[1], local, strict=True)
-            ]
-        block = np.searchsorted(self._block_starts, local, side="right") - 1
+        span, fd = self._index.span, self._fd
+        if fd is not None:
+            out = []
+            for i in local.tolist():
+                start, end = span(i)
+                out.append(_decode(os.pread(fd, end - start, start), i))
+            return out
+        blocks = (np.searchsorted(self._block_starts, local, side="right") - 1).tolist()
         out = []
-        for s, e, b, i in zip(bounds[0].tolist(), bounds[1].tolist(), block.tolist(), local.tolist(), strict=True):
+        for i, b in zip(local.tolist(), blocks, strict=True):
             base, data = self._block(b)
-            out.append(self._decode(data[s - base : e - base], i))
+            start, end = span(i)
+            out.append(_decode(data[start - base : end - base], i))
         return out
 
     def _block(self, block: int) -> tuple[int, bytes]:
         def load() -> tuple[tuple[int, bytes], int]:
-            first = int(self._block_starts[block])
-            last = first + int(self.block_rows[block]) - 1
-            start, end = int(self._index[0, first]), int(self._index[1, last])
-            return (start, self._read(start, end)), end - start
+            _, starts, ends = self._index.blocks
+            start, end = int(starts[block]), int(ends[block])
+            with self._file.fs.open_input_file(self._file.path) as fh:
+                return (start, bytes(fh.read_at(end - start, start))), end - start
 
         return self._cache.get((self._digest, "jsonl", block), load)  # type: ignore[no-any-return]
 
-    @staticmethod
-    def _decode(line: bytes, row: int) -> Any:
-        try:  # UTF-8 text straight to the decoder (json.loads would sniff the encoding of every line)
-            return _JSON.decode(line.decode("utf-8"))
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
-            raise InvalidSample(f"dataset line is not JSON: {exc}", sample=row) from None
+
+def _decode(data: bytes, row: int) -> Any:
+    """The JSON value on the first line of ``data`` (a row's bytes up to the next row)."""
+    cut = data.find(b"\n")
+    try:  # UTF-8 text straight to the decoder (json.loads would sniff the encoding of every line)
+        text = (data if cut < 0 else data[:cut]).decode("utf-8")
+        try:
+            value, end = _JSON.raw_decode(text)  # a row starts with its value: no whitespace scan first
+        except ValueError:
+            return _JSON.decode(text)  # leading whitespace, or the decoder's own error
+        if end != len(text) and text[end:].strip(_JSON_SPACE):
+            return _JSON.decode(text)  # extra data: the decoder's own error
+        return value
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise InvalidSample(f"dataset line is not JSON: {exc}", sample=row) from None
 
 
 class _ParquetReader:
@@ -280,16 +224,22 @@ class _ParquetReader:
 
     def rows(self, local: np.ndarray) -> list[Any]:
         group = np.searchsorted(self._starts, local, side="right") - 1
-        out = []
-        for i, g in zip(local.tolist(), group.tolist(), strict=True):
-            columns = self._cache.get((*self._key, g), functools.partial(self._read, g))
-            out.append(_row(columns, i - int(self._starts[g])))
+        out: list[Any] = []
+        last, read = -1, None
+        for g, i in zip(group.tolist(), (local - self._starts[group]).tolist(), strict=True):
+            if g != last or read is None:  # rows of one row group: one cache look-up
+                read, last = self._cache.get((*self._key, g), functools.partial(self._read, g)), g
+            out.append(read(i))
         return out
 
     def _read(self, group: int) -> tuple[Any, int]:
+        import pyarrow as pa
+
         with self._lock:  # one decode at a time per file handle
-            table = self._file.read_row_group(group).combine_chunks()
-        return (table.schema.names, table.columns), int(table.nbytes)
+            table = self._file.read_row_group(group)
+        arrays = [column.combine_chunks() for column in table.columns]
+        pa.default_memory_pool().release_unused()  # the decode's scratch buffers
+        return row_reader(table.schema.names, arrays), sum(int(a.nbytes) for a in arrays)
 
 
 class _ArrowReader:
@@ -317,13 +267,8 @@ class _ArrowReader:
     def rows(self, local: np.ndarray) -> list[Any]:
         batch = np.searchsorted(self._starts, local, side="right") - 1
         self._mapped.touched(len(local))
+        columns = self._columns  # per-value scalars: building a row_reader per record batch costs more here
         return [
-            _row(self._columns[b], i - int(self._starts[b]))
-            for i, b in zip(local.tolist(), batch.tolist(), strict=True)
+            scalar_row(columns[b][0], columns[b][1], i)
+            for b, i in zip(batch.tolist(), (local - self._starts[batch]).tolist(), strict=True)
         ]
-
-
-def _row(columns: tuple[list[str], list[Any]], i: int) -> dict[str, Any]:
-    """Row ``i`` of Arrow columns as Python objects (per-column scalars: cheaper than ``take`` for a few rows)."""
-    names, arrays = columns
-    return {name: array[i].as_py() for name, array in zip(names, arrays, strict=True)}
