@@ -300,7 +300,12 @@ def _client(f: Mapping[str, Any]) -> str:
             )
             + f"\n\nTarget (issue 19): both RemoteLoader modes at most {f.get('row target', 1.15):.2f}x: "
             + ("met" if f.get("row target met") else "**not met**")
-            + ".\n\n"
+            + ". 'local, 2 workers' runs the engine's own work, no service, in forked processes beside the "
+            f"trainer: its {_ratio(f['local, 2 workers']['total_cpu_us_per_row'] / engine)} is what running "
+            "processes side by side costs on this shared machine, a floor the service paths share too. "
+            "Where the rest goes (py-spy profiles of "
+            "the server and the receiver): bench/CLIENT_NOTES.md, 'Total CPU per row: the profile of what "
+            "remains'.\n\n"
         )
     )
     return (

@@ -20,7 +20,6 @@ the service really got.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,12 +36,14 @@ CONFIGS = ("1 worker on 1 CPU", "1 worker", "2 workers", "2 replicas")
 
 
 def _requests() -> list[bytes]:
+    """32 batches as clients send them: each batch's rows as one msgpack array (``samples_msgpack``)."""
+    from feedline.client._requests import pack_rows
     from feedline.proto.v1 import feedline_pb2 as pb
 
     rows = chat_rows(BATCH_ROWS * 32, seed=0)
     return [
         pb.CollateRequest(
-            samples=[json.dumps(r).encode() for r in rows[i * BATCH_ROWS : (i + 1) * BATCH_ROWS]], batch_index=i
+            samples_msgpack=pack_rows(rows[i * BATCH_ROWS : (i + 1) * BATCH_ROWS]), batch_index=i
         ).SerializeToString()
         for i in range(32)
     ]

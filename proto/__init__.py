@@ -10,6 +10,7 @@ from ._codec import (
     bfloat16_to_float32,
     decode_batch,
     encode_batch,
+    encode_segments,
     float32_to_bfloat16,
 )
 from ._contract import IGNORE_INDEX, LabelFormat, LabelPolicy, LabelStrategy
@@ -34,13 +35,17 @@ from ._exceptions import (
 )
 from ._framing import (
     DEFAULT_FRAME_BYTES,
+    FRAME_FIELD,
     FRAME_HEADER_BYTES,
     FrameAssembler,
+    bytes_field_prefix,
     decode_frames,
     encode_frames,
+    frame_parts,
     join_frames,
     split_frames,
     unwrap_frame,
+    varint,
 )
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "DTYPES",
     "DecodedBatch",
     "FORMAT_VERSION",
+    "FRAME_FIELD",
     "FRAME_HEADER_BYTES",
     "FeedlineError",
     "FingerprintMismatch",
@@ -72,15 +78,19 @@ __all__ = [
     "UnknownFamily",
     "UnknownProcessor",
     "bfloat16_to_float32",
+    "bytes_field_prefix",
     "decode_batch",
     "decode_frames",
     "encode_batch",
     "encode_frames",
+    "encode_segments",
     "error_from_dict",
     "float32_to_bfloat16",
+    "frame_parts",
     "join_frames",
     "split_frames",
     "unwrap_frame",
+    "varint",
 ]
 
 assert sorted(__all__) == __all__

@@ -20,25 +20,30 @@ writable buffer, which :func:`decode_batch` then views without copying.
 
 from __future__ import annotations
 
+import collections
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ._codec import ALIGNMENT, FORMAT_VERSION, Buffer, DecodedBatch, decode_batch, encode_batch, memory_of
+from ._codec import ALIGNMENT, FORMAT_VERSION, Buffer, DecodedBatch, decode_batch, encode_segments, memory_of
 from ._exceptions import CodecError
 
 __all__ = [
     "DEFAULT_FRAME_BYTES",
+    "FRAME_FIELD",
     "FRAME_HEADER_BYTES",
     "FrameAssembler",
+    "bytes_field_prefix",
     "decode_frames",
     "encode_frames",
+    "frame_parts",
     "join_frames",
     "split_frames",
     "unwrap_frame",
+    "varint",
 ]
 
 DEFAULT_FRAME_BYTES = 1 << 20
@@ -48,7 +53,8 @@ FRAME_MAGIC = b"FLNF"
 _FRAME = struct.Struct("<4sHHQIIQQI")
 _CRC = struct.Struct("<I")
 FRAME_HEADER_BYTES = _FRAME.size + _CRC.size
-_FRAME_FIELD_KEY = 0x0A  # protobuf key of field 1, wire type 2 (length-delimited)
+FRAME_FIELD = 1  # feedline.v1.Frame.frame
+_FRAME_FIELD_KEY = FRAME_FIELD << 3 | 2  # its key (wire type 2, length-delimited): 0x0A
 DEFAULT_MAX_BATCH_BYTES = 4 << 30
 
 
@@ -60,29 +66,62 @@ def split_frames(
     ``wrap`` prefixes each frame with the protobuf key and length of ``feedline.v1.Frame.frame``, so every
     element is a serialized ``Frame`` message at no extra copy (see :func:`unwrap_frame`).
     """
+    field = FRAME_FIELD if wrap else None
+    parts = frame_parts([memory_of(blob).cast("B")], batch_id=batch_id, max_frame_bytes=max_frame_bytes, field=field)
+    return [b"".join(p) for p in parts]
+
+
+def frame_parts(
+    segments: Sequence[bytes | memoryview],
+    *,
+    batch_id: int = 0,
+    max_frame_bytes: int = DEFAULT_FRAME_BYTES,
+    field: int | None = None,
+) -> list[list[bytes | memoryview]]:
+    """The frames of the blob that ``segments`` make up when joined (``encode_segments``), each frame as its
+    pieces: header, checksum and views of the segments, not yet copied. With ``field`` (a protobuf field
+    number), each frame starts with that field's key and the frame's length, so it is that bytes field of a
+    message as serialized (``FRAME_FIELD``: a whole ``Frame`` message).
+
+    Joining each frame's pieces gives :func:`split_frames`' frames; joining every piece of every frame after a
+    message's other fields gives the whole message: either way the batch's bytes are copied once.
+    """
     if max_frame_bytes < 1:
         raise CodecError("max_frame_bytes must be positive", field="max_frame_bytes")
-    mv = memory_of(blob).cast("B")
-    total = len(mv)
+    total = sum(len(s) for s in segments)
     count = max(1, -(-total // max_frame_bytes))
+    pending = collections.deque(memoryview(s).cast("B") if not isinstance(s, bytes) else s for s in segments)
     frames = []
     for seq in range(count):
         start = seq * max_frame_bytes
-        chunk = mv[start : start + max_frame_bytes]
-        head = _FRAME.pack(FRAME_MAGIC, FORMAT_VERSION, 0, batch_id, seq, count, total, start, len(chunk))
-        parts: list[bytes | memoryview] = [head, _CRC.pack(zlib.crc32(head)), chunk]
-        if wrap:
-            parts.insert(0, _frame_field_prefix(FRAME_HEADER_BYTES + len(chunk)))
-        frames.append(b"".join(parts))
+        size = min(max_frame_bytes, total - start)
+        head = _FRAME.pack(FRAME_MAGIC, FORMAT_VERSION, 0, batch_id, seq, count, total, start, size)
+        parts: list[bytes | memoryview] = [head, _CRC.pack(zlib.crc32(head))]
+        if field is not None:
+            parts.insert(0, bytes_field_prefix(field, FRAME_HEADER_BYTES + size))
+        while size:
+            piece = pending.popleft()
+            if len(piece) > size:
+                pending.appendleft(memoryview(piece)[size:])
+                piece = memoryview(piece)[:size]
+            parts.append(piece)
+            size -= len(piece)
+        frames.append(parts)
     return frames
 
 
-def _frame_field_prefix(length: int) -> bytes:
-    out = bytearray([_FRAME_FIELD_KEY])
-    while length >= 0x80:
-        out.append((length & 0x7F) | 0x80)
-        length >>= 7
-    out.append(length)
+def bytes_field_prefix(field: int, length: int) -> bytes:
+    """The key and length that start a length-delimited protobuf field (bytes, string) of ``length`` bytes."""
+    return varint(field << 3 | 2) + varint(length)
+
+
+def varint(value: int) -> bytes:
+    """``value`` (unsigned) as a protobuf varint."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
     return bytes(out)
 
 
@@ -115,9 +154,9 @@ def encode_frames(
     dtype_tags: Mapping[str, str] | None = None,
     checksum: bool = False,
 ) -> list[bytes]:
-    """:func:`encode_batch` then :func:`split_frames`."""
-    blob = encode_batch(tensors, meta, dtype_tags=dtype_tags, checksum=checksum)
-    return split_frames(blob, batch_id=batch_id, max_frame_bytes=max_frame_bytes)
+    """The frames :func:`encode_batch` then :func:`split_frames` give, with the arrays copied once."""
+    segments = encode_segments(tensors, meta, dtype_tags=dtype_tags, checksum=checksum)
+    return [b"".join(p) for p in frame_parts(segments, batch_id=batch_id, max_frame_bytes=max_frame_bytes)]
 
 
 class FrameAssembler:

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from feedline.proto import CodecError, FeedlineError, ServiceUnavailable
+from feedline.proto import CodecError, FeedlineError, ServiceUnavailable, bytes_field_prefix, varint
 from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, RESUME_METADATA_KEY, SERVICE_NAME
 from feedline.proto.v1 import feedline_pb2 as pb
 
@@ -40,10 +40,21 @@ from ._metrics import observe_error, track_request
 from ._registry import ProcessorRegistry, ServingState
 from ._requests import CollateResult, DatasetRequest, DatasetStream, from_first_row, parse_rows, run_collate
 
-__all__ = ["collate_threads_for", "create_server", "dataset_request", "drain_server", "options_from_proto"]
+__all__ = [
+    "collate_response",
+    "collate_threads_for",
+    "create_server",
+    "dataset_request",
+    "drain_server",
+    "options_from_proto",
+]
 
 _LOGGER = logging.getLogger("feedline.service.grpc")
 _OPTION_FIELDS = tuple(f.name for f in pb.CollateOptions.DESCRIPTOR.fields if f.name != "packing")
+_RESPONSE_FIELDS = pb.CollateResponse.DESCRIPTOR.fields_by_name
+_BATCH_INDEX_KEY = _RESPONSE_FIELDS["batch_index"].number << 3  # wire type 0: varint
+_FINGERPRINT_FIELD = _RESPONSE_FIELDS["fingerprint"].number
+_FRAMES_FIELD = _RESPONSE_FIELDS["frames"].number
 
 
 class _Cancelled(Exception):
@@ -199,9 +210,7 @@ class _FeedlineServicer:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
-                "Collate": grpc.unary_unary_rpc_method_handler(
-                    self.Collate, _lenient(pb.CollateRequest), pb.CollateResponse.SerializeToString
-                ),
+                "Collate": grpc.unary_unary_rpc_method_handler(self.Collate, _lenient(pb.CollateRequest), None),
                 "CollateStream": grpc.stream_stream_rpc_method_handler(
                     self.CollateStream, _lenient(pb.CollateRequest), None
                 ),
@@ -216,16 +225,13 @@ class _FeedlineServicer:
 
     # --- handlers ---------------------------------------------------------------------------------------------
 
-    def Collate(self, request: pb.CollateRequest, context: grpc.ServicerContext) -> pb.CollateResponse:
+    def Collate(self, request: pb.CollateRequest, context: grpc.ServicerContext) -> bytes:
+        """The serialized CollateResponse, built with the batch's arrays copied once (``collate_response``)."""
         with _rpc(context, "Collate") as call:
             request = _decoded(request)
             call["batch_index"] = request.batch_index
             result = self._collate(request, context)
-            return pb.CollateResponse(
-                batch_index=request.batch_index,
-                fingerprint=result.processor.fingerprint,
-                frames=result.frames(request.batch_index, self._frame_bytes(request.max_frame_bytes)),
-            )
+            return collate_response(result, request.batch_index, self._frame_bytes(request.max_frame_bytes))
 
     def CollateStream(self, requests: Iterator[pb.CollateRequest], context: grpc.ServicerContext) -> Iterator[bytes]:
         with _rpc(context, "CollateStream") as call:
@@ -349,6 +355,18 @@ class _FeedlineServicer:
     def _frame_bytes(self, requested: int) -> int:
         limit = self.state.limits.max_frame_bytes
         return min(requested, limit) if requested else limit
+
+
+def collate_response(result: CollateResult, batch_index: int, max_frame_bytes: int) -> bytes:
+    """``CollateResponse(batch_index, fingerprint, frames)`` serialized, byte for byte what protobuf writes,
+    in one join: the arrays go once from the engine's buffers into the message (a message object would take
+    a copy of the frames, and serializing it another)."""
+    head = [varint(_BATCH_INDEX_KEY), varint(batch_index)] if batch_index else []
+    fingerprint = result.processor.fingerprint.encode()
+    if fingerprint:
+        head += [bytes_field_prefix(_FINGERPRINT_FIELD, len(fingerprint)), fingerprint]
+    frames = result.frame_parts(batch_index, max_frame_bytes, field=_FRAMES_FIELD)
+    return b"".join([*head, *(part for frame in frames for part in frame)])
 
 
 def _rows_of(indices: np.ndarray) -> Callable[[int], int]:

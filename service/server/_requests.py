@@ -18,12 +18,15 @@ import msgpack
 import numpy as np
 
 from feedline.proto import (
+    FRAME_FIELD,
     FeedlineError,
     InvalidOptions,
     InvalidSample,
     RequestTooLarge,
     bfloat16_to_float32,
     encode_batch,
+    encode_segments,
+    frame_parts,
     split_frames,
 )
 
@@ -78,15 +81,42 @@ class CollateResult:
             "reports": [r.to_dict() for r in self.batch.reports],
         }
 
+    def segments(
+        self,
+        batch_index: int = 0,
+        extra: Mapping[str, np.ndarray] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> list[bytes | memoryview]:
+        """The batch's codec blob as pieces viewing the arrays (``encode_segments``): reports, fingerprint and
+        ``meta`` in its metadata, ``extra`` tensors beside."""
+        tensors, tags = self.wire
+        return encode_segments(
+            {**tensors, **(extra or {})}, {**self.meta(batch_index), **(meta or {})}, dtype_tags=tags
+        )
+
     def encode(
         self,
         batch_index: int = 0,
         extra: Mapping[str, np.ndarray] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> bytearray:
-        """The batch as one codec blob: reports, fingerprint and ``meta`` in its metadata, ``extra`` tensors beside."""
-        tensors, tags = self.wire
-        return encode_batch({**tensors, **(extra or {})}, {**self.meta(batch_index), **(meta or {})}, dtype_tags=tags)
+        """The batch as one codec blob (see ``segments``)."""
+        return bytearray().join(self.segments(batch_index, extra, meta))
+
+    def frame_parts(
+        self,
+        batch_index: int,
+        max_frame_bytes: int,
+        *,
+        field: int | None = None,
+        extra: Mapping[str, np.ndarray] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> list[list[bytes | memoryview]]:
+        """The batch's codec frames addressed to ``batch_index``, each as uncopied pieces (``frame_parts``);
+        with ``field``, each frame is that protobuf bytes field."""
+        return frame_parts(
+            self.segments(batch_index, extra, meta), batch_id=batch_index, max_frame_bytes=max_frame_bytes, field=field
+        )
 
     def frames(
         self,
@@ -97,10 +127,11 @@ class CollateResult:
         extra: Mapping[str, np.ndarray] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> list[bytes]:
-        """The batch as codec frames addressed to ``batch_index`` (``wrap``: as serialized ``Frame`` messages)."""
-        return split_frames(
-            self.encode(batch_index, extra, meta), batch_id=batch_index, max_frame_bytes=max_frame_bytes, wrap=wrap
-        )
+        """The batch as codec frames addressed to ``batch_index`` (``wrap``: as serialized ``Frame`` messages),
+        the arrays copied once, straight into them."""
+        field = FRAME_FIELD if wrap else None
+        parts = self.frame_parts(batch_index, max_frame_bytes, field=field, extra=extra, meta=meta)
+        return [b"".join(p) for p in parts]
 
     def to_json(self) -> dict[str, Any]:
         """Tensors as nested lists (bfloat16 as its float values), with dtypes, reports and fingerprint."""

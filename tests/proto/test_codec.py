@@ -24,7 +24,9 @@ from feedline.proto import (
     decode_frames,
     encode_batch,
     encode_frames,
+    encode_segments,
     float32_to_bfloat16,
+    frame_parts,
     join_frames,
     split_frames,
     unwrap_frame,
@@ -81,6 +83,46 @@ def test_round_trip_through_frames(
         assert arr.flags.writeable
         if arr.nbytes:
             assert arr.ctypes.data % ALIGNMENT == 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches, meta=metas, checksum=st.booleans(), frame_bytes=st.integers(1, 600), field=st.integers(1, 40))
+def test_uncopied_segments_and_frame_parts_are_the_blob_and_its_frames(
+    batch: dict[str, np.ndarray], meta: dict[str, Any], checksum: bool, frame_bytes: int, field: int
+) -> None:
+    """The server copies a batch once, from the arrays straight into frames: the pieces must be exactly the
+    blob's bytes, and each frame exactly the slice of the blob its header names."""
+    blob = bytes(encode_batch(batch, meta, checksum=checksum))
+    segments = encode_segments(batch, meta, checksum=checksum)
+    assert b"".join(segments) == blob
+    frames = [b"".join(p) for p in frame_parts(segments, batch_id=9, max_frame_bytes=frame_bytes)]
+    assert frames == split_frames(blob, batch_id=9, max_frame_bytes=frame_bytes)
+    assert frames == encode_frames(batch, meta, batch_id=9, max_frame_bytes=frame_bytes, checksum=checksum)
+    payload = b""
+    for seq, frame in enumerate(frames):  # an oracle independent of the splitter: header fields and slices
+        _, _, _, batch_id, got_seq, count, total, offset, length = struct.unpack_from("<4sHHQIIQQI", frame)
+        assert (batch_id, got_seq, count, total, offset) == (9, seq, len(frames), len(blob), len(payload))
+        assert frame[48:] == blob[offset : offset + length] and length <= frame_bytes
+        payload += frame[48:]
+    assert payload == blob
+    keyed = frame_parts(segments, batch_id=9, max_frame_bytes=frame_bytes, field=field)
+    message = b"".join(part for parts in keyed for part in parts)  # `repeated bytes` field number `field`
+    assert message == b"".join(_bytes_field(field, f) for f in frames)
+
+
+def _bytes_field(field: int, value: bytes) -> bytes:
+    """protobuf's encoding of a bytes field, written out by hand (key, varint length, bytes)."""
+    out, length = bytearray(), len(value)
+    key = field << 3 | 2
+    while key >= 0x80:
+        out.append((key & 0x7F) | 0x80)
+        key >>= 7
+    out.append(key)
+    while length >= 0x80:
+        out.append((length & 0x7F) | 0x80)
+        length >>= 7
+    out.append(length)
+    return bytes(out) + value
 
 
 @settings(max_examples=100, deadline=None)

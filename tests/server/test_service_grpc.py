@@ -89,6 +89,21 @@ def test_small_frames_reassemble_to_the_same_batch(served: dict[str, Any]) -> No
     _assert_engine_output(decode_frames(response.frames), served["processor"], ROWS, {})
 
 
+@pytest.mark.parametrize(("batch_index", "frame_bytes"), [(0, 0), (11, 0), (300, 100)])
+def test_unary_reply_is_the_bytes_protobuf_writes(served: dict[str, Any], batch_index: int, frame_bytes: int) -> None:
+    """The server writes the CollateResponse itself (the batch copied once): the bytes must be protobuf's own
+    serialization of the message they parse to, and carry the engine's batch."""
+    method = served["channel"].unary_unary(
+        f"/{SERVICE_NAME}/Collate", request_serializer=pb.CollateRequest.SerializeToString, response_deserializer=None
+    )
+    raw = method(_request(ROWS, batch_index=batch_index, max_frame_bytes=frame_bytes), timeout=30)
+    response = pb.CollateResponse.FromString(raw)
+    assert raw == response.SerializeToString()
+    assert (response.batch_index, response.fingerprint) == (batch_index, served["processor"].fingerprint)
+    assert len(response.frames) > 5 if frame_bytes else len(response.frames) == 1
+    _assert_engine_output(decode_frames(response.frames), served["processor"], ROWS, {})
+
+
 def _stream(served: dict[str, Any], requests: Iterator[pb.CollateRequest], **kwargs: Any) -> Iterator[DecodedBatch]:
     collate_stream, _ = frame_stream_calls(served["channel"])
     assembler = FrameAssembler()
