@@ -13,7 +13,7 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +48,7 @@ from feedline.service.server import (
 )
 from tests.support.inprocess import serve_in_process
 from tests.support.rows import ROWS
+from tests.support.servers import Served
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -405,60 +406,31 @@ def test_container_health_check_over_tls_and_mutual_tls(qwen_processor: Processo
 def test_serve_with_mutual_tls_and_a_token_file(pki: Pki, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_"))}
-    env["FEEDLINE_TLS_CLIENT_CA"] = str(pki.ca)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "feedline.service._cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-            "--grace-period",
-            "5",
-            "--auth-token-file",
-            str(tokens),
-            "--tls-cert",
-            str(pki.server_cert),
-            "--tls-key",
-            str(pki.server_key),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    served = Served(
+        "--grace-period",
+        "5",
+        "--auth-token-file",
+        str(tokens),
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+        wait_ready=False,
+        env={"FEEDLINE_TLS_CLIENT_CA": str(pki.ca)},
     )
     try:
-        logs = _logs_until(proc, "listening")
-        security = next(r for r in logs if r.get("msg") == "security")
+        security = next(r for r in served.logs if r.get("msg") == "security")
         assert (security["auth"], security["tls"], security["mutual_tls"]) == (True, True, True)
-        listening = logs[-1]
         with httpx.Client(verify=_client_context(pki, "client"), timeout=30) as client:
-            assert client.get(f"https://127.0.0.1:{listening['http_port']}/v1/processors").status_code == 401
-            assert client.get(f"https://127.0.0.1:{listening['http_port']}/readyz").status_code == 200
-        with grpc.secure_channel(f"127.0.0.1:{listening['grpc_port']}", _channel_credentials(pki, "client")) as ch:
+            assert client.get(f"https://127.0.0.1:{served.http_port}/v1/processors").status_code == 401
+            deadline = time.monotonic() + 60
+            while client.get(f"https://127.0.0.1:{served.http_port}/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the TLS server never became ready"
+                time.sleep(0.1)
+        with grpc.secure_channel(f"127.0.0.1:{served.grpc_port}", _channel_credentials(pki, "client")) as ch:
             assert _list_processors(ch, TOKEN).processors[0].name == "qwen2.5"
             _unauthenticated(lambda: _list_processors(ch))
-        proc.terminate()
-        assert proc.wait(30) == 0
+        served.proc.terminate()
+        assert served.proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
-def _logs_until(proc: subprocess.Popen[str], message: str) -> list[dict[str, Any]]:
-    """The server's JSON log lines up to the first one whose msg is ``message``."""
-    assert proc.stderr is not None
-    logs: list[dict[str, Any]] = []
-    for line in proc.stderr:
-        logs.append(json.loads(line))
-        if logs[-1].get("msg") == message:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
-            return logs
-    pytest.fail(f"the server exited ({proc.wait()}) before logging {message!r}: {logs}")
+        served.close()

@@ -16,11 +16,12 @@ import httpx
 class Served:
     """A `feedline serve` subprocess on 127.0.0.1 with any free ports; ready once /readyz says so.
 
-    ``wait_ready=False`` returns once both ports listen (for a server that is not meant to become ready).
+    ``wait_ready=False`` returns once both ports listen (for a server that is not meant to become ready, or
+    one that speaks TLS). ``env`` adds variables to the environment, which starts without ``FEEDLINE_*``.
     """
 
-    def __init__(self, *args: str, wait_ready: bool = True) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_"))}
+    def __init__(self, *args: str, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_"))} | (env or {})
         self.proc = subprocess.Popen(
             [
                 sys.executable,
