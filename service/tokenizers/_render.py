@@ -3,23 +3,26 @@
 Templates are rendered by transformers' own sandboxed Jinja environment and input conversion, so the text is
 exactly what ``apply_chat_template`` would produce on the processor's template date. The environment is a private
 copy (transformers caches one per template string) whose ``strftime_now`` returns that fixed date instead of
-reading the clock. Template errors are translated to TemplateError here, once.
+reading the clock, and whose sandbox remembers its attribute verdicts (``compile_template``). Template errors are
+translated to TemplateError here, once.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import re
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers.utils import chat_template_utils as _hf
 
 from feedline.proto import TemplateError
 
-__all__ = ["DEFAULT_TEMPLATE_DATE", "ChatRenderer", "Rendered", "parse_template_date"]
+__all__ = ["DEFAULT_TEMPLATE_DATE", "ChatRenderer", "Rendered", "compile_template", "parse_template_date"]
 
 DEFAULT_TEMPLATE_DATE = "2025-01-01"
 """The date every template sees unless the processor is configured with another one (``template_date``).
@@ -35,6 +38,65 @@ _ALIAS_REASONING = getattr(_hf, "_alias_reasoning_fields", lambda chat: chat)
 _REASONING_FIELDS: tuple[str, ...] = getattr(_hf, "_REASONING_FIELDS", ("reasoning_content",))
 # The exact pattern NeMo uses to decide whether a template has generation tags (it needs whitespace).
 NEMO_GENERATION_TAG = re.compile(r"\{%-?\s+generation\s+-?%\}")
+
+
+_METHODS = (types.MethodType, types.BuiltinMethodType)
+
+
+class _RememberingSandbox(ImmutableSandboxedEnvironment):
+    """transformers' sandbox, asking once per (type, attribute) whether an attribute is safe to read.
+
+    Jinja's verdict (``ImmutableSandboxedEnvironment.is_safe_attribute``) depends only on the attribute's name and
+    on ``isinstance`` tests of the object (internal attributes of functions, methods, types, frames and
+    generators; mutating methods of lists, dicts, sets and deques), never on the value; so the verdict for one
+    object is the verdict for every object of its class, and the renders are the same text. An object whose
+    ``__class__`` is not its type is judged afresh. Asking once matters: templates that keep state in a
+    ``namespace`` read an attribute per statement, and the verdicts were half of a long template's render time.
+    """
+
+    _verdicts: dict[tuple[type, str], bool]
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """Jinja's ``SandboxedEnvironment.getattr`` (3.1.6) with its common case first: a value that is not a
+        method (so ``wrap_str_format`` has nothing to wrap) of a class already judged safe for this attribute."""
+        try:
+            value = getattr(obj, attribute)
+        except AttributeError:
+            try:
+                return obj[attribute]
+            except (TypeError, LookupError):
+                return self.undefined(obj=obj, name=attribute)
+        cls = type(obj)
+        if cls is obj.__class__ and not isinstance(value, _METHODS) and self._verdicts.get((cls, attribute)):
+            return value
+        wrapped = self.wrap_str_format(value)
+        if wrapped is not None:
+            return wrapped
+        if self.is_safe_attribute(obj, attribute, value):
+            return value
+        return self.unsafe_undefined(obj, attribute)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        cls = type(obj)
+        if cls is not obj.__class__:
+            return super().is_safe_attribute(obj, attr, value)
+        key = (cls, attr)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = super().is_safe_attribute(obj, attr, value)
+        return verdict
+
+
+def compile_template(template: str) -> jinja2.Template:
+    """``template`` compiled exactly as transformers compiles it, in a fresh environment of its own (changes to
+    its globals touch no other caller) whose sandbox remembers its verdicts (``_RememberingSandbox``)."""
+    compiled = _hf._cached_compile_jinja_template(template)  # uncached: a fresh environment
+    environment = compiled.environment
+    if type(environment) is not ImmutableSandboxedEnvironment:  # a transformers that builds another sandbox
+        return compiled  # type: ignore[no-any-return]
+    environment.__class__ = _RememberingSandbox
+    environment._verdicts = {}  # type: ignore[attr-defined]  # the class was just switched
+    return compiled  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -66,7 +128,7 @@ class ChatRenderer:
         moment = _dt.datetime.combine(self.date, _dt.time())
         self._special = {k: v for k, v in special_tokens.items() if isinstance(v, str)}
         try:
-            self._compiled = _hf._cached_compile_jinja_template(template)  # uncached: a fresh environment
+            self._compiled = compile_template(template)
         except jinja2.TemplateError as exc:
             raise TemplateError(f"the chat template does not compile: {exc}") from exc
         self._compiled.environment.globals["strftime_now"] = moment.strftime

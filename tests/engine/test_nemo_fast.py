@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from feedline.proto import FeedlineError
 from feedline.service import CollateOptions, Processor, parse_row
 from feedline.service.engine.nemo._fast import FAST_PATH
-from feedline.service.engine.nemo._labels import nemo_tokenize
+from feedline.service.engine.nemo._labels import nemo_messages, nemo_tokenize, nemo_tokenizer
+from feedline.service.engine.nemo._render import TemplateText
 from feedline.service.tokenizers.builtin import builtin_tokenizer
 from tests.support.chat_templates import CHATML_REASONING, CHATML_REWRITING
 
@@ -136,6 +137,28 @@ def test_fast_path_equals_reference(
     processors: dict[str, Processor], name: str, row: dict[str, Any], options: CollateOptions
 ) -> None:
     _same(processors[name], row, options)
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(row=_chats(), cut=st.integers(1, 12))
+def test_fast_renders_are_apply_chat_templates_text(
+    processors: dict[str, Processor], name: str, row: dict[str, Any], cut: int
+) -> None:
+    """The fast path's renderer gives ``apply_chat_template(tokenize=False)``'s text, or the same error, for every
+    conversation and prefix (NeMo's messages: tool calls with ids, dict arguments serialised)."""
+    tokenizer = nemo_tokenizer(processors[name])
+    messages = nemo_messages(parse_row(row))[:cut]
+    tools = row.get("tools")
+
+    def outcome(render: Any) -> Any:
+        try:
+            return render()
+        except Exception as exc:  # noqa: BLE001 - the error itself is compared
+            return type(exc).__name__, str(exc)
+
+    want = outcome(lambda: tokenizer.apply_chat_template(messages, tools=tools, tokenize=False))
+    assert outcome(lambda: TemplateText(tokenizer)(messages, tools, None)) == want
 
 
 @pytest.mark.parametrize("name", TOKENIZERS)

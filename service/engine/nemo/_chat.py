@@ -33,6 +33,7 @@ __all__ = [
     "keep_last_run",
     "prefix_assistant_mask",
     "shift_for_left_padding",
+    "template_errors",
     "window_offset",
 ]
 
@@ -56,7 +57,7 @@ class ChatCall:
 
     def encode(self, messages: Messages, *, padding: str, assistant_mask: bool) -> Mapping[str, Any]:
         """The main call: padded and truncated as asked, with HF's generation mask when the template has one."""
-        with _template_errors():
+        with template_errors():
             return self.tokenizer.apply_chat_template(  # type: ignore[no-any-return]
                 list(messages),
                 tools=self.tools,
@@ -74,7 +75,7 @@ class ChatCall:
         if not messages:
             return []  # an empty prefix renders to nothing (HF refuses to render it)
         truncation = self.truncation if truncate else _UNTRUNCATED
-        with _template_errors():
+        with template_errors():
             out = self.tokenizer.apply_chat_template(
                 list(messages),
                 tools=self.tools,
@@ -89,7 +90,7 @@ class ChatCall:
 
     def text(self, messages: Messages) -> str:
         """The render alone (no tokenizer), through the same HF call with ``tokenize=False``."""
-        with _template_errors():
+        with template_errors():
             return self.tokenizer.apply_chat_template(  # type: ignore[no-any-return]
                 list(messages),
                 tools=self.tools,
@@ -291,7 +292,7 @@ def window_offset(retained: Sequence[int], reference: Sequence[int]) -> int:
 
 
 @contextmanager
-def _template_errors() -> Iterator[None]:
+def template_errors() -> Iterator[None]:
     """Translate what a template or HF raises while rendering into TemplateError, once."""
     try:
         yield

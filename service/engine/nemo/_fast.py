@@ -4,8 +4,8 @@ NeMo finds assistant turn ``k`` as ``[len(tok(render(m[:k]))), len(tok(render(m[
 and one tokenization per conversation prefix, so its cost grows with the number of turns times the chat length.
 ``FastChatCall`` makes the same calls' answers out of one tokenization of the whole render:
 
-* each prefix is rendered as text only (the template, no tokenizer), and must be a character prefix of the
-  whole render;
+* each prefix is rendered as text only (the template, no tokenizer, through ``TemplateText``: HF's render with a
+  sandbox that remembers its verdicts), and must be a character prefix of the whole render;
 * its token count is then the index of the token that starts where the prefix text ends, provided that position
   is an edge of a special token (one that the tokenizer splits off before anything else, without stripping
   whitespace around it). Text on either side of such a token is tokenized independently, so the tokens of the
@@ -29,7 +29,8 @@ import numpy as np
 
 from feedline.proto import FeedlineError
 
-from ._chat import ChatCall, MaskedIds, Messages
+from ._chat import ChatCall, MaskedIds, Messages, template_errors
+from ._render import TemplateText
 
 __all__ = ["FAST_PATH", "FastChatCall", "FastPathCounts", "NeedsReference", "boundary_tokens", "fast_or_reference"]
 
@@ -81,7 +82,14 @@ class FastChatCall(ChatCall):
 
     encoder: Any = None
     boundaries: Mapping[int, str] = field(default_factory=dict)
+    template_text: TemplateText | None = None
     _whole: dict[str, Any] = field(default_factory=dict)
+
+    def text(self, messages: Messages) -> str:
+        if self.template_text is None:
+            return super().text(messages)
+        with template_errors():
+            return self.template_text(messages, self.tools, self.chat_template)
 
     def encode(self, messages: Messages, *, padding: str, assistant_mask: bool) -> Mapping[str, Any]:
         if assistant_mask:
@@ -160,12 +168,20 @@ def _hf_padded(tokenizer: Any, ids: list[int], padding: str, max_length: int | N
 
 
 def fast_or_reference(
-    run: Callable[[ChatCall], MaskedIds], call: ChatCall, encoder: Any, boundaries: Mapping[int, str]
+    run: Callable[[ChatCall], MaskedIds],
+    call: ChatCall,
+    encoder: Any,
+    boundaries: Mapping[int, str],
+    template_text: TemplateText | None = None,
 ) -> MaskedIds:
     """``run`` on a ``FastChatCall`` twin of ``call``, or on ``call`` itself where the fast derivation cannot be
-    shown equal for this row (errors included: the reference path raises NeMo's own error)."""
+    shown equal for this row (errors included: the reference path raises NeMo's own error). ``template_text``
+    makes the fast path's text renders (HF's own call when None)."""
     fast = FastChatCall(
-        **{f.name: getattr(call, f.name) for f in fields(ChatCall)}, encoder=encoder, boundaries=boundaries
+        **{f.name: getattr(call, f.name) for f in fields(ChatCall)},
+        encoder=encoder,
+        boundaries=boundaries,
+        template_text=template_text,
     )
     try:
         out = run(fast)

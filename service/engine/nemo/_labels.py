@@ -29,11 +29,13 @@ from .._conversation import Conversation, PromptCompletion
 from .._sample import TokenizedSample
 from ._chat import ChatCall, MaskedIds, format_chat_template
 from ._fast import boundary_tokens, fast_or_reference
+from ._render import TemplateText
 
 __all__ = ["content_attention", "nemo_messages", "nemo_pad_token_id", "nemo_tokenize", "nemo_tokenizer"]
 
 _PADDED_TOKENIZERS: weakref.WeakKeyDictionary[Processor, Any] = weakref.WeakKeyDictionary()
 _BOUNDARIES: weakref.WeakKeyDictionary[Processor, dict[int, str]] = weakref.WeakKeyDictionary()
+_TEXTS: weakref.WeakKeyDictionary[Processor, TemplateText] = weakref.WeakKeyDictionary()
 
 
 def nemo_tokenize(
@@ -155,13 +157,21 @@ def _format_chat(
 
     if not fast:
         return run(call)
-    return fast_or_reference(run, call, processor.encoder, _boundaries(processor))
+    return fast_or_reference(run, call, processor.encoder, _boundaries(processor), _template_text(processor))
 
 
 def _boundaries(processor: Processor) -> dict[int, str]:
     found = _BOUNDARIES.get(processor)
     if found is None:
         found = _BOUNDARIES[processor] = boundary_tokens(processor.tokenizer)
+    return found
+
+
+def _template_text(processor: Processor) -> TemplateText:
+    """The fast path's renderer for the tokenizer NeMo's calls use (``nemo_tokenizer``), one per processor."""
+    found = _TEXTS.get(processor)
+    if found is None:
+        found = _TEXTS[processor] = TemplateText(nemo_tokenizer(processor))
     return found
 
 
