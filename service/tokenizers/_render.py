@@ -41,6 +41,7 @@ NEMO_GENERATION_TAG = re.compile(r"\{%-?\s+generation\s+-?%\}")
 
 
 _METHODS = (types.MethodType, types.BuiltinMethodType)
+_MISSING = object()
 
 
 class _RememberingSandbox(ImmutableSandboxedEnvironment):
@@ -57,24 +58,14 @@ class _RememberingSandbox(ImmutableSandboxedEnvironment):
     _verdicts: dict[tuple[type, str], bool]
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        """Jinja's ``SandboxedEnvironment.getattr`` (3.1.6) with its common case first: a value that is not a
-        method (so ``wrap_str_format`` has nothing to wrap) of a class already judged safe for this attribute."""
-        try:
-            value = getattr(obj, attribute)
-        except AttributeError:
-            try:
-                return obj[attribute]
-            except (TypeError, LookupError):
-                return self.undefined(obj=obj, name=attribute)
+        """An attribute already judged safe for the object's class is read directly when it is not a method
+        (a method may be ``str.format``, which the sandbox wraps); everything else goes through jinja's own."""
         cls = type(obj)
-        if cls is obj.__class__ and not isinstance(value, _METHODS) and self._verdicts.get((cls, attribute)):
-            return value
-        wrapped = self.wrap_str_format(value)
-        if wrapped is not None:
-            return wrapped
-        if self.is_safe_attribute(obj, attribute, value):
-            return value
-        return self.unsafe_undefined(obj, attribute)
+        if cls is obj.__class__ and self._verdicts.get((cls, attribute)):
+            value = getattr(obj, attribute, _MISSING)
+            if value is not _MISSING and not isinstance(value, _METHODS):
+                return value
+        return super().getattr(obj, attribute)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         cls = type(obj)
