@@ -22,7 +22,14 @@ from transformers.utils import chat_template_utils as _hf
 
 from feedline.proto import TemplateError
 
-__all__ = ["DEFAULT_TEMPLATE_DATE", "ChatRenderer", "Rendered", "compile_template", "parse_template_date"]
+__all__ = [
+    "DEFAULT_TEMPLATE_DATE",
+    "ChatRenderer",
+    "Rendered",
+    "alias_reasoning",
+    "compile_template",
+    "parse_template_date",
+]
 
 DEFAULT_TEMPLATE_DATE = "2025-01-01"
 """The date every template sees unless the processor is configured with another one (``template_date``).
@@ -34,7 +41,7 @@ tokens on another day, so the same request would not be byte-identical across re
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 # transformers copies reasoning_content to the other names templates read it under (thinking, reasoning).
-_ALIAS_REASONING = getattr(_hf, "_alias_reasoning_fields", lambda chat: chat)
+alias_reasoning = getattr(_hf, "_alias_reasoning_fields", lambda chat: chat)
 _REASONING_FIELDS: tuple[str, ...] = getattr(_hf, "_REASONING_FIELDS", ("reasoning_content",))
 # The exact pattern NeMo uses to decide whether a template has generation tags (it needs whitespace).
 NEMO_GENERATION_TAG = re.compile(r"\{%-?\s+generation\s+-?%\}")
@@ -137,7 +144,7 @@ class ChatRenderer:
         # The inputs as apply_chat_template hands them over: keys whose value is None dropped (templates test
         # `"content" in message` or `message.tool_calls is defined`), plain JSON data, reasoning under its aliases.
         present = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        chat = _ALIAS_REASONING(_hf._plain_template_data(present))
+        chat = alias_reasoning(_hf._plain_template_data(present))
         variables = {
             "messages": chat,
             "tools": _hf._plain_template_data(list(tools)) if tools is not None else None,

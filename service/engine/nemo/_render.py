@@ -18,12 +18,9 @@ from typing import Any
 import jinja2
 from transformers.utils import chat_template_utils as _hf
 
-from ...tokenizers._render import compile_template
+from ...tokenizers._render import alias_reasoning, compile_template
 
 __all__ = ["TemplateText"]
-
-# transformers copies reasoning_content to the other names templates read it under (thinking, reasoning).
-_ALIAS_REASONING = getattr(_hf, "_alias_reasoning_fields", lambda chat: chat)
 
 
 class TemplateText:
@@ -55,7 +52,7 @@ class TemplateText:
                 raise TypeError(f"Chat messages should be dicts, but got {message!r}.")
         variables = _hf._plain_template_data({**tokenizer.special_tokens_map})
         return compiled.render(
-            messages=_ALIAS_REASONING(chat),
+            messages=alias_reasoning(chat),
             tools=_hf._plain_template_data(tools),
             documents=None,
             add_generation_prompt=False,
