@@ -214,7 +214,7 @@ def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dic
                 row[f"engine CPU ms/batch, {place}"] = engine_cpu / kept * 1e3
                 row[f"batches decoding a block, {place}"] = SPAN - kept
             row["dataset / engine, worst"] = max(ratios)
-            row["order window rows"] = source._window or n
+            row["order window rows"] = min(source._window or n, n)
             visited = order.rows(np.arange(min(n, _MIXED_POSITIONS), dtype=np.int64))
             full = EpochOrder([n], seed=plan.seed, epoch=plan.epoch).rows(np.arange(len(visited), dtype=np.int64))
             row["shuffle"] = shuffle_quality(visited, n)

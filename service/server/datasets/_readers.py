@@ -227,7 +227,7 @@ class _ParquetReader:
         import pyarrow as pa
 
         with self._lock:  # one decode at a time per file handle
-            table = self._file.read_row_group(group)
+            table = self._file.read_row_group(group, use_threads=False)
         arrays = [column.combine_chunks() for column in table.columns]
         pa.default_memory_pool().release_unused()  # the decode's scratch buffers
         return row_reader(table.schema.names, arrays), sum(int(a.nbytes) for a in arrays)
