@@ -45,6 +45,7 @@ SPAN = 40
 _SHARD_ROWS = 1_000_000
 _ROW_GROUP = 65_536
 _S3_MAX_ROWS = 1_000_000
+_HF_SHARD_CHUNKS = 4  # 4 x 10^6 short rows: ~480 MB shards, as save_to_disk's default 500 MB
 _MIXED_POSITIONS = 1 << 20
 _SOURCES = 100
 _RUN = 1024
@@ -81,15 +82,21 @@ def _table(user: Any, assistant: Any) -> Any:
 
 
 def generate(root: Path, n: int) -> dict[str, float]:
-    """train.jsonl, parquet/part-*.parquet and hf/ (if ``datasets`` is installed) with ``n`` rows; seconds each."""
+    """train.jsonl, parquet/part-*.parquet and hf/ (if ``datasets`` is installed) with ``n`` rows; seconds each.
+
+    The saved HF dataset is written as ``save_to_disk`` writes one (``datasets``' own ArrowWriter, record batches
+    of 1,000 rows, shards of ~500 MB, state.json and dataset_info.json) a chunk at a time, so that 10^8 rows never
+    sit in memory at once.
+    """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    took: dict[str, float] = {}
+    took = {"write jsonl + parquet s": 0.0}
     (root / "parquet").mkdir(parents=True)
-    t0 = time.perf_counter()
+    hf = _HfWriter(root / "hf", -(-n // _SHARD_ROWS))
     with open(root / "train.jsonl", "wb") as out:
         for i, (user, assistant) in enumerate(_chunks(n)):
+            t0 = time.perf_counter()
             lines = pc.binary_join_element_wise(
                 '{"messages": [{"role": "user", "content": "',
                 user,
@@ -100,20 +107,67 @@ def generate(root: Path, n: int) -> dict[str, float]:
             )
             offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
             out.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
-            pq.write_table(
-                _table(user, assistant), root / "parquet" / f"part-{i:05d}.parquet", row_group_size=_ROW_GROUP
-            )
-    took["write jsonl + parquet s"] = time.perf_counter() - t0
-    try:
-        import datasets
-    except ImportError:
-        return took
-    t0 = time.perf_counter()
-    ds = datasets.Dataset(pq.read_table(root / "parquet"))
-    ds.save_to_disk(str(root / "hf"), max_shard_size="500MB")
-    del ds
-    took["write hf s"] = time.perf_counter() - t0
+            table = _table(user, assistant)
+            pq.write_table(table, root / "parquet" / f"part-{i:05d}.parquet", row_group_size=_ROW_GROUP)
+            took["write jsonl + parquet s"] += time.perf_counter() - t0
+            hf.write(i, table)
+    took.update(hf.close())
     return took
+
+
+class _HfWriter:
+    """A saved HF dataset written a table at a time (nothing when ``datasets`` is not installed)."""
+
+    def __init__(self, directory: Path, chunks: int) -> None:
+        try:
+            import datasets
+        except ImportError:
+            self.datasets = None
+            return
+        self.datasets, self.directory = datasets, directory
+        self.shards = -(-chunks // _HF_SHARD_CHUNKS)
+        self.names: list[str] = []
+        self.writer: Any = None
+        self.seconds = 0.0
+
+    def write(self, chunk: int, table: Any) -> None:
+        if self.datasets is None:
+            return
+        t0 = time.perf_counter()
+        if chunk % _HF_SHARD_CHUNKS == 0:
+            self._finish_shard()
+            self.directory.mkdir(exist_ok=True)
+            self.names.append(f"data-{len(self.names):05d}-of-{self.shards:05d}.arrow")
+            self.features = self.datasets.Features.from_arrow_schema(table.schema)
+            self.writer = self.datasets.arrow_writer.ArrowWriter(
+                path=str(self.directory / self.names[-1]), features=self.features, writer_batch_size=1000
+            )
+        self.writer.write_table(table)
+        self.seconds += time.perf_counter() - t0
+
+    def _finish_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.finalize()
+            self.writer.close()
+            self.writer = None
+
+    def close(self) -> dict[str, float]:
+        if self.datasets is None:
+            return {}
+        t0 = time.perf_counter()
+        self._finish_shard()
+        state = {
+            "_data_files": [{"filename": name} for name in self.names],
+            "_fingerprint": "feedline-bench",
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        (self.directory / "state.json").write_text(json.dumps(state, indent=2))
+        self.datasets.DatasetInfo(features=self.features).write_to_directory(str(self.directory))
+        return {"write hf s": self.seconds + time.perf_counter() - t0}
 
 
 def _rss_mb(pid: int) -> float:
