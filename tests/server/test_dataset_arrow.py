@@ -4,6 +4,7 @@ that stays deterministic, exactly-once, resumable and elastic across world sizes
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -137,3 +138,31 @@ def test_dictionary_encoded_arrow_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(InvalidSample, match="dictionary") as info:
         open_dataset("saved", [tmp_path])
     assert info.value.field == "dataset.path"
+
+
+def test_record_batch_table_is_walked_once_and_kept_under_the_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first open walks the message headers and keeps the table under the cache directory; later opens
+    (another process, a restarted server) read it from there without walking; a table that does not fit the
+    file is walked again."""
+    from feedline.service.server.datasets import _readers
+
+    rows = _rows(700)
+    _write(tmp_path / "saved" / "data.arrow", rows, batch=100)
+    cache_dir = tmp_path / "cache"
+    first = RowSource(locate("saved", [tmp_path]), cache_dir, blocks=BlockCache(1 << 20))
+    kept = list((cache_dir / "lines").glob("*.batches.npy"))
+    assert len(kept) == 1 and np.load(kept[0]).tolist() == [
+        [s, e, c] for (s, e), c in zip(first._blocks[0]._spans.tolist(), first._block_rows.tolist(), strict=True)
+    ]
+
+    def walked(path: str) -> Any:
+        raise AssertionError("walked the headers again")
+
+    monkeypatch.setattr(_readers, "_arrow_messages", walked)
+    again = RowSource(locate("saved", [tmp_path]), cache_dir, blocks=BlockCache(1 << 20))
+    assert _all(again) == rows
+    monkeypatch.undo()
+    np.save(kept[0], np.array([[0, 10**12, 700]], dtype=np.int64))  # ends past the file: not this file's table
+    assert _all(RowSource(locate("saved", [tmp_path]), cache_dir, blocks=BlockCache(1 << 20))) == rows
