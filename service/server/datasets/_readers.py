@@ -238,10 +238,12 @@ class _ArrowReader:
 
     Opening walks the message headers through a memory map (the bodies are not touched) and unmaps it: each
     record batch's byte range and row count, kept under the cache directory keyed by the file's digest (at
-    10^8 rows the walk reads 10^5 headers scattered over 12 GB; the kept table is read in milliseconds). A block is one record batch, read whole into the block cache
-    (``pread``: a copy from the page cache, no page faults left behind, RSS bounded by the cache), so the
-    epoch order shuffles within windows of record batches, as for Parquet row groups. Reading rows one by one
-    from the memory map instead cost ~1.6 page faults per row and several times the per-row CPU.
+    10^8 rows the walk reads 10^5 headers scattered over 12 GB; the kept table is read in milliseconds).
+
+    A block is one record batch, read whole into the block cache (``pread``: a copy from the page cache, no
+    page faults left behind, RSS bounded by the cache), so the epoch order shuffles within windows of record
+    batches, as for Parquet row groups. Reading rows one by one from the memory map instead cost ~1.6 page
+    faults per row and several times the per-row CPU.
     """
 
     random_access = False
