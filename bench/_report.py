@@ -309,11 +309,20 @@ def _client(f: Mapping[str, Any]) -> str:
         )
     )
     return (
-        per_row + f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides. "
-        "Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "
-        "processes = DataLoader workers (`RUSAGE_CHILDREN`, start-up included) or the server and the loader's "
-        "receiver process (/proc). The in-process sides are RemoteLoader with `offload=False`. Analysis: "
-        "bench/CLIENT_NOTES.md.\n\n"
+        per_row
+        + f"{f['batches']} batches of {f['batch_size']} chats per side, encoder {f['encoder']} on both sides"
+        + (f", {f['repeats']} round-robin repeats, each side's least total CPU kept" if "repeats" in f else "")
+        + ". Trainer CPU = `time.process_time()` of the trainer process from its first batch to its last; other "
+        "processes = DataLoader workers (`RUSAGE_CHILDREN`, their whole life: they start and end with the epoch), "
+        "or the server (/proc, the whole epoch) and the loader's receiver process (/proc, from the first batch; "
+        "it lives as long as the loader, so its start is reported apart"
+        + (
+            f": {f['remote, samples']['receiver_start_cpu_ms']:.0f} and "
+            f"{f['remote, dataset']['receiver_start_cpu_ms']:.0f} CPU ms once per loader in samples and dataset mode"
+            if "receiver_start_cpu_ms" in f["remote, samples"]
+            else ""
+        )
+        + "). The in-process sides are RemoteLoader with `offload=False`. Analysis: bench/CLIENT_NOTES.md.\n\n"
         + _table(
             [
                 "side",
@@ -362,6 +371,19 @@ def _scaling(f: Mapping[str, Any]) -> str:
         "worker processes (issue 5's target: 2 workers at least 1.7x); the second compares with one worker "
         "free to use both cores (its collate pool then runs 2 batches at once). Analysis: "
         "bench/WIRE_NOTES.md section 2.\n\n"
+        + (
+            f"The in-process engine (`collate` in the bench process, one thread, the same 32 batches, best of its "
+            f"repeats before and after the servers' runs) does {f['engine rows per CPU s']:.0f} rows per CPU-second; "
+            f"1 worker at saturation does {_ratio(f['ratio 1 worker rows per CPU s / engine'])} that (pinned to one "
+            f"CPU: {_ratio(f['ratio 1 worker on 1 CPU rows per CPU s / engine'])}). Targets (issue 19): at least "
+            f"{f['worker target']}x: "
+            + ("met" if f["ratio 1 worker rows per CPU s / engine"] >= f["worker target"] else "**not met**")
+            + f"; 2 workers at least {f['cores target']}x one worker on one CPU: "
+            + ("met" if f["ratio 2 workers / 1 worker on 1 CPU"] >= f["cores target"] else "**not met**")
+            + ".\n\n"
+            if "engine rows per CPU s" in f
+            else ""
+        )
         + _table(
             [
                 "configuration",
@@ -627,6 +649,13 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
             ]
         )
         rows.append(["service throughput: 2 replicas / 1 replica", _ratio(f["ratio 2 replicas / 1 replica"])])
+        if "ratio 1 worker rows per CPU s / engine" in f:
+            rows.append(
+                [
+                    "rows per CPU-second: 1 worker at saturation / in-process engine",
+                    _ratio(f["ratio 1 worker rows per CPU s / engine"]),
+                ]
+            )
     if (f := fig("datasets")) and "dataset / engine CPU per batch, worst" in f:
         rows.append(
             [

@@ -40,6 +40,9 @@ class Server:
     def __init__(self, *args: str, workers: int = 1, cpus: set[int] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FEEDLINE_", "PROMETHEUS_"))}
         env["TOKENIZERS_PARALLELISM"] = "false"
+        # Logs go to a file, not a pipe: a pipe needs a reader, and a reader thread here would spend this
+        # process's CPU (the trainer's, in bench_client) on every line the server logs.
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="feedline-serve-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -58,9 +61,8 @@ class Server:
                 "info",
                 *args,
             ],
-            stderr=subprocess.PIPE,
+            stderr=self._log,
             stdout=subprocess.DEVNULL,
-            text=True,
             env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
@@ -68,14 +70,23 @@ class Server:
         self.grpc_port, self.http_port = self._listening()
         self.address = f"127.0.0.1:{self.grpc_port}"
 
-    def _listening(self) -> tuple[int, int]:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            record = json.loads(line) if line.startswith("{") else {}
-            if record.get("msg") == "listening":
-                threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep the pipe drained
-                return int(record["grpc_port"]), int(record["http_port"])
-        raise RuntimeError(f"feedline serve exited with {self.proc.wait()} before listening")
+    def _listening(self, timeout: float = 300) -> tuple[int, int]:
+        """The ports from the server's "listening" log line."""
+        deadline = time.monotonic() + timeout
+        with open(self._log.name, "rb") as log:
+            while time.monotonic() < deadline:
+                line = log.readline()
+                if not line.endswith(b"\n"):  # nothing new yet (or half a line): wait for more
+                    if self.proc.poll() is not None:
+                        break
+                    log.seek(-len(line), os.SEEK_CUR)
+                    time.sleep(0.05)
+                    continue
+                record = json.loads(line) if line.startswith(b"{") else {}
+                if record.get("msg") == "listening":
+                    return int(record["grpc_port"]), int(record["http_port"])
+        tail = Path(self._log.name).read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise RuntimeError(f"feedline serve did not start listening (exit code {self.proc.poll()}):\n{tail}")
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Until /readyz answers 200 (every processor loaded, every worker serving)."""
@@ -113,13 +124,16 @@ class Server:
             last = now
 
     def close(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    return self.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
 
 
 @contextmanager
