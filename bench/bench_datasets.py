@@ -11,10 +11,13 @@ dataset directory, and, when moto is installed, the Parquet shards in a bucket o
 - a real `feedline serve` (one per size, its /proc RSS and CPU): the first batch with a cold open (JSONL line
   index built), CPU per batch at the start, middle and end of an epoch (40 batches of 8 rows each), the
   first batch when resuming at 90%, RSS growth;
-- in this process, the dataset's share of a batch (order + reading rows) against the engine's (collate of the
-  same rows), at the same three places, CPU time; where rows come from decoded blocks (Parquet row groups), a
-  batch's share of decoding every block once per epoch is added (measured per block, times blocks / batches),
-  and the spans start after one batch that decodes their window (in the server too);
+- in this process, the dataset's share of a batch (order + reading rows as Python dicts, as the server hands
+  them to the engine) against the engine's (collate of the same rows), at the same three places, CPU time;
+  where rows come from decoded blocks (Parquet row groups, Arrow record batches) a batch's share of reading
+  and decoding every block once per epoch is added (``load`` timed per block, times blocks / batches), and a
+  first pass over the same batches reads the blocks they draw from (in the server too);
+- the shuffle quality of each format's epoch order (windows over blocks) against a full permutation
+  (``shuffle_quality``);
 - HF ``datasets`` (``load_from_disk``, memory-mapped Arrow): open time, RSS, random access per row, next to
   ours on the same rows.
 """
@@ -42,6 +45,11 @@ SPAN = 40
 _SHARD_ROWS = 1_000_000
 _ROW_GROUP = 65_536
 _S3_MAX_ROWS = 1_000_000
+_HF_SHARD_CHUNKS = 4  # 4 x 10^6 short rows: ~480 MB shards, as save_to_disk's default 500 MB
+_MIXED_POSITIONS = 1 << 20
+_SOURCES = 100
+_RUN = 1024
+_NEAR = 1000
 
 
 def _chunks(n: int) -> Iterator[tuple[Any, Any]]:
@@ -74,15 +82,21 @@ def _table(user: Any, assistant: Any) -> Any:
 
 
 def generate(root: Path, n: int) -> dict[str, float]:
-    """train.jsonl, parquet/part-*.parquet and hf/ (if ``datasets`` is installed) with ``n`` rows; seconds each."""
+    """train.jsonl, parquet/part-*.parquet and hf/ (if ``datasets`` is installed) with ``n`` rows; seconds each.
+
+    The saved HF dataset is written as ``save_to_disk`` writes one (``datasets``' own ArrowWriter, record batches
+    of 1,000 rows, shards of ~500 MB, state.json and dataset_info.json) a chunk at a time, so that 10^8 rows never
+    sit in memory at once.
+    """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    took: dict[str, float] = {}
+    took = {"write jsonl + parquet s": 0.0}
     (root / "parquet").mkdir(parents=True)
-    t0 = time.perf_counter()
+    hf = _HfWriter(root / "hf", -(-n // _SHARD_ROWS))
     with open(root / "train.jsonl", "wb") as out:
         for i, (user, assistant) in enumerate(_chunks(n)):
+            t0 = time.perf_counter()
             lines = pc.binary_join_element_wise(
                 '{"messages": [{"role": "user", "content": "',
                 user,
@@ -93,20 +107,67 @@ def generate(root: Path, n: int) -> dict[str, float]:
             )
             offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
             out.write(memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]])
-            pq.write_table(
-                _table(user, assistant), root / "parquet" / f"part-{i:05d}.parquet", row_group_size=_ROW_GROUP
-            )
-    took["write jsonl + parquet s"] = time.perf_counter() - t0
-    try:
-        import datasets
-    except ImportError:
-        return took
-    t0 = time.perf_counter()
-    ds = datasets.Dataset(pq.read_table(root / "parquet"))
-    ds.save_to_disk(str(root / "hf"), max_shard_size="500MB")
-    del ds
-    took["write hf s"] = time.perf_counter() - t0
+            table = _table(user, assistant)
+            pq.write_table(table, root / "parquet" / f"part-{i:05d}.parquet", row_group_size=_ROW_GROUP)
+            took["write jsonl + parquet s"] += time.perf_counter() - t0
+            hf.write(i, table)
+    took.update(hf.close())
     return took
+
+
+class _HfWriter:
+    """A saved HF dataset written a table at a time (nothing when ``datasets`` is not installed)."""
+
+    def __init__(self, directory: Path, chunks: int) -> None:
+        try:
+            import datasets
+        except ImportError:
+            self.datasets = None
+            return
+        self.datasets, self.directory = datasets, directory
+        self.shards = -(-chunks // _HF_SHARD_CHUNKS)
+        self.names: list[str] = []
+        self.writer: Any = None
+        self.seconds = 0.0
+
+    def write(self, chunk: int, table: Any) -> None:
+        if self.datasets is None:
+            return
+        t0 = time.perf_counter()
+        if chunk % _HF_SHARD_CHUNKS == 0:
+            self._finish_shard()
+            self.directory.mkdir(exist_ok=True)
+            self.names.append(f"data-{len(self.names):05d}-of-{self.shards:05d}.arrow")
+            self.features = self.datasets.Features.from_arrow_schema(table.schema)
+            self.writer = self.datasets.arrow_writer.ArrowWriter(
+                path=str(self.directory / self.names[-1]), features=self.features, writer_batch_size=1000
+            )
+        self.writer.write_table(table)
+        self.seconds += time.perf_counter() - t0
+
+    def _finish_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.finalize()
+            self.writer.close()
+            self.writer = None
+
+    def close(self) -> dict[str, float]:
+        if self.datasets is None:
+            return {}
+        t0 = time.perf_counter()
+        self._finish_shard()
+        state = {
+            "_data_files": [{"filename": name} for name in self.names],
+            "_fingerprint": "feedline-bench",
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        (self.directory / "state.json").write_text(json.dumps(state, indent=2))
+        self.datasets.DatasetInfo(features=self.features).write_to_directory(str(self.directory))
+        return {"write hf s": self.seconds + time.perf_counter() - t0}
 
 
 def _rss_mb(pid: int) -> float:
@@ -148,7 +209,7 @@ def serve_side(server: Server, paths: dict[str, str], n: int) -> dict[str, Any]:
             first, _ = _stream(channel, path, 0, 1)
             row: dict[str, Any] = {"first batch (cold open) s": first}
             for place, start in (("start", 1), ("middle", batches // 2), ("end", batches - SPAN - 1)):
-                _stream(channel, path, start - 1, 1)  # the window's blocks decoded: amortized, counted apart
+                _stream(channel, path, start, SPAN)  # a first pass reads the blocks these batches draw from
                 cpu0 = server.cpu_seconds()
                 _stream(channel, path, start, SPAN)
                 row[f"server CPU ms/batch, {place}"] = (server.cpu_seconds() - cpu0) / SPAN * 1e3
@@ -163,6 +224,7 @@ def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dic
     from feedline.service import CollateOptions, collate
     from feedline.service.server._datasets import CACHE_BYTES, DatasetPlan, RowSource, batch_span
     from feedline.service.server.datasets._files import locate
+    from feedline.service.server.datasets._order import EpochOrder
     from feedline.service.server.datasets._readers import BlockCache
 
     out: dict[str, Any] = {}
@@ -182,18 +244,20 @@ def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dic
             warm = time.perf_counter() - t0
             row: dict[str, Any] = {"open cold s": cold, "open warm s": warm, "files": len(source.location.files)}
             ratios = []
-            decode = _block_decode_ms(source, root / path) * len(source._block_rows) / (n / BATCH)
+            decode = _block_decode_ms(source) * len(source._block_rows) / (n / BATCH)
             row["block decode amortized ms/batch"] = decode
             order = source.order(plan.seed, plan.epoch, plan.shuffle)
             for place, start in (("start", 1), ("middle", n // BATCH // 2), ("end", n // BATCH - SPAN)):
-                source.rows(order.between(*batch_span(n, plan, start - 1)))  # decodes the window's blocks
+                spans = [batch_span(n, plan, b) for b in range(start, start + SPAN)]
+                for span in spans:  # a first pass reads the blocks these batches draw from (counted in decode)
+                    source.rows(order.between(*span))
                 data_cpu = engine_cpu = 0.0
                 kept = 0
-                for b in range(start, start + SPAN):
+                for span in spans:
                     loads = blocks.loads
                     c0 = time.process_time()
                     order = source.order(plan.seed, plan.epoch, plan.shuffle)
-                    rows = source.rows(order.between(*batch_span(n, plan, b)))  # as the server does
+                    rows = source.rows(order.between(*span))  # as the server does
                     c1 = time.process_time()
                     collate(processor, rows, CollateOptions())
                     if blocks.loads == loads:  # a block decoded here is counted in ``decode`` instead
@@ -204,6 +268,11 @@ def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dic
                 row[f"engine CPU ms/batch, {place}"] = engine_cpu / kept * 1e3
                 row[f"batches decoding a block, {place}"] = SPAN - kept
             row["dataset / engine, worst"] = max(ratios)
+            row["order window rows"] = min(source._window or n, n)
+            visited = order.rows(np.arange(min(n, _MIXED_POSITIONS), dtype=np.int64))
+            full = EpochOrder([n], seed=plan.seed, epoch=plan.epoch).rows(np.arange(len(visited), dtype=np.int64))
+            row["shuffle"] = shuffle_quality(visited, n)
+            row["shuffle, full permutation"] = shuffle_quality(full, n)
             picks = rng.integers(0, n, 2000)
             t0 = time.perf_counter()
             for i in picks.tolist():
@@ -215,19 +284,36 @@ def split_side(paths: dict[str, str], root: Path, n: int, processor: Any) -> dic
     return out
 
 
-def _block_decode_ms(source: Any, path: Path) -> float:
-    """CPU ms to decode one block (a Parquet row group; 0 where rows are read one by one), mean of 3."""
+def shuffle_quality(rows: np.ndarray, n: int) -> dict[str, float]:
+    """How mixed the visiting order ``rows`` (rows at the first positions of an epoch of ``n``) is:
+
+    - near pairs: how often two rows of one batch lie within 1,000 rows of each other in storage order (a full
+      permutation: ~2,000 / n; rows from the same record batch or row group raise it);
+    - source mix: storage order cut into 100 equal parts, as a corpus concatenated from 100 sources; the mean
+      total-variation distance between the parts' shares in each run of 1,024 positions (128 batches) and the
+      uniform 1% each (a full permutation: ~0.12, sampling noise; 1.0 would be one source per run).
+    """
+    batches = rows[: len(rows) // BATCH * BATCH].reshape(-1, BATCH)
+    left, right = np.triu_indices(BATCH, 1)
+    near = float(np.mean(np.abs(batches[:, left] - batches[:, right]) < _NEAR))
+    runs = rows[: len(rows) // _RUN * _RUN].reshape(-1, _RUN) * _SOURCES // n
+    keyed = runs + (np.arange(len(runs)) * _SOURCES)[:, None]
+    shares = np.bincount(keyed.reshape(-1), minlength=len(runs) * _SOURCES).reshape(len(runs), _SOURCES) / _RUN
+    distance = float(np.mean(0.5 * np.abs(shares - 1 / _SOURCES).sum(axis=1))) if len(runs) else 0.0
+    return {"batch pairs within 1000 storage rows": near, "source mix TV distance, runs of 1024": distance}
+
+
+def _block_decode_ms(source: Any) -> float:
+    """CPU ms to read and decode one block (a Parquet row group, an Arrow record batch; 0 where rows are read
+    one by one), uncached, mean over the first file's first 3 blocks."""
     if source.random_access:
         return 0.0
-    import pyarrow.parquet as pq
-
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    reader = pq.ParquetFile(files[0])
-    groups = list(range(min(3, reader.metadata.num_row_groups)))
+    reader = source._readers[0]
+    blocks = range(min(3, len(reader.block_rows)))
     c0 = time.process_time()
-    for g in groups:
-        reader.read_row_group(g).combine_chunks()
-    return (time.process_time() - c0) / len(groups) * 1e3
+    for b in blocks:
+        reader.load(b)
+    return (time.process_time() - c0) / len(blocks) * 1e3
 
 
 def hf_side(root: Path, n: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from feedline.proto._plan import DatasetPlan
 
 from .datasets._files import Location, fingerprint, locate, resolve_inside
 from .datasets._order import EpochOrder, Permutation
-from .datasets._readers import BlockCache, Reader, open_reader
+from .datasets._readers import BlockCache, BlockReader, Reader, open_reader
 
 __all__ = [
     "DataAccess",
@@ -135,6 +135,14 @@ class RowSource:
         sizes = np.array([r.num_rows for r in self._readers], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._block_rows = np.concatenate([r.block_rows for r in self._readers] or [np.zeros(0, np.int64)])
+        # Where every file is read in decoded blocks, a batch goes straight to its blocks across files.
+        self._blocks: list[BlockReader] | None = None
+        if self._readers and all(isinstance(r, BlockReader) for r in self._readers):
+            self._blocks = [r for r in self._readers if isinstance(r, BlockReader)]
+            counts = np.array([len(r.block_rows) for r in self._blocks], dtype=np.int64)
+            self._block_file = np.repeat(np.arange(len(counts)), counts)
+            self._block_first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            self._block_starts = np.concatenate([[0], np.cumsum(self._block_rows)[:-1]]).astype(np.int64)
         block_bytes = float(sum(int(r.block_bytes.sum()) for r in self._readers))
         self.random_access = all(r.random_access for r in self._readers)
         # Windows of the epoch order hold half of the block cache by the footers' byte counts (decoded Arrow
@@ -164,6 +172,8 @@ class RowSource:
     def rows(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
         """The rows at ``indices``; a row that cannot be decoded raises InvalidSample naming its dataset row."""
         indices = np.asarray(indices, dtype=np.int64)
+        if self._blocks is not None:
+            return self._from_blocks(self._blocks, indices)
         if len(self._readers) == 1:
             return self._read(0, indices)
         groups: dict[int, list[int]] = {}  # file -> positions in the batch (plain lists: a batch is small)
@@ -175,6 +185,25 @@ class RowSource:
         for f, sel in groups.items():
             for pos, row in zip(sel, self._read(f, indices[sel]), strict=True):
                 out[pos] = row
+        return out
+
+    def _from_blocks(self, readers: list[BlockReader], indices: np.ndarray) -> list[Any]:
+        """Rows straight from their blocks, across files: one cache look-up per row (per run of rows of one
+        block), no grouping by file."""
+        which = np.searchsorted(self._block_starts, indices, side="right") - 1
+        files = self._block_file[which]
+        out: list[Any] = []
+        last, read = -1, None
+        for w, f, b, i in zip(
+            which.tolist(),
+            files.tolist(),
+            (which - self._block_first[files]).tolist(),
+            (indices - self._block_starts[which]).tolist(),
+            strict=True,
+        ):
+            if w != last or read is None:
+                read, last = readers[f].block(b), w
+            out.append(read(i))
         return out
 
     def _read(self, file: int, indices: np.ndarray) -> list[Any]:

@@ -104,3 +104,27 @@ def test_a_range_of_positions_is_a_slice_of_the_same_order(
     if edge:  # a batch across a span's edge
         lo, hi = max(0, edge - 3), min(size, edge + 5)
         assert order.between(lo, hi).tolist() == order.rows(np.arange(lo, hi)).tolist()
+
+
+def _same_block_pairs(rows: np.ndarray, block: int, batch: int = 8) -> float:
+    """How often two rows of one batch come from the same block of ``block`` rows in storage order."""
+    blocks = (rows[: len(rows) // batch * batch] // block).reshape(-1, batch)
+    left, right = np.triu_indices(batch, 1)
+    return float(np.mean(blocks[:, left] == blocks[:, right]))
+
+
+def test_windows_of_record_batches_mix_batches_almost_like_a_full_permutation() -> None:
+    """A saved HF dataset's order at 10^6 rows: record batches of 1,000 rows, windows of ~133,000 rows (what
+    the 32 MiB block cache holds of short chats). Two rows of one batch share a record batch with probability
+    ~1/133 (a full permutation: 1/1000), and the windows, drawn from everywhere in storage, leave no
+    correlation between position and row over the epoch beyond the block order's own."""
+    n, block = 1_000_000, 1000
+    windowed = EpochOrder([block] * (n // block), seed=1, epoch=0, window_rows=133_000).rows(np.arange(n))
+    full = EpochOrder([n], seed=1, epoch=0).rows(np.arange(n))
+    assert sorted(windowed.tolist()) == list(range(n))
+    ours, reference = _same_block_pairs(windowed, block), _same_block_pairs(full, block)
+    assert reference < 0.002 and 0.004 < ours < 0.012
+    # The blocks' order is a permutation of 1,000 blocks: a correlation of ~1/sqrt(1000) either way at most.
+    assert abs(float(np.corrcoef(np.arange(n), windowed)[0, 1])) < 0.1
+    # Consecutive positions mostly change block (a run of one block would read as a sorted stretch).
+    assert float(np.mean(windowed[1:] // block == windowed[:-1] // block)) < 0.012

@@ -21,7 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from feedline.client import RemoteLoader, RetryPolicy
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import Limits, ProcessorRegistry, ServingState
-from feedline.service.server._datasets import DatasetPlan, MixturePart, batch_rows, num_batches, open_mixture
+from feedline.service.server._datasets import (
+    DatasetPlan,
+    MixturePart,
+    batch_rows,
+    num_batches,
+    open_dataset,
+    open_mixture,
+)
 
 RETRY = RetryPolicy(attempts=8, initial_backoff=0.05, max_backoff=0.5, timeout=60)
 BUCKET = "feedline-test"
@@ -145,6 +152,43 @@ def test_chunked_calls_deliver_the_plan_exactly(server: str, qwen_processor: Pro
             assert set(batch) == set(want)
             for key, value in want.items():
                 np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=key)
+
+
+def test_saved_hf_dataset_streams_its_plan_and_resumes_on_other_ranks(
+    server: str, data_root: Path, qwen_processor: Processor
+) -> None:
+    """A saved HF dataset (two Arrow shards, read in record batches) through the server: one rank gets exactly
+    the plan's batches in the dataset's own epoch order; resumed after 5 batches on 2 ranks of half the batch
+    size, the same global order continues."""
+    import datasets
+
+    rows = _rows(90, "h")
+    datasets.Dataset.from_list(rows).save_to_disk(str(data_root / "saved-hf"), num_shards=2)
+    source = open_dataset("saved-hf", [data_root])
+    order = source.order(seed=4, epoch=0, shuffle=True)
+    plan = DatasetPlan(seed=4, batch_size=4)
+    first_run = _loader(server, "saved-hf", batch_size=4, seed=4)
+    whole = list(first_run)
+    assert len(whole) == num_batches(90, plan)
+    for b, batch in enumerate(whole):
+        want = collate(qwen_processor, [rows[i] for i in batch_rows(90, plan, b, order)], CollateOptions()).tensors
+        np.testing.assert_array_equal(batch["input_ids"].numpy(), want["input_ids"])
+    resumed = _loader(server, "saved-hf", batch_size=4, seed=4)
+    it = iter(resumed)
+    head = [next(it) for _ in range(5)]
+    state = resumed.state_dict()
+    ranks = [_loader(server, "saved-hf", batch_size=2, seed=4, rank=r, world_size=2) for r in range(2)]
+    for loader in ranks:
+        loader.load_state_dict(state)
+    tails = [list(loader) for loader in ranks]
+    restarted = [_unpadded(half) for step in zip(*tails, strict=True) for half in step]
+    assert [_unpadded(b) for b in head] == [_unpadded(b) for b in whole[:5]]
+    assert [row for batch in restarted for row in batch] == [row for b in whole[5:] for row in _unpadded(b)]
+
+
+def _unpadded(batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    """Each row's tokens without padding (batches of another size pad to another length)."""
+    return [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
 
 
 MIX = [{"path": "train.jsonl", "weight": 3.0}, {"path": "shards", "weight": 1.0}]

@@ -7,10 +7,12 @@ Two pieces:
   ``m`` is ever held. Its quality against numpy's shuffle is measured in tests/server/test_dataset_order.py and
   bench/bench_datasets.py (correlation of position and rank, spacing of neighbours).
 - ``EpochOrder``: the epoch's global order over a dataset stored in blocks. Where rows are read one by one
-  cheaply (a local JSONL file, a memory-mapped Arrow file) the whole dataset is one window and the order is one
-  ``Permutation``. Where reading means decoding a block (a Parquet row group, a byte range of an object)
-  the blocks are permuted once per (seed, epoch) (O(blocks), small) and grouped into windows that fit the
-  reader's cache; rows are shuffled within each window. Every row is still visited once per epoch.
+  cheaply (a local JSONL file) the whole dataset is one window and the order is one ``Permutation``. Where
+  reading means decoding a block (a Parquet row group, an Arrow record batch, a byte range of an object) the
+  blocks are permuted once per (seed, epoch) (O(blocks), small) and grouped into windows that fit the
+  reader's cache; rows are shuffled within each window. Every row is still visited once per epoch. The cost
+  is shuffle quality: a batch draws from one window's blocks (tests/server/test_dataset_order.py and
+  bench/bench_datasets.py measure it against a full permutation).
 
 The order depends on (seed, epoch, the dataset's block layout) only, never on batch size or world size, so
 a run resumed with another world size continues the same global order.
