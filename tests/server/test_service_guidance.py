@@ -207,7 +207,7 @@ def test_a_50mb_mask_body_is_refused_quickly_while_others_are_served(process: Se
 def test_a_request_past_its_time_budget_is_refused(in_process: Any, qwen_processor: Processor) -> None:
     state = ServingState(ProcessorRegistry.of(qwen_processor), limits=Limits(max_request_seconds=0.01))
     server = in_process(state, http=True)
-    rows = [{"prompt": f"question {i} " + "some words " * 200, "completion": " answer"} for i in range(64)]
+    rows = [{"prompt": f"question {i} " + "some words " * 1000, "completion": " answer"} for i in range(64)]
     with httpx.Client(base_url=server.http_url, timeout=120) as client:
         error = _http_error(client.post("/v1/collate", json={"samples": rows}), 504)
     assert error["kind"] == "request_timeout" and "max_request_seconds" in error["message"]
