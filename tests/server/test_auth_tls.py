@@ -153,17 +153,7 @@ def test_security_from_flags_environment_and_token_file(
     for key in [k for k in os.environ if k.startswith("FEEDLINE_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("FEEDLINE_TLS_CLIENT_CA", str(pki.ca))
-    args = build_parser().parse_args(
-        [
-            "serve",
-            "--auth-token-file",
-            str(tokens),
-            "--tls-cert",
-            str(pki.server_cert),
-            "--tls-key",
-            str(pki.server_key),
-        ]
-    )
+    args = build_parser().parse_args(["serve", *_secure_serve_args(pki, tokens)])
     config = config_from_args(args)
     assert (config.tls_cert, config.tls_key, config.tls_client_ca) == (pki.server_cert, pki.server_key, pki.ca)
     security = Security.from_config(config, env={"FEEDLINE_AUTH_TOKEN": TOKEN})
@@ -409,12 +399,7 @@ def test_serve_with_mutual_tls_and_a_token_file(pki: Pki, tmp_path: Path) -> Non
     served = Served(
         "--grace-period",
         "5",
-        "--auth-token-file",
-        str(tokens),
-        "--tls-cert",
-        str(pki.server_cert),
-        "--tls-key",
-        str(pki.server_key),
+        *_secure_serve_args(pki, tokens),
         wait_ready=False,
         env={"FEEDLINE_TLS_CLIENT_CA": str(pki.ca)},
     )
@@ -434,3 +419,8 @@ def test_serve_with_mutual_tls_and_a_token_file(pki: Pki, tmp_path: Path) -> Non
         assert served.proc.wait(30) == 0
     finally:
         served.close()
+
+
+def _secure_serve_args(pki: Pki, tokens: Path) -> list[str]:
+    """`feedline serve` flags for a bearer-token file and the test PKI's server certificate."""
+    return ["--auth-token-file", str(tokens), "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
