@@ -5,8 +5,8 @@
 
 Synthetic short chat rows (one question, one answer: the smallest engine work per batch, so the hardest case
 for the ratio) are written as one JSONL file, Parquet shards (10^6 rows, row groups of 65,536), a saved HF
-dataset directory, and, when moto is installed, the Parquet shards in a bucket of a moto S3 server (10^5 and
-10^6 only: moto keeps objects in memory). Side by side:
+dataset directory, and, when moto is installed, the Parquet shards in a bucket of a moto S3 server (up to
+10^7 rows: moto keeps objects in memory). Side by side:
 
 - a real `feedline serve` (one per size, its /proc RSS and CPU): the first batch with a cold open (JSONL line
   index built), CPU per batch at the start, middle and end of an epoch (40 batches of 8 rows each), the
@@ -44,7 +44,7 @@ BATCH = 8
 SPAN = 40
 _SHARD_ROWS = 1_000_000
 _ROW_GROUP = 65_536
-_S3_MAX_ROWS = 1_000_000
+_S3_MAX_ROWS = 10_000_000
 _HF_SHARD_CHUNKS = 4  # 4 x 10^6 short rows: ~480 MB shards, as save_to_disk's default 500 MB
 _MIXED_POSITIONS = 1 << 20
 _SOURCES = 100
