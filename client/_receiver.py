@@ -242,7 +242,10 @@ class Receiver:
                 if chunk is not None:
                     chunks.append(chunk)
                 if taken == every:  # credits, freed slots and new chunks go back in one message per `every`
-                    child.send(("next", run, chunks, child.slots.take_released(), taken))
+                    # A receiver that died after sending this batch is noticed at the next recv, once the batches
+                    # it sent before dying are delivered: this one is yielded, its chunk is not sent again.
+                    with contextlib.suppress(_Died):
+                        child.send(("next", run, chunks, child.slots.take_released(), taken))
                     taken, chunks = 0, []
                 yield index, batch, meta
         except _Died:
