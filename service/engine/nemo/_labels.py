@@ -16,8 +16,8 @@ from __future__ import annotations
 import copy
 import json
 import weakref
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +36,7 @@ __all__ = ["content_attention", "nemo_messages", "nemo_pad_token_id", "nemo_toke
 _PADDED_TOKENIZERS: weakref.WeakKeyDictionary[Processor, Any] = weakref.WeakKeyDictionary()
 _BOUNDARIES: weakref.WeakKeyDictionary[Processor, dict[int, str]] = weakref.WeakKeyDictionary()
 _TEXTS: weakref.WeakKeyDictionary[Processor, TemplateText] = weakref.WeakKeyDictionary()
+_T = TypeVar("_T")
 
 
 def nemo_tokenize(
@@ -86,12 +87,23 @@ def nemo_tokenizer(processor: Processor) -> Any:
     tokenizer = processor.tokenizer
     if tokenizer.pad_token_id is not None or tokenizer.eos_token is None:
         return tokenizer
-    padded = _PADDED_TOKENIZERS.get(processor)
-    if padded is None:
-        padded = copy.deepcopy(tokenizer)
-        padded.pad_token = padded.eos_token
-        _PADDED_TOKENIZERS[processor] = padded
-    return padded
+
+    def padded() -> Any:
+        copied = copy.deepcopy(tokenizer)
+        copied.pad_token = copied.eos_token
+        return copied
+
+    return _per_processor(_PADDED_TOKENIZERS, processor, padded)
+
+
+def _per_processor(
+    cache: weakref.WeakKeyDictionary[Processor, _T], processor: Processor, build: Callable[[], _T]
+) -> _T:
+    """``cache[processor]``, built by ``build`` the first time (the caches live as long as their processor)."""
+    found = cache.get(processor)
+    if found is None:
+        found = cache[processor] = build()
+    return found
 
 
 def content_attention(ids: np.ndarray, pad_token_id: int | None, eos_token_id: int | None) -> np.ndarray:
@@ -161,18 +173,12 @@ def _format_chat(
 
 
 def _boundaries(processor: Processor) -> dict[int, str]:
-    found = _BOUNDARIES.get(processor)
-    if found is None:
-        found = _BOUNDARIES[processor] = boundary_tokens(processor.tokenizer)
-    return found
+    return _per_processor(_BOUNDARIES, processor, lambda: boundary_tokens(processor.tokenizer))
 
 
 def _template_text(processor: Processor) -> TemplateText:
     """The fast path's renderer for the tokenizer NeMo's calls use (``nemo_tokenizer``), one per processor."""
-    found = _TEXTS.get(processor)
-    if found is None:
-        found = _TEXTS[processor] = TemplateText(nemo_tokenizer(processor))
-    return found
+    return _per_processor(_TEXTS, processor, lambda: TemplateText(nemo_tokenizer(processor)))
 
 
 def nemo_messages(conv: Conversation) -> list[dict[str, Any]]:

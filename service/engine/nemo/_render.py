@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 from transformers.utils import chat_template_utils as _hf
 
-from ...tokenizers._render import alias_reasoning, compile_template
+from ...tokenizers._render import compile_template, template_messages
 
 __all__ = ["TemplateText"]
 
@@ -29,6 +29,8 @@ class TemplateText:
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
         self._compiled: dict[str, jinja2.Template] = {}
+        # The special-token map as template variables, once: the tokenizer's special tokens do not change.
+        self._variables: dict[str, Any] = _hf._plain_template_data({**tokenizer.special_tokens_map})
 
     def __call__(
         self,
@@ -37,8 +39,7 @@ class TemplateText:
         chat_template: str | None,
     ) -> str:
         """The render; raises what transformers raises for the same call (jinja2 errors, ValueError, TypeError)."""
-        tokenizer = self._tokenizer
-        template = tokenizer.get_chat_template(chat_template, tools)
+        template = self._tokenizer.get_chat_template(chat_template, tools)
         compiled = self._compiled.get(template)
         if compiled is None:
             compiled = self._compiled[template] = compile_template(template)
@@ -46,15 +47,10 @@ class TemplateText:
             raise ValueError("Cannot apply chat template to an empty conversation. Provide at least one message.")
         if tools is not None and not all(isinstance(tool, dict) for tool in tools):
             raise TypeError("tools must be JSON schemas (dicts) here")
-        chat = _hf._plain_template_data([{k: v for k, v in m.items() if v is not None} for m in messages])
-        for message in chat:
-            if not isinstance(message, dict):
-                raise TypeError(f"Chat messages should be dicts, but got {message!r}.")
-        variables = _hf._plain_template_data({**tokenizer.special_tokens_map})
         return compiled.render(
-            messages=alias_reasoning(chat),
+            messages=template_messages(messages),
             tools=_hf._plain_template_data(tools),
             documents=None,
             add_generation_prompt=False,
-            **variables,
+            **self._variables,
         )
