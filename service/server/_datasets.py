@@ -16,7 +16,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from feedline.proto._plan import DatasetPlan
 
 from .datasets._files import Location, fingerprint, locate, resolve_inside
 from .datasets._order import EpochOrder, Permutation
-from .datasets._readers import BlockCache, BlockReader, Reader, open_reader
+from .datasets._readers import BlockCache, BlockReader, Reader, open_reader, rows_from_blocks
 
 __all__ = [
     "DataAccess",
@@ -188,23 +188,15 @@ class RowSource:
         return out
 
     def _from_blocks(self, readers: list[BlockReader], indices: np.ndarray) -> list[Any]:
-        """Rows straight from their blocks, across files: one cache look-up per row (per run of rows of one
-        block), no grouping by file."""
-        which = np.searchsorted(self._block_starts, indices, side="right") - 1
-        files = self._block_file[which]
-        out: list[Any] = []
-        last, read = -1, None
-        for w, f, b, i in zip(
-            which.tolist(),
-            files.tolist(),
-            (which - self._block_first[files]).tolist(),
-            (indices - self._block_starts[which]).tolist(),
-            strict=True,
-        ):
-            if w != last or read is None:
-                read, last = readers[f].block(b), w
-            out.append(read(i))
-        return out
+        """Rows straight from their blocks, across files (blocks numbered over all files): one cache look-up per
+        run of rows of one block, no grouping by file."""
+        files, first = self._block_file, self._block_first
+
+        def block(w: int) -> Callable[[int], Any]:
+            f = int(files[w])
+            return readers[f].block(w - int(first[f]))
+
+        return rows_from_blocks(self._block_starts, indices, block)
 
     def _read(self, file: int, indices: np.ndarray) -> list[Any]:
         base = int(self._starts[file])

@@ -34,7 +34,7 @@ from ._columns import row_reader
 from ._files import DataFile
 from ._lines import LineIndex
 
-__all__ = ["BlockCache", "BlockReader", "Reader", "open_reader"]
+__all__ = ["BlockCache", "BlockReader", "Reader", "open_reader", "rows_from_blocks"]
 
 _LOGGER = logging.getLogger("feedline.service.dataset")
 _SCAN_CHUNK = 16 << 20
@@ -216,7 +216,7 @@ class _ParquetReader:
         self._lock = threading.Lock()
 
     def rows(self, local: np.ndarray) -> list[Any]:
-        return _block_rows(self._starts, local, self.block)
+        return rows_from_blocks(self._starts, local, self.block)
 
     def block(self, group: int) -> Callable[[int], Any]:
         """Row group ``group``'s row reader, from the block cache."""
@@ -260,7 +260,7 @@ class _ArrowReader:
         weakref.finalize(self, os.close, self._fd)
 
     def rows(self, local: np.ndarray) -> list[Any]:
-        return _block_rows(self._starts, local, self.block)
+        return rows_from_blocks(self._starts, local, self.block)
 
     def block(self, block: int) -> Callable[[int], Any]:
         """Record batch ``block``'s row reader, from the block cache."""
@@ -276,7 +276,7 @@ class _ArrowReader:
         return row_reader(batch.schema.names, batch.columns), len(data)
 
 
-def _block_rows(starts: np.ndarray, local: np.ndarray, block: Callable[[int], Callable[[int], Any]]) -> list[Any]:
+def rows_from_blocks(starts: np.ndarray, local: np.ndarray, block: Callable[[int], Callable[[int], Any]]) -> list[Any]:
     """Rows ``local`` of a file stored in blocks starting at rows ``starts``: one cache look-up per run of rows
     from one block (a batch from a windowed order draws from a few blocks)."""
     which = np.searchsorted(starts, local, side="right") - 1
