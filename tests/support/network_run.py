@@ -148,6 +148,10 @@ class Net:
         self.data, self.rows = data, rows
         self.options = {"padding": "max_length", "max_length": 16384, "truncation": "right"}
         """1.6 MB batches: more than an HTTP/2 window's worth is still to come when a fault hits"""
+        self.batch_bytes = 4 * 16384 * 8 * 3
+        """batch_size rows of int64 input_ids, labels and attention_mask"""
+        self.ahead = 0
+        """Batches rank 0's dataset trainer had received when the last fault was injected (``stream_replica``)"""
         self.fabric.start_dns()
         self.replicas: dict[str, Replica] = {}
         for i, label in enumerate(("r0", "r1", "r2", "r3", "bad")):
@@ -206,17 +210,19 @@ class Net:
                 if owner & pids and peer and got and peer.group(1) in by_ip:
                     received[peer.group(1)] = received.get(peer.group(1), 0) + int(got.group(1))
             if received:
-                self.found.append(f"{received} -> {by_ip[max(received, key=received.__getitem__)]}")
-                return by_ip[max(received, key=received.__getitem__)]
+                peer = max(received, key=received.__getitem__)
+                self.found.append(f"{received} at batch {agent.progress} -> {by_ip[peer]}")
+                self.ahead = -(-received[peer] // self.batch_bytes)
+                return by_ip[peer]
             time.sleep(0.1)
         raise AssertionError(f"no connection of rank {rank}'s dataset trainer (pids {pids}) in: {out}")
 
-    def hold(self, seconds: float, batches: int = 24, longest: float = 20) -> None:
-        """Keep a fault on for ``seconds`` and until rank 0's dataset trainer has taken ``batches`` more batches
-        (more than its HTTP/2 window, socket buffer and prefetch hold: ~18), so its stream must get past the
-        fault, not just drain what had arrived before it."""
+    def hold(self, seconds: float, batches: int = 12, longest: float = 20) -> None:
+        """Keep a fault on for ``seconds`` and until rank 0's dataset trainer has taken ``batches`` more than it
+        had received when the fault began (gRPC reads ahead as far as its flow-control window lets it: 20-35
+        batches here), so its stream must get past the fault, not just drain what had arrived before it."""
         lead = self.agents[(0, "dataset")]
-        started, goal = time.monotonic(), lead.progress + batches
+        started, goal = time.monotonic(), max(lead.progress, self.ahead) + batches
         while time.monotonic() - started < longest and (
             time.monotonic() - started < seconds or (lead.progress < goal and lead.events.empty())
         ):
