@@ -322,6 +322,7 @@ class RemoteLoader:
             rank=self.plan.rank,
             world_size=self.plan.world_size,
             start_batch_index=start,
+            ragged=True,
         )
 
     def _receiver(self) -> Receiver:

@@ -17,6 +17,7 @@ from typing import Any
 
 from feedline.proto import FeedlineError, ServiceUnavailable
 from feedline.proto._codec import decode_batch
+from feedline.proto._ragged import RAGGED_META, expand, expanded_nbytes
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._slots import SlotPool, describe, send_slot
@@ -100,6 +101,10 @@ class _Run:
                 if not self._wait_for_room():
                     return
                 decoded = decode_batch(blob)
+                if RAGGED_META in decoded.meta:  # padded here, straight into a slot of the padded size
+                    source = decode_batch(blob.copy())  # the slot it came in may be the one taken for it
+                    blob = allocate(expanded_nbytes(source))
+                    decoded = expand(source, into=blob)
                 meta = {k: decoded.meta[k] for k in _TRAINER_META if k in decoded.meta}
                 with self._room:
                     self._sent.append(blob.nbytes)

@@ -42,13 +42,15 @@ def collate_request(
     batch_index: int,
 ) -> pb.CollateRequest:
     """The request for one batch; ``samples`` are rows, or rows already packed by ``pack_rows`` (the receiver
-    process passes the trainer's bytes through), and travel as one msgpack array, serialised once."""
+    process passes the trainer's bytes through), and travel as one msgpack array, serialised once. Text rows
+    come back ragged (``proto._ragged``): every decode path here pads them."""
     return pb.CollateRequest(
         processor=processor,
         fingerprint=fingerprint,
         options=options,
         samples_msgpack=samples if isinstance(samples, bytes) else pack_rows(samples),
         batch_index=batch_index,
+        ragged=True,
     )
 
 

@@ -1,4 +1,5 @@
-"""Decoded batches to torch tensors without copying the buffers (torch is the trainer's, imported lazily)."""
+"""Decoded batches to torch tensors without copying the buffers (torch is the trainer's, imported lazily);
+ragged token rows (``proto._ragged``) are padded first."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from feedline.proto._codec import DecodedBatch
+from feedline.proto._ragged import expand
 
 __all__ = ["to_torch"]
 
@@ -15,6 +17,7 @@ def to_torch(batch: DecodedBatch, *, pin_memory: bool = False) -> dict[str, Any]
     """Each array as a torch tensor sharing its memory; bfloat16 bits become torch.bfloat16."""
     import torch
 
+    batch = expand(batch)
     out: dict[str, Any] = {}
     for name, arr in batch.tensors.items():
         if batch.dtypes.get(name) == "bfloat16":

@@ -38,7 +38,7 @@ class CollateOptions(_message.Message):
     def __init__(self, label_policy: _Optional[str] = ..., label_format: _Optional[str] = ..., max_length: _Optional[int] = ..., truncation: _Optional[str] = ..., padding: _Optional[str] = ..., pad_to_multiple_of: _Optional[int] = ..., train_on_last_turn_only: _Optional[bool] = ..., mask_reasoning_content: _Optional[bool] = ..., answer_only: _Optional[bool] = ..., on_zero_labels: _Optional[str] = ..., overlong: _Optional[str] = ..., pixel_dtype: _Optional[str] = ..., packing: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CollateRequest(_message.Message):
-    __slots__ = ("processor", "fingerprint", "options", "samples", "batch_index", "max_frame_bytes", "first_row", "samples_msgpack")
+    __slots__ = ("processor", "fingerprint", "options", "samples", "batch_index", "max_frame_bytes", "first_row", "samples_msgpack", "ragged")
     PROCESSOR_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class CollateRequest(_message.Message):
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_MSGPACK_FIELD_NUMBER: _ClassVar[int]
+    RAGGED_FIELD_NUMBER: _ClassVar[int]
     processor: str
     fingerprint: str
     options: CollateOptions
@@ -55,7 +56,8 @@ class CollateRequest(_message.Message):
     max_frame_bytes: int
     first_row: int
     samples_msgpack: bytes
-    def __init__(self, processor: _Optional[str] = ..., fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., samples: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., first_row: _Optional[int] = ..., samples_msgpack: _Optional[bytes] = ...) -> None: ...
+    ragged: bool
+    def __init__(self, processor: _Optional[str] = ..., fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., samples: _Optional[_Iterable[bytes]] = ..., batch_index: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., first_row: _Optional[int] = ..., samples_msgpack: _Optional[bytes] = ..., ragged: _Optional[bool] = ...) -> None: ...
 
 class CollateResponse(_message.Message):
     __slots__ = ("batch_index", "fingerprint", "frames")
@@ -86,7 +88,7 @@ class DatasetRef(_message.Message):
     def __init__(self, path: _Optional[str] = ..., fingerprint: _Optional[str] = ..., weight: _Optional[float] = ..., repeat: _Optional[float] = ...) -> None: ...
 
 class StreamDatasetRequest(_message.Message):
-    __slots__ = ("dataset", "processor", "processor_fingerprint", "options", "seed", "epoch", "shuffle", "batch_size", "drop_last", "rank", "world_size", "start_batch_index", "max_batches", "max_frame_bytes", "mixture")
+    __slots__ = ("dataset", "processor", "processor_fingerprint", "options", "seed", "epoch", "shuffle", "batch_size", "drop_last", "rank", "world_size", "start_batch_index", "max_batches", "max_frame_bytes", "mixture", "ragged")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PROCESSOR_FIELD_NUMBER: _ClassVar[int]
     PROCESSOR_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +104,7 @@ class StreamDatasetRequest(_message.Message):
     MAX_BATCHES_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     MIXTURE_FIELD_NUMBER: _ClassVar[int]
+    RAGGED_FIELD_NUMBER: _ClassVar[int]
     dataset: DatasetRef
     processor: str
     processor_fingerprint: str
@@ -117,7 +120,8 @@ class StreamDatasetRequest(_message.Message):
     max_batches: int
     max_frame_bytes: int
     mixture: _containers.RepeatedCompositeFieldContainer[DatasetRef]
-    def __init__(self, dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., processor: _Optional[str] = ..., processor_fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., start_batch_index: _Optional[int] = ..., max_batches: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., mixture: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ...) -> None: ...
+    ragged: bool
+    def __init__(self, dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., processor: _Optional[str] = ..., processor_fingerprint: _Optional[str] = ..., options: _Optional[_Union[CollateOptions, _Mapping]] = ..., seed: _Optional[int] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., batch_size: _Optional[int] = ..., drop_last: _Optional[bool] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., start_batch_index: _Optional[int] = ..., max_batches: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., mixture: _Optional[_Iterable[_Union[DatasetRef, _Mapping]]] = ..., ragged: _Optional[bool] = ...) -> None: ...
 
 class ListProcessorsRequest(_message.Message):
     __slots__ = ()

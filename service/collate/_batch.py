@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from feedline.proto import IGNORE_INDEX, FeedlineError, LabelFormat, NoSupervisedTokens, SampleTooLong
+from feedline.proto._ragged import LENGTHS, RowPadding, pad_rows
 
 from .._options import CollateOptions
 from ..engine._sample import TokenizedSample, format_labels
@@ -61,10 +62,22 @@ class CollatedBatch:
     tensors: dict[str, np.ndarray]
     reports: tuple[SampleReport, ...] = field(default_factory=tuple)
     dtypes: dict[str, str] = field(default_factory=dict)  # arrays whose dtype numpy lacks: name -> "bfloat16"
+    padding: RowPadding | None = None
+    """Set when ``tensors`` hold each key's rows unpadded and concatenated, plus ``row_lengths`` (the ragged
+    form, ``collate(ragged=True)``): how to pad them. None when ``tensors`` are the padded batch."""
 
     @property
     def num_label_tokens(self) -> int:
         return sum(r.num_label_tokens for r in self.reports)
+
+    def token_counts(self) -> tuple[int, int]:
+        """(attended tokens, padded size) of the batch's attention mask, in either form; (0, 0) without one."""
+        mask = self.tensors.get("attention_mask")
+        if mask is None:
+            return 0, 0
+        rows = len(self.tensors[LENGTHS]) if self.padding is not None else (mask.shape[0] if mask.ndim else 0)
+        width = self.padding.width if self.padding is not None else (mask.shape[1] if mask.ndim > 1 else 0)
+        return int(np.count_nonzero(mask)), rows * width
 
 
 def tokenize_rows(
@@ -125,19 +138,24 @@ def collate(
     *,
     media: MediaPolicy | None = None,
     admit: Callable[[Sequence[SampleReport]], None] | None = None,
+    ragged: bool = False,
 ) -> CollatedBatch:
     """Tokenize, label and pad a batch of rows (``media``: the operator's media policy for image/audio parts).
 
     ``admit`` sees the reports of the tokenized rows before any tensor is built and may raise to refuse the
     batch (the servers' token caps and time budget). Zero rows give zero-row tensors: in dataset mode a rank's
-    share of the last global step can be empty.
+    share of the last global step can be empty. ``ragged``: a text batch that is not packed comes unpadded
+    (``CollatedBatch.padding``), for a client that pads it where the tensors are made.
     """
     samples, reports = tokenize_rows(processor, rows, options, media=media)
     if admit is not None:
         admit([r for r in reports if r.status == "ok"])
     pad_id = batch_pad_id(processor, options)
     if options.packing is None or not samples:
-        tensors = pad_samples(samples, options, pad_id)
+        flat, lengths, padding = row_arrays(samples, options, pad_id)
+        if ragged and not any(s.media for s in samples):
+            return CollatedBatch(tensors={**flat, LENGTHS: lengths}, reports=tuple(reports), padding=padding)
+        tensors = padded(samples, flat, lengths, padding, options.label_format)
     else:
         tensors, plan = pack_samples(samples, options.packing, label_format=options.label_format, pad_id=pad_id)
         reports = _with_pack_outcome(reports, samples, plan)
@@ -178,19 +196,36 @@ def batch_pad_id(processor: Processor, options: CollateOptions) -> int:
 
 def pad_samples(samples: Sequence[TokenizedSample], options: CollateOptions, pad_id: int) -> dict[str, np.ndarray]:
     """Format each sample's labels, then right-pad every row to the batch length."""
+    flat, lengths, padding = row_arrays(samples, options, pad_id)
+    return padded(samples, flat, lengths, padding, options.label_format)
+
+
+def row_arrays(
+    samples: Sequence[TokenizedSample], options: CollateOptions, pad_id: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, RowPadding]:
+    """Each key's formatted rows concatenated, the row lengths, and how they pad to the batch."""
     rows = [_format(s, options.label_format) for s in samples]
-    lengths = [r["input_ids"].shape[0] for r in rows]
-    width = _target_width(lengths, options)
+    lengths = np.array([r["input_ids"].shape[0] for r in rows], dtype=np.int64)
     fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "loss_mask": 0, "attention_mask": 0}
     keys = list(rows[0]) if rows else ["input_ids", _label_key(options.label_format), "attention_mask"]
-    out: dict[str, np.ndarray] = {}
-    for key in keys:
-        batch = np.full((len(rows), width), fill[key], dtype=np.int64)
-        for i, r in enumerate(rows):
-            batch[i, : lengths[i]] = r[key]
-        out[key] = batch
+    flat = {
+        key: np.concatenate([r[key] for r in rows]).astype(np.int64, copy=False) if rows else np.zeros(0, np.int64)
+        for key in keys
+    }
+    return flat, lengths, RowPadding(_target_width(lengths.tolist(), options), {key: fill[key] for key in keys})
+
+
+def padded(
+    samples: Sequence[TokenizedSample],
+    flat: Mapping[str, np.ndarray],
+    lengths: np.ndarray,
+    padding: RowPadding,
+    fmt: LabelFormat,
+) -> dict[str, np.ndarray]:
+    """The padded batch of ``row_arrays``' rows, with the samples' media tensors."""
+    out = {key: pad_rows(arr, lengths, padding.width, padding.fill[key]) for key, arr in flat.items()}
     if any(s.media for s in samples):
-        out.update(batch_media(samples, options.label_format, width))
+        out.update(batch_media(samples, fmt, padding.width))
     return out
 
 

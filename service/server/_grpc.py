@@ -176,6 +176,7 @@ def dataset_request(message: pb.StreamDatasetRequest, frame_bytes: int) -> Datas
         processor_fingerprint=message.processor_fingerprint,
         options=options_from_proto(message.options),
         frame_bytes=frame_bytes,
+        ragged=message.ragged,
     )
 
 
@@ -300,6 +301,7 @@ class _FeedlineServicer:
                 options=options_from_proto(request.options),
                 row_of=row_of,
                 deadline=deadline,
+                ragged=request.ragged,
             )
 
     def _frames(

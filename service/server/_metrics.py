@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -66,16 +65,16 @@ def observe_error(transport: str, kind: str) -> None:
 
 
 def observe_batch(
-    processor: str, tensors: Mapping[str, np.ndarray], statuses: Mapping[str, int], label_tokens: int
+    processor: str, token_counts: tuple[int, int], statuses: Mapping[str, int], label_tokens: int
 ) -> None:
-    """Samples by status, non-padding and supervised tokens, and the batch's padding ratio."""
+    """Samples by status, non-padding and supervised tokens, and the batch's padding ratio (``token_counts``:
+    attended tokens and padded size, ``CollatedBatch.token_counts``)."""
     for status, count in statuses.items():
         SAMPLES.labels(processor, status).inc(count)
-    mask = tensors.get("attention_mask")
-    if mask is not None and mask.size:
-        real = int(np.count_nonzero(mask))
+    real, size = token_counts
+    if size:
         TOKENS.labels(processor, "input").inc(real)
-        PADDING.labels(processor).observe(1.0 - real / mask.size)
+        PADDING.labels(processor).observe(1.0 - real / size)
     TOKENS.labels(processor, "label").inc(label_tokens)
 
 

@@ -29,6 +29,7 @@ from feedline.proto import (
     frame_parts,
     split_frames,
 )
+from feedline.proto._ragged import LENGTHS, ragged_wire
 
 from .._options import CollateOptions
 from ..collate._batch import CollatedBatch, collate
@@ -69,9 +70,15 @@ class CollateResult:
     batch: CollatedBatch
 
     @property
-    def wire(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """(tensors, dtype tags) as they travel."""
-        return self.batch.tensors, self.batch.dtypes
+    def wire(self) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Any]]:
+        """(tensors, dtype tags, metadata) as they travel: unpadded rows narrowed (``ragged_wire``) for a
+        batch collated ragged."""
+        batch = self.batch
+        if batch.padding is None:
+            return batch.tensors, batch.dtypes, {}
+        flat = {k: v for k, v in batch.tensors.items() if k != LENGTHS}
+        tensors, meta = ragged_wire(flat, batch.tensors[LENGTHS], batch.padding)
+        return tensors, batch.dtypes, meta
 
     def meta(self, batch_index: int) -> dict[str, Any]:
         return {
@@ -89,9 +96,9 @@ class CollateResult:
     ) -> list[bytes | memoryview]:
         """The batch's codec blob as pieces viewing the arrays (``encode_segments``): reports, fingerprint and
         ``meta`` in its metadata, ``extra`` tensors beside."""
-        tensors, tags = self.wire
+        tensors, tags, form = self.wire
         return encode_segments(
-            {**tensors, **(extra or {})}, {**self.meta(batch_index), **(meta or {})}, dtype_tags=tags
+            {**tensors, **(extra or {})}, {**self.meta(batch_index), **form, **(meta or {})}, dtype_tags=tags
         )
 
     def encode(
@@ -134,8 +141,9 @@ class CollateResult:
         return [b"".join(p) for p in parts]
 
     def to_json(self) -> dict[str, Any]:
-        """Tensors as nested lists (bfloat16 as its float values), with dtypes, reports and fingerprint."""
-        wire, tags = self.wire
+        """Tensors as nested lists (bfloat16 as its float values), with dtypes, reports and fingerprint (HTTP
+        answers are padded: its requests never ask for the ragged form)."""
+        wire, tags = self.batch.tensors, self.batch.dtypes
         return {
             "processor": self.processor.name,
             "fingerprint": self.processor.fingerprint,
@@ -201,13 +209,15 @@ def run_collate(
     options: Mapping[str, Any] | None,
     row_of: Callable[[int], int] | None = None,
     deadline: Deadline | None = None,
+    ragged: bool = False,
 ) -> CollateResult:
     """Resolve the processor (checking a pinned fingerprint), validate options over its defaults, collate.
 
     ``row_of`` maps a position in the batch to the row's index in the dataset or the client's stream, so a
     row's error names both (a request's ``first_row`` plus the position; a dataset plan's row indices).
     The work caps are checked before the work they bound (``_caps``); ``deadline`` is the request's time
-    budget, by default ``max_request_seconds`` from now.
+    budget, by default ``max_request_seconds`` from now. ``ragged``: the client pads text rows itself
+    (``collate(ragged=True)``).
     """
     limits = state.limits
     deadline = deadline or Deadline(limits)
@@ -217,11 +227,13 @@ def run_collate(
     resolved = state.registry.get(processor, fingerprint=fingerprint)
     opts = CollateOptions.from_mapping(options, base=resolved.defaults)
     try:
-        batch = collate(resolved, rows, opts, media=state.media, admit=token_gate(limits, row_of, deadline))
+        batch = collate(
+            resolved, rows, opts, media=state.media, admit=token_gate(limits, row_of, deadline), ragged=ragged
+        )
     except FeedlineError as exc:
         raise exc.at_row(row_of(exc.sample)) if row_of and exc.sample is not None else exc from None
     statuses = Counter(r.status for r in batch.reports)
-    observe_batch(resolved.name, batch.tensors, statuses, batch.num_label_tokens)
+    observe_batch(resolved.name, batch.token_counts(), statuses, batch.num_label_tokens)
     return CollateResult(resolved, opts, batch)
 
 
@@ -268,6 +280,7 @@ class DatasetRequest:
     processor_fingerprint: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     frame_bytes: int = 1 << 20
+    ragged: bool = False  # the client pads text rows itself (run_collate's ragged)
 
 
 class DatasetStream:
@@ -376,6 +389,7 @@ class DatasetStream:
                 processor=request.processor,
                 fingerprint=request.processor_fingerprint,
                 options=request.options,
+                ragged=request.ragged,
             )
         except FeedlineError as exc:  # name the dataset row, not the position in the batch
             if exc.sample is None:

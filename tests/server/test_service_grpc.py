@@ -12,11 +12,13 @@ from typing import Any
 
 import grpc
 import msgpack
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from feedline.proto import DecodedBatch, FrameAssembler, decode_batch, decode_frames, unwrap_frame
+from feedline.proto._ragged import RAGGED_META, expand
 from feedline.proto.v1 import CHANNEL_OPTIONS, SERVICE_NAME, feedline_pb2_grpc, frame_stream_calls
 from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import CollateOptions, Processor, collate
@@ -81,6 +83,17 @@ def test_unary_collate_is_exactly_the_engine_output(served: dict[str, Any], opti
     decoded = decode_frames(response.frames)
     _assert_engine_output(decoded, served["processor"], ROWS, options)
     assert decoded.meta["batch_index"] == 11
+
+
+@pytest.mark.parametrize("options", [*OPTION_CASES, {"label_policy": "nemo"}])
+def test_a_ragged_collate_pads_to_exactly_the_engine_output(served: dict[str, Any], options: dict[str, Any]) -> None:
+    """What feedline's own clients ask for: each row's tokens only, narrowed, padded again on their side."""
+    padded = served["stub"].Collate(_request(ROWS, options=options), timeout=30)
+    response = served["stub"].Collate(_request(ROWS, options=options, ragged=True), timeout=30)
+    decoded = decode_frames(response.frames)
+    assert RAGGED_META in decoded.meta and decoded.tensors["input_ids"].dtype != np.int64
+    assert sum(map(len, response.frames)) < sum(map(len, padded.frames)) / 2
+    _assert_engine_output(expand(decoded), served["processor"], ROWS, options)
 
 
 def test_small_frames_reassemble_to_the_same_batch(served: dict[str, Any]) -> None:
@@ -394,6 +407,16 @@ def test_stream_dataset_follows_the_plan_and_resumes_from_a_cursor(served: dict[
     resumed = _dataset_batches(served, _dataset_request(start_batch_index=2, max_batches=1))
     assert [b.meta["batch_index"] for b in resumed] == [2]
     assert resumed[0].tensors["input_ids"].tobytes() == batches[2].tensors["input_ids"].tobytes()
+
+
+def test_a_ragged_dataset_stream_pads_to_the_same_batches(served: dict[str, Any]) -> None:
+    padded = _dataset_batches(served, _dataset_request())
+    ragged = _dataset_batches(served, _dataset_request(ragged=True))
+    assert len(ragged) == len(padded) and all(RAGGED_META in b.meta for b in ragged)
+    for got, want in zip(ragged, padded, strict=True):
+        expanded = expand(got)
+        assert list(expanded.tensors) == list(want.tensors) and expanded.meta == want.meta
+        assert all(expanded.tensors[k].tobytes() == want.tensors[k].tobytes() for k in want.tensors)
 
 
 @pytest.mark.parametrize(
