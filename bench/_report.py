@@ -344,11 +344,25 @@ def _client(f: Mapping[str, Any]) -> str:
         )
         + f"\n\nTarget (issue 6): RemoteLoader's trainer CPU at most {f['target']:.0%} of the local 0-worker "
         f"path's: {met} ({remote}).\n\n"
-        f"`import feedline.client`: {imp['importtime_ms']:.0f} ms (`-X importtime`, cumulative, best of 3); a "
+        + _wire_bytes(f.get("wire bytes"))
+        + f"`import feedline.client`: {imp['importtime_ms']:.0f} ms (`-X importtime`, cumulative, best of 3); a "
         "fresh "
         f"interpreter with the import {imp['interpreter_wall_ms']:.0f} ms wall against "
         f"{imp['bare_interpreter_wall_ms']:.0f} ms bare; torch/transformers/fastapi imported by it: "
         f"{imp['heavy_modules_imported']}."
+    )
+
+
+def _wire_bytes(sizes: Mapping[str, Mapping[str, float]] | None) -> str:
+    """The server's blob per batch, padded (HTTP, requests without `ragged`) against ragged (feedline's clients)."""
+    if not sizes:
+        return ""
+    rows = [[name, s["padded_kb_per_batch"], s["ragged_kb_per_batch"], _ratio(s["ratio"])] for name, s in sizes.items()]
+    return (
+        "Bytes per batch on the wire (the server's blob, same tensors after the client pads): padded int64 against "
+        "the ragged form feedline's clients ask for (each row's tokens, narrowed):\n\n"
+        + _table(["batches", "padded KB", "ragged KB", "fewer bytes"], rows)
+        + "\n\n"
     )
 
 

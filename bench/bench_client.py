@@ -274,7 +274,35 @@ def run(quick: bool, batches: int | None = None, batch_size: int = 16) -> dict[s
         result[f"ratio trainer CPU {name} / local, 0 workers"] <= TARGET for name in TARGET_SIDES
     )
     result["client import"] = client_import()
+    result["wire bytes"] = wire_bytes(processor, batches, batch_size)
     return result
+
+
+def wire_bytes(processor: Any, batches: int, batch_size: int) -> dict[str, dict[str, float]]:
+    """Bytes per batch of the server's blob, padded (HTTP, older clients) and ragged (feedline's clients), on
+    the bench's chats, the same with tools in half of them, and padded to a fixed 16,384 tokens."""
+    from feedline.service import CollateOptions, collate
+    from feedline.service.server._requests import CollateResult
+
+    cases = {
+        "chats, padded to the longest": ({}, 0.0),
+        "chats with tools, padded to the longest": ({}, 0.5),
+        "chats, padding max_length 16384": ({"padding": "max_length", "max_length": 16384, "truncation": "right"}, 0.0),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for name, (options, tools) in cases.items():
+        rows, opts = chat_rows(batches * batch_size, seed=2, tool_share=tools), CollateOptions.from_mapping(options)
+        sizes = {"padded": 0, "ragged": 0}
+        for start in range(0, len(rows), batch_size):
+            for form in sizes:
+                batch = collate(processor, rows[start : start + batch_size], opts, ragged=form == "ragged")
+                sizes[form] += len(CollateResult(processor, opts, batch).encode())
+        out[name] = {
+            "padded_kb_per_batch": sizes["padded"] / batches / 1e3,
+            "ragged_kb_per_batch": sizes["ragged"] / batches / 1e3,
+            "ratio": sizes["padded"] / sizes["ragged"],
+        }
+    return out
 
 
 def main() -> int:
@@ -309,6 +337,13 @@ def main() -> int:
         f"total CPU per row (every process) / in-process engine ({engine:.0f} us/row): "
         + ", ".join(f"{name} {result[name]['total_cpu_us_per_row'] / engine:.2f}x" for name in ROW_SIDES)
         + f" (target {ROW_TARGET}x for remote samples and dataset: {'met' if result['row target met'] else 'NOT met'})"
+    )
+    print(
+        "bytes per batch on the wire, padded -> ragged: "
+        + "; ".join(
+            f"{name} {w['padded_kb_per_batch']:.0f} -> {w['ragged_kb_per_batch']:.0f} KB ({w['ratio']:.1f}x fewer)"
+            for name, w in result["wire bytes"].items()
+        )
     )
     imp = result["client import"]
     print(
