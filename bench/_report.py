@@ -665,6 +665,8 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
         ):
             for base in ("local, 0 workers", "local, 0 workers, hf encoder"):
                 rows.append([f"trainer CPU per batch: {side} / {base}", _pct(f[f"ratio trainer CPU {side} / {base}"])])
+        for case, sizes in f.get("wire bytes", {}).items():
+            rows.append([f"wire bytes per batch, padded / ragged: {case}", _ratio(sizes["ratio"])])
     if (f := fig("scaling")) and "1 worker" in f:
         rows.append(
             ["service throughput: 2 workers / 1 worker on 1 CPU", _ratio(f["ratio 2 workers / 1 worker on 1 CPU"])]
