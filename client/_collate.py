@@ -27,6 +27,11 @@ class RemoteCollate:
     The DataLoader keeps sampling (workers included); each batch of rows is sent to a replica, which
     tokenizes, labels and pads it, and the tensors come back. The processor fingerprint is pinned on first
     use (or given), so a replica with other tokens refuses instead of answering differently.
+
+    ``ragged`` (the default): a text batch travels as each row's tokens only, narrowed (about a sixth of the
+    bytes of chats padded to their longest row), and is padded on this side, where the tensors are made: a few
+    tenths of a millisecond per batch of this host's CPU for the network it saves. ``ragged=False``: the server
+    pads and the int64 tensors travel whole, for a fast network and a host whose CPU is scarcer.
     """
 
     def __init__(
@@ -39,9 +44,11 @@ class RemoteCollate:
         pin_memory: bool = False,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        ragged: bool = True,
         **options: Any,
     ) -> None:
         self.processor = processor
+        self.ragged = ragged
         self.fingerprint = fingerprint or ""
         self.retry = retry or RetryPolicy()
         self.pin_memory = pin_memory
@@ -70,7 +77,9 @@ class RemoteCollate:
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         fingerprint = self.pin()
-        request = collate_request(self.processor, fingerprint, self._options_msg, samples, next(self._counter))
+        request = collate_request(
+            self.processor, fingerprint, self._options_msg, samples, next(self._counter), self.ragged
+        )
         response = self._connection.collate(request).result()
         check_fingerprint(response.fingerprint, fingerprint)
         decoded = decode_frames(response.frames)

@@ -65,7 +65,8 @@ class RemoteLoader:
     With ``offload`` (the default on POSIX without a credentials object) a receiver process does the gRPC
     calls, failover and frame assembly, and hands finished batches over in shared memory: the trainer
     process only maps them, so its CPU stays with training. ``offload=False`` does that work on a thread of
-    the trainer process instead. ``close()`` stops the receiver.
+    the trainer process instead. ``close()`` stops the receiver. ``ragged``: see ``RemoteCollate`` (text rows
+    travel unpadded and are padded by the receiver, straight into shared memory).
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class RemoteLoader:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         on_report: Callable[[BatchReport], None] | None = None,
+        ragged: bool = True,
         **options: Any,
     ) -> None:
         if (samples is None) == (dataset is None):
@@ -105,6 +107,7 @@ class RemoteLoader:
             pin_memory=pin_memory,
             credentials=credentials,
             metadata=metadata,
+            ragged=ragged,
             **options,
         )
         can_offload = os.name == "posix" and credentials is None
@@ -322,7 +325,7 @@ class RemoteLoader:
             rank=self.plan.rank,
             world_size=self.plan.world_size,
             start_batch_index=start,
-            ragged=True,
+            ragged=remote.ragged,
         )
 
     def _receiver(self) -> Receiver:

@@ -40,17 +40,18 @@ def collate_request(
     options: pb.CollateOptions,
     samples: Sequence[Mapping[str, Any]] | bytes,
     batch_index: int,
+    ragged: bool = True,
 ) -> pb.CollateRequest:
     """The request for one batch; ``samples`` are rows, or rows already packed by ``pack_rows`` (the receiver
-    process passes the trainer's bytes through), and travel as one msgpack array, serialised once. Text rows
-    come back ragged (``proto._ragged``): every decode path here pads them."""
+    process passes the trainer's bytes through), and travel as one msgpack array, serialised once. With
+    ``ragged``, text rows come back unpadded (``proto._ragged``): every decode path here pads them."""
     return pb.CollateRequest(
         processor=processor,
         fingerprint=fingerprint,
         options=options,
         samples_msgpack=samples if isinstance(samples, bytes) else pack_rows(samples),
         batch_index=batch_index,
-        ragged=True,
+        ragged=ragged,
     )
 
 

@@ -184,7 +184,9 @@ def sample_blobs(
     conn = remote._connection
     try:
         for index, rows in chunks:
-            request = collate_request(remote.processor, remote.fingerprint, remote._options_msg, rows, index)
+            request = collate_request(
+                remote.processor, remote.fingerprint, remote._options_msg, rows, index, remote.ragged
+            )
             pending.append((index, conn.collate(request, stop)))
             if len(pending) >= prefetch:
                 yield _collect(remote, pending.popleft(), allocate)

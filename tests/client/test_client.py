@@ -64,6 +64,24 @@ def test_remote_collate_equals_the_engine(server: str, qwen_processor: Processor
     assert len(remote.fingerprint) == 64 and [r["status"] for r in remote.last_reports] == ["ok"] * 5
 
 
+@pytest.mark.parametrize("mode", ["samples", "dataset"])
+@pytest.mark.parametrize("offload", [True, False])
+def test_ragged_and_padded_wire_give_the_engine_tensors(
+    server: str, qwen_processor: Processor, mode: str, offload: bool
+) -> None:
+    """The wire form is a transport choice: either way each batch is exactly the engine's."""
+    rows = _rows(12)
+    source: dict[str, Any] = {"samples": rows, "shuffle": False} if mode == "samples" else {"dataset": "train.jsonl"}
+    plan = DatasetPlan(seed=0, epoch=0, shuffle=True, batch_size=4)
+    for ragged in (True, False):
+        loader = RemoteLoader(server, "qwen2.5", batch_size=4, offload=offload, ragged=ragged, **source)
+        for i, batch in enumerate(loader):
+            picked = rows[4 * i : 4 * i + 4] if mode == "samples" else [_rows()[j] for j in batch_rows(N_ROWS, plan, i)]
+            _same(batch, collate(qwen_processor, picked, CollateOptions()).tensors)
+        assert i == (2 if mode == "samples" else 9)
+        loader.close()
+
+
 def test_remote_collate_in_dataloader_workers(server: str, qwen_processor: Processor) -> None:
     rows = _rows(16)
     remote = pickle.loads(pickle.dumps(RemoteCollate(server, "qwen2.5")))

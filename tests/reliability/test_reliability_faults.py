@@ -164,7 +164,8 @@ def test_a_replica_drained_mid_epoch_loses_and_repeats_nothing(data_root: Path, 
     draining = Served("--data-root", str(data_root), "--grace-period", "1")
     try:
         targets = [f"127.0.0.1:{draining.grpc_port}", f"127.0.0.1:{server.grpc_port}"]
-        options = {"batch_size": 2, "seed": 4, "prefetch": 1, **_PADDED, "max_length": 8192}
+        # padded on the wire (ragged=False): 100 large batches, so the stream is still going when the drain comes
+        options = {"batch_size": 2, "seed": 4, "prefetch": 1, "ragged": False, **_PADDED, "max_length": 8192}
         first = dataset_loader(targets[1], **options)
         reference = batch_blobs(first)
 

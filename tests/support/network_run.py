@@ -242,6 +242,7 @@ class Net:
             "step": step,
             "fingerprint": None,
             "options": self.options,
+            "ragged": False,  # padded int64 on the wire: the batches must be MB-sized for a fault to meet them
         }
         target = ""
         marks = {label: len(r.serve.lines) for label, r in self.replicas.items() if r.serve is not None}

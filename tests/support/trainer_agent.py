@@ -53,6 +53,7 @@ def _epoch(command: dict[str, Any]) -> dict[str, Any]:
         batch_size=command["batch_size"],
         prefetch=4,
         retry=RetryPolicy(**command.get("retry", {})),
+        ragged=command.get("ragged", True),
         **command.get("options", {}),
     )
     if command["mode"] == "dataset":
