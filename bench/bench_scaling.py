@@ -57,14 +57,15 @@ def _engine_rows_per_cpu_s(repeats: int) -> float:
 
 
 def _requests() -> list[bytes]:
-    """32 batches as clients send them: each batch's rows as one msgpack array (``samples_msgpack``)."""
+    """32 batches as feedline's clients send them: each batch's rows as one msgpack array (``samples_msgpack``),
+    answered in the ragged wire form."""
     from feedline.client._requests import pack_rows
     from feedline.proto.v1 import feedline_pb2 as pb
 
     rows = chat_rows(BATCH_ROWS * 32, seed=0)
     return [
         pb.CollateRequest(
-            samples_msgpack=pack_rows(rows[i * BATCH_ROWS : (i + 1) * BATCH_ROWS]), batch_index=i
+            samples_msgpack=pack_rows(rows[i * BATCH_ROWS : (i + 1) * BATCH_ROWS]), batch_index=i, ragged=True
         ).SerializeToString()
         for i in range(32)
     ]

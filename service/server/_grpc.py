@@ -29,6 +29,7 @@ from feedline.proto import CodecError, FeedlineError, ServiceUnavailable, bytes_
 from feedline.proto.v1 import CHANNEL_OPTIONS, ERROR_METADATA_KEY, RESUME_METADATA_KEY, SERVICE_NAME
 from feedline.proto.v1 import feedline_pb2 as pb
 
+from ..tokenizers._encoders import own_encoder_caches
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
 from ._caps import Deadline
 from ._config import Limits
@@ -111,7 +112,10 @@ def create_server(
         interceptors=[AuthInterceptor(auth, ERROR_METADATA_KEY)] if auth else None,
     )
     collate_threads = collate_threads or collate_threads_for(1)
-    collate_pool = futures.ThreadPoolExecutor(collate_threads, thread_name_prefix="collate")
+    # Collate threads live as long as the server and collate all the while: each owns its tokenizer caches.
+    collate_pool = futures.ThreadPoolExecutor(
+        collate_threads, thread_name_prefix="collate", initializer=own_encoder_caches
+    )
     servicer = _FeedlineServicer(state, collate_pool, collate_threads, dataset_chunk_s)
     server.add_generic_rpc_handlers((servicer.handler(),))
     health_servicer = health.HealthServicer()

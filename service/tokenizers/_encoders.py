@@ -20,6 +20,12 @@ hold for that text: text that NFC normalisation would change (the HF path maps o
 text that is not encodable as UTF-8 (lone surrogates), and, as a safety net, any output whose token bytes do not
 add up to the text's bytes. Ids are therefore the tokenizer's own on every path.
 
+Threads: tiktoken keeps its regex match caches in pools that only their first user (the thread that loaded the
+processor) reaches without a lock; every other thread takes and returns a cache through a shared stack, about 6%
+of the engine's CPU on a server's collate thread (perf, ``bench/CLIENT_NOTES.md``). A thread that will collate
+for its whole life calls ``own_encoder_caches()`` once: the fast encoder then gives it a tiktoken copy of its
+own (17 MiB and ~80 ms to build for Qwen2.5, on first use), so its caches are its own too.
+
 Worker processes: both encoders pickle. Unpickling the fast encoder rebuilds tiktoken's tables from the ranks
 (about 0.4 s for Qwen2.5, 8.6 MB pickled) and the HF fallback from its JSON; processes forked after
 loading share the built encoder without any of that.
@@ -29,7 +35,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import unicodedata
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -42,7 +50,7 @@ from feedline.proto import InvalidOptions
 
 from ._encoder_corpus import verification_texts
 
-__all__ = ["ENCODER_MODES", "Encoder", "HFEncoder", "TiktokenEncoder", "select_encoder"]
+__all__ = ["ENCODER_MODES", "Encoder", "HFEncoder", "TiktokenEncoder", "own_encoder_caches", "select_encoder"]
 
 ENCODER_MODES = ("auto", "hf", "fast")
 
@@ -51,6 +59,17 @@ ENCODER_MODES = ("auto", "hf", "fast")
 _BYTELEVEL_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 Encoded = tuple[np.ndarray, np.ndarray]
+
+_THREAD = threading.local()
+"""``copies``: on a thread that called ``own_encoder_caches``, its tiktoken copy of each fast encoder."""
+
+
+def own_encoder_caches() -> None:
+    """Give the calling thread its own tiktoken copy of every fast encoder it uses from now on (see the module
+    docstring). For threads that live as long as the process and collate all the while, such as a server's
+    collate pool (``ThreadPoolExecutor(initializer=own_encoder_caches)``); a copy lives as long as the thread
+    and its encoder."""
+    _THREAD.copies = weakref.WeakKeyDictionary()
 
 
 class Encoder(Protocol):
@@ -134,17 +153,10 @@ class TiktokenEncoder:
     name = "fast"
 
     def __init__(self, spec: FastSpec, fallback: HFEncoder) -> None:
-        import tiktoken
-
         self.spec = spec
         self._fallback = fallback
         try:
-            self._enc = tiktoken.Encoding(
-                "feedline-fast",
-                pat_str=spec.pat_str,
-                mergeable_ranks=spec.mergeable_ranks,
-                special_tokens=spec.special_tokens,
-            )
+            self._enc = self._new_encoding()
         except ValueError as exc:  # tiktoken's regex engine rejects the pattern
             raise _Ineligible(f"tiktoken cannot compile the pre-tokenizer pattern ({exc})") from exc
         self._allowed = frozenset(spec.special_tokens)
@@ -220,9 +232,31 @@ class TiktokenEncoder:
         """tiktoken's answer, or None where this text must go to the tokenizer's own encoder."""
         return None if self.hands_over(text) else self._encode_direct(text)
 
+    def _encoding(self) -> Any:
+        """tiktoken for this thread: its own copy on a thread that owns its caches, else the shared one."""
+        copies: weakref.WeakKeyDictionary[TiktokenEncoder, Any] | None = getattr(_THREAD, "copies", None)
+        if copies is None:
+            return self._enc
+        enc = copies.get(self)
+        if enc is None:
+            enc = copies[self] = self._new_encoding()
+        return enc
+
+    def _new_encoding(self) -> Any:
+        import tiktoken
+
+        spec = self.spec
+        return tiktoken.Encoding(
+            "feedline-fast",
+            pat_str=spec.pat_str,
+            mergeable_ranks=spec.mergeable_ranks,
+            special_tokens=spec.special_tokens,
+        )
+
     def _encode_direct(self, text: str) -> Encoded | None:
         """tiktoken's ids and their start characters, or None if the tokens' bytes do not add up to the text."""
-        ids = self._enc.encode_to_numpy(text, allowed_special=self._allowed, disallowed_special=()).astype(np.int64)
+        encoding = self._encoding()
+        ids = encoding.encode_to_numpy(text, allowed_special=self._allowed, disallowed_special=()).astype(np.int64)
         lengths = self._nbytes[ids]
         ends = np.cumsum(lengths)
         data = None if text.isascii() else text.encode("utf-8")

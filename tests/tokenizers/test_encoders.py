@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ from hypothesis import strategies as st
 from feedline.proto import InvalidOptions
 from feedline.service import CollateOptions, Processor, tokenize_row
 from feedline.service.tokenizers._encoder_corpus import verification_texts
-from feedline.service.tokenizers._encoders import HFEncoder, TiktokenEncoder, fast_spec, select_encoder
+from feedline.service.tokenizers._encoders import (
+    HFEncoder,
+    TiktokenEncoder,
+    fast_spec,
+    own_encoder_caches,
+    select_encoder,
+)
 from feedline.service.tokenizers.builtin._qwen import PRETOKENIZE_REGEX as QWEN_PATTERN
 
 # ---------------------------------------------------------------------------------------------------- fixtures
@@ -321,6 +328,30 @@ def test_fast_encoder_pickles(encoders: dict[str, tuple[Any, Any]]) -> None:
         np.array_equal(a, b)
         for a, b in zip(clone.encode_with_offsets(text), fast.encode_with_offsets(text), strict=False)
     )
+
+
+def test_a_thread_that_owns_its_caches_gets_its_own_tiktoken_with_the_same_answers(
+    encoders: dict[str, tuple[Any, Any]],
+) -> None:
+    """Collate threads (``own_encoder_caches``) each get a copy of their own, built once per encoder; other
+    threads share the loader's. Every id and start is the same either way."""
+    fast, other = encoders["qwen2.5"][0], encoders["tekken"][0]
+    texts = verification_texts(sorted(fast.spec.special_tokens))
+    shared = fast.encode_batch_with_offsets(texts)
+
+    def in_owned_thread() -> tuple[list[int], list[Any]]:
+        encodings = [fast._encoding(), fast._encoding(), other._encoding()]
+        return [id(e) for e in encodings], fast.encode_batch_with_offsets(texts)
+
+    with ThreadPoolExecutor(1, initializer=own_encoder_caches) as owned, ThreadPoolExecutor(1) as plain:
+        (first, again, other_copy), got = owned.submit(in_owned_thread).result()
+        assert plain.submit(fast._encoding).result() is fast._enc
+        (second, _, _), _ = owned.submit(in_owned_thread).result()
+    assert first == again == second and first != id(fast._enc) and other_copy not in (first, id(other._enc))
+    assert fast._encoding() is fast._enc  # this thread never claimed its caches
+    assert len(got) == len(shared) == len(texts)
+    for (ids, starts), (want_ids, want_starts) in zip(got, shared, strict=True):
+        assert np.array_equal(ids, want_ids) and np.array_equal(starts, want_starts)
 
 
 @pytest.mark.parametrize("name", ["qwen2.5", "qwen3.5", "tekken"])
