@@ -8,6 +8,7 @@ client holds back its own sender through HTTP/2 flow control instead of filling 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -116,7 +117,7 @@ def create_server(
     collate_pool = futures.ThreadPoolExecutor(
         collate_threads, thread_name_prefix="collate", initializer=own_encoder_caches
     )
-    servicer = _FeedlineServicer(state, collate_pool, collate_threads, dataset_chunk_s)
+    servicer = _FeedlineServicer(state, collate_pool, dataset_chunk_s)
     server.add_generic_rpc_handlers((servicer.handler(),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -196,18 +197,15 @@ def _integral(value: Any) -> Any:
 
 
 class _FeedlineServicer:
-    """The feedline.v1 handlers. Unary Collate and StreamDataset collate on the gRPC thread that serves the
-    call, CollateStream on the collate pool (its reader keeps several batches of one stream in flight); either
-    way a batch collates only while it holds one of ``collate`` slots, as many as the pool has threads, so
-    calls beyond the CPUs wait instead of trading the GIL (and a unary call costs no hand-off to another
-    thread and back)."""
+    """The feedline.v1 handlers. Every batch collates on the collate pool, as many threads as the CPUs this
+    worker may use, so calls beyond the CPUs wait instead of trading the GIL, and each of those threads owns
+    its tokenizer caches (``own_encoder_caches``): the hand-off from a unary call's gRPC thread costs less
+    than tiktoken's shared caches did on those threads (1.06-1.10x the rows per CPU-second, see
+    bench/CLIENT_NOTES.md). CollateStream's reader keeps several batches of one stream in flight there."""
 
-    def __init__(
-        self, state: ServingState, pool: futures.ThreadPoolExecutor, threads: int, dataset_chunk_s: float = 30.0
-    ) -> None:
+    def __init__(self, state: ServingState, pool: futures.ThreadPoolExecutor, dataset_chunk_s: float = 30.0) -> None:
         self.state = state
         self.pool = pool
-        self.collate = threading.BoundedSemaphore(threads)
         self.dataset_chunk_s = dataset_chunk_s
         self._dataset_slots = threading.BoundedSemaphore(state.limits.max_dataset_streams)
 
@@ -235,7 +233,9 @@ class _FeedlineServicer:
         with _rpc(context, "Collate") as call:
             request = _decoded(request)
             call["batch_index"] = request.batch_index
-            result = self._collate(request, context)
+            deadline = Deadline(self.state.limits, context.time_remaining())  # time queued for the pool counts
+            run = contextvars.copy_context().run  # the engine's log lines keep this call's request id
+            result = self.pool.submit(run, self._collate, request, context, deadline).result()
             return collate_response(result, request.batch_index, self._frame_bytes(request.max_frame_bytes))
 
     def CollateStream(self, requests: Iterator[pb.CollateRequest], context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -289,24 +289,21 @@ class _FeedlineServicer:
 
     # --- work ---------------------------------------------------------------------------------------------------
 
-    def _collate(
-        self, request: pb.CollateRequest, context: grpc.ServicerContext, deadline: Deadline | None = None
-    ) -> CollateResult:
+    def _collate(self, request: pb.CollateRequest, context: grpc.ServicerContext, deadline: Deadline) -> CollateResult:
+        """One request's batch, on a collate pool thread."""
         _check_live(context)
-        deadline = deadline or Deadline(self.state.limits, context.time_remaining())
         row_of = from_first_row(request.first_row if request.HasField("first_row") else None)
         rows = parse_rows(request.samples, self.state.limits, request.samples_msgpack, row_of=row_of)
-        with self.collate:
-            return run_collate(
-                self.state,
-                rows,
-                processor=request.processor,
-                fingerprint=request.fingerprint,
-                options=options_from_proto(request.options),
-                row_of=row_of,
-                deadline=deadline,
-                ragged=request.ragged,
-            )
+        return run_collate(
+            self.state,
+            rows,
+            processor=request.processor,
+            fingerprint=request.fingerprint,
+            options=options_from_proto(request.options),
+            row_of=row_of,
+            deadline=deadline,
+            ragged=request.ragged,
+        )
 
     def _frames(
         self, request: pb.CollateRequest, context: grpc.ServicerContext, stop: threading.Event, deadline: Deadline

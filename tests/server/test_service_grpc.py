@@ -85,6 +85,28 @@ def test_unary_collate_is_exactly_the_engine_output(served: dict[str, Any], opti
     assert decoded.meta["batch_index"] == 11
 
 
+def test_every_call_collates_on_a_collate_thread_with_its_own_tokenizer_caches(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unary Collate hands its batch to the collate pool like the streams do: those threads own tiktoken
+    copies (``own_encoder_caches``), where a gRPC handler thread would share the loader's caches."""
+    from feedline.service.tokenizers._encoders import TiktokenEncoder
+
+    seen: list[tuple[str, bool]] = []
+    original = TiktokenEncoder._encode_direct
+
+    def spy(self: TiktokenEncoder, text: str) -> Any:
+        seen.append((threading.current_thread().name, self._encoding() is not self._enc))
+        return original(self, text)
+
+    monkeypatch.setattr(TiktokenEncoder, "_encode_direct", spy)
+    served["stub"].Collate(_request(ROWS, ragged=True), timeout=30)
+    list(_stream(served, iter([_request(ROWS, batch_index=i) for i in range(2)])))
+    _dataset_batches(served, _dataset_request(max_batches=1))
+    assert len(seen) >= 4
+    assert all(name.startswith("collate") and own for name, own in seen), seen
+
+
 @pytest.mark.parametrize("options", [*OPTION_CASES, {"label_policy": "nemo"}])
 def test_a_ragged_collate_pads_to_exactly_the_engine_output(served: dict[str, Any], options: dict[str, Any]) -> None:
     """What feedline's own clients ask for: each row's tokens only, narrowed, padded again on their side."""
