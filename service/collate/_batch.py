@@ -152,10 +152,10 @@ def collate(
         admit([r for r in reports if r.status == "ok"])
     pad_id = batch_pad_id(processor, options)
     if options.packing is None or not samples:
-        flat, lengths, padding = row_arrays(samples, options, pad_id)
         if ragged and not any(s.media for s in samples):
+            flat, lengths, padding = _row_arrays(samples, options, pad_id)
             return CollatedBatch(tensors={**flat, LENGTHS: lengths}, reports=tuple(reports), padding=padding)
-        tensors = padded(samples, flat, lengths, padding, options.label_format)
+        tensors = pad_samples(samples, options, pad_id)
     else:
         tensors, plan = pack_samples(samples, options.packing, label_format=options.label_format, pad_id=pad_id)
         reports = _with_pack_outcome(reports, samples, plan)
@@ -194,13 +194,7 @@ def batch_pad_id(processor: Processor, options: CollateOptions) -> int:
     return policy_for(options).pad_id(processor)
 
 
-def pad_samples(samples: Sequence[TokenizedSample], options: CollateOptions, pad_id: int) -> dict[str, np.ndarray]:
-    """Format each sample's labels, then right-pad every row to the batch length."""
-    flat, lengths, padding = row_arrays(samples, options, pad_id)
-    return padded(samples, flat, lengths, padding, options.label_format)
-
-
-def row_arrays(
+def _row_arrays(
     samples: Sequence[TokenizedSample], options: CollateOptions, pad_id: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray, RowPadding]:
     """Each key's formatted rows concatenated, the row lengths, and how they pad to the batch."""
@@ -215,17 +209,12 @@ def row_arrays(
     return flat, lengths, RowPadding(_target_width(lengths.tolist(), options), {key: fill[key] for key in keys})
 
 
-def padded(
-    samples: Sequence[TokenizedSample],
-    flat: Mapping[str, np.ndarray],
-    lengths: np.ndarray,
-    padding: RowPadding,
-    fmt: LabelFormat,
-) -> dict[str, np.ndarray]:
-    """The padded batch of ``row_arrays``' rows, with the samples' media tensors."""
+def pad_samples(samples: Sequence[TokenizedSample], options: CollateOptions, pad_id: int) -> dict[str, np.ndarray]:
+    """Format each sample's labels, then right-pad every row to the batch length (``pad_rows``), media beside."""
+    flat, lengths, padding = _row_arrays(samples, options, pad_id)
     out = {key: pad_rows(arr, lengths, padding.width, padding.fill[key]) for key, arr in flat.items()}
     if any(s.media for s in samples):
-        out.update(batch_media(samples, fmt, padding.width))
+        out.update(batch_media(samples, options.label_format, padding.width))
     return out
 
 
