@@ -380,7 +380,10 @@ def _scaling(f: Mapping[str, Any]) -> str:
             _ratio(f[name]["rows_per_s"] / f["1 worker"]["rows_per_s"]),
         ]
         for name in CONFIGS
+        if name in f
     ]
+    one_thread = f.get("ratio 1 worker, 1 collate thread rows per CPU s / engine")
+    one_thread_rate = f["1 worker, 1 collate thread"]["rows_per_s"] / f["1 worker"]["rows_per_s"] if one_thread else 0
     return (
         f"Real `feedline serve` processes, {f['batch_rows']} chats per batch, {f['load_streams']} CollateStream "
         f"streams from {f['load_processes']} load processes, {f['seconds']:.0f} s per configuration; 1 replica is "
@@ -395,7 +398,15 @@ def _scaling(f: Mapping[str, Any]) -> str:
             f"The in-process engine (`collate` in the bench process, one thread, the same 32 batches, best of its "
             f"repeats before and after the servers' runs) does {f['engine rows per CPU s']:.0f} rows per CPU-second; "
             f"1 worker at saturation does {_ratio(f['ratio 1 worker rows per CPU s / engine'])} that (pinned to one "
-            f"CPU: {_ratio(f['ratio 1 worker on 1 CPU rows per CPU s / engine'])}). Targets (issue 19): at least "
+            f"CPU: {_ratio(f['ratio 1 worker on 1 CPU rows per CPU s / engine'])}"
+            + (
+                f"; free to use both CPUs but collating one batch at a time, `--collate-threads 1`: "
+                f"{_ratio(one_thread)}, at {_ratio(one_thread_rate)} "
+                "the rows/s of the default two threads"
+                if one_thread is not None
+                else ""
+            )
+            + "). Targets (issue 19): at least "
             f"{f['worker target']}x: "
             + ("met" if f["ratio 1 worker rows per CPU s / engine"] >= f["worker target"] else "**not met**")
             + f"; 2 workers at least {f['cores target']}x one worker on one CPU: "
@@ -683,6 +694,13 @@ def _summary(records: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
                 [
                     "rows per CPU-second: 1 worker at saturation / in-process engine",
                     _ratio(f["ratio 1 worker rows per CPU s / engine"]),
+                ]
+            )
+        if "ratio 1 worker, 1 collate thread rows per CPU s / engine" in f:
+            rows.append(
+                [
+                    "rows per CPU-second: 1 worker, --collate-threads 1, at saturation / in-process engine",
+                    _ratio(f["ratio 1 worker, 1 collate thread rows per CPU s / engine"]),
                 ]
             )
     if (f := fig("datasets")) and "dataset / engine CPU per batch, worst" in f:

@@ -32,7 +32,9 @@ from bench._serve import Server, drive, request_file, serving
 __all__ = ["run"]
 
 BATCH_ROWS = 16
-CONFIGS = ("1 worker on 1 CPU", "1 worker", "2 workers", "2 replicas")
+CONFIGS = ("1 worker on 1 CPU", "1 worker", "1 worker, 1 collate thread", "2 workers", "2 replicas")
+EFFICIENCY = ("1 worker", "1 worker on 1 CPU", "1 worker, 1 collate thread")
+"""The single-worker configurations whose rows per CPU-second are set against the in-process engine's."""
 WORKER_TARGET = 0.9  # issue 19: one worker at saturation, rows per CPU-second against the in-process engine
 CORES_TARGET = 1.8  # issue 19: 2 workers on 2 cores against one worker pinned to one core
 
@@ -109,9 +111,16 @@ def run(quick: bool, seconds: float | None = None) -> dict[str, Any]:
     engine = _engine_rows_per_cpu_s(3 if quick else 5)
     try:
         started = time.perf_counter()
-        with serving((1, ()), (1, ()), (2, ()), (1, (), {min(os.sched_getaffinity(0))})) as (a, b, c, d):
+        pinned = {min(os.sched_getaffinity(0))}
+        with serving((1, ()), (1, ()), (2, ()), (1, (), pinned), (1, ("--collate-threads", "1"))) as (a, b, c, d, e):
             result["servers_start_s"] = time.perf_counter() - started
-            configs = {"1 worker": [a], "2 workers": [c], "2 replicas": [a, b], "1 worker on 1 CPU": [d]}
+            configs = {
+                "1 worker": [a],
+                "2 workers": [c],
+                "2 replicas": [a, b],
+                "1 worker on 1 CPU": [d],
+                "1 worker, 1 collate thread": [e],
+            }
             for name in steps(configs, "scaling"):
                 result[name] = _measure(configs[name], seconds, requests_file)
     finally:
@@ -125,7 +134,7 @@ def run(quick: bool, seconds: float | None = None) -> dict[str, Any]:
     result["ratio 2 workers / 1 worker on 1 CPU"] = (
         result["2 workers"]["rows_per_s"] / result["1 worker on 1 CPU"]["rows_per_s"]
     )
-    for name in ("1 worker", "1 worker on 1 CPU"):
+    for name in EFFICIENCY:
         result[f"ratio {name} rows per CPU s / engine"] = (
             result[name]["rows_per_server_cpu_s"] / result["engine rows per CPU s"]
         )
@@ -145,17 +154,19 @@ def main() -> int:
         f"{result['cpus']} CPUs; {BATCH_ROWS} chats per batch, 16 streams from 2 load processes, "
         f"{result['seconds']:.0f} s per configuration; servers started in {result['servers_start_s']:.0f} s"
     )
-    print(f"{'configuration':>18} {'rows/s':>8} {'Mtok/s':>7} {'cores used':>11} {'rows/CPU s':>11}")
+    print(f"{'configuration':>26} {'rows/s':>8} {'Mtok/s':>7} {'cores used':>11} {'rows/CPU s':>11}")
     for name in CONFIGS:
         r = result[name]
         print(
-            f"{name:>18} {r['rows_per_s']:8.0f} {r['tokens_per_s'] / 1e6:7.2f} {r['server_cores_used']:11.2f} "
+            f"{name:>26} {r['rows_per_s']:8.0f} {r['tokens_per_s'] / 1e6:7.2f} {r['server_cores_used']:11.2f} "
             f"{r['rows_per_server_cpu_s']:11.0f}"
         )
     print(
         f"rows per CPU-second, 1 worker at saturation / in-process engine ({result['engine rows per CPU s']:.0f}): "
         f"{result['ratio 1 worker rows per CPU s / engine']:.2f}x (pinned to 1 CPU: "
-        f"{result['ratio 1 worker on 1 CPU rows per CPU s / engine']:.2f}x; target {WORKER_TARGET}x)"
+        f"{result['ratio 1 worker on 1 CPU rows per CPU s / engine']:.2f}x; free with one collate thread "
+        f"(--collate-threads 1): {result['ratio 1 worker, 1 collate thread rows per CPU s / engine']:.2f}x; "
+        f"target {WORKER_TARGET}x)"
     )
     print(
         f"2 workers / 1 worker on 1 CPU: {result['ratio 2 workers / 1 worker on 1 CPU']:.2f}x "

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="HTTP port, 0 = any free port (env FEEDLINE_HTTP_PORT; 8000)")
     serve.add_argument("--workers", type=int, help="worker processes sharing both ports (env FEEDLINE_WORKERS; 1)")
     serve.add_argument(
+        "--collate-threads",
+        type=int,
+        help="batches one worker collates at once (env FEEDLINE_COLLATE_THREADS; 0 = its share of the CPUs); "
+        "1 with one worker per CPU spends the least CPU per row",
+    )
+    serve.add_argument(
         "--media-root",
         action="append",
         default=[],
@@ -159,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
             "grpc_port",
             "http_port",
             "workers",
+            "collate_threads",
             "grace_period_s",
             "log_level",
             "auth_token_file",
@@ -234,7 +241,12 @@ def _serve(config: ServeConfig) -> int:
             return _run_single(config, state, http_sock, security)
         _LOGGER.info(
             "listening",
-            extra={"grpc_port": grpc_port, "http_port": http_sock.getsockname()[1], "workers": config.workers},
+            extra={
+                "grpc_port": grpc_port,
+                "http_port": http_sock.getsockname()[1],
+                "workers": config.workers,
+                "collate_threads": _collate_threads(config),
+            },
         )
         return _run_workers(config, state, http_sock, grpc_port, security)
 
@@ -245,7 +257,15 @@ def _run_single(config: ServeConfig, state: Any, http_sock: socket.socket, secur
     server, port = create_server(
         f"{_grpc_host(config.host)}:{config.grpc_port}", state.registry, state=state, **_grpc_kwargs(config, security)
     )
-    _LOGGER.info("listening", extra={"grpc_port": port, "http_port": http_sock.getsockname()[1], "workers": 1})
+    _LOGGER.info(
+        "listening",
+        extra={
+            "grpc_port": port,
+            "http_port": http_sock.getsockname()[1],
+            "workers": 1,
+            "collate_threads": _collate_threads(config),
+        },
+    )
     return _serve_worker(config, state, server, http_sock, security)
 
 
@@ -355,13 +375,18 @@ def _uvicorn_server(config: Any) -> Any:
     return Server(config)
 
 
-def _grpc_kwargs(config: ServeConfig, security: Any) -> dict[str, Any]:
+def _collate_threads(config: ServeConfig) -> int:
+    """Batches each worker collates at once: the configured number, or the worker's share of the CPUs."""
     from .server._grpc import collate_threads_for
 
+    return config.collate_threads or collate_threads_for(config.workers)
+
+
+def _grpc_kwargs(config: ServeConfig, security: Any) -> dict[str, Any]:
     return {
         "keepalive_time_s": config.keepalive_time_s,
         "max_connection_age_s": config.max_connection_age_s,
-        "collate_threads": collate_threads_for(config.workers),
+        "collate_threads": _collate_threads(config),
         "auth": security.auth,
         "tls": security.tls,
     }

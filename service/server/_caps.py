@@ -21,7 +21,15 @@ from feedline.proto import RequestTimeout, RequestTooLarge
 from ..collate._batch import SampleReport
 from ._config import Limits
 
-__all__ = ["Deadline", "check_chars", "check_sample_chars", "count_chars", "setting", "token_gate"]
+__all__ = [
+    "Deadline",
+    "check_chars",
+    "check_sample_chars",
+    "count_chars",
+    "encoded_chars_bound",
+    "setting",
+    "token_gate",
+]
 
 _MEDIA_PARTS = frozenset({"image", "image_url", "audio", "input_audio", "video", "video_url"})
 
@@ -51,8 +59,27 @@ def count_chars(value: Any) -> int:
     return total
 
 
-def check_chars(rows: Sequence[Any], limits: Limits, row_of: Callable[[int], int] | None = None) -> None:
-    """Refuse a row over ``max_chars_per_sample`` or rows over ``max_chars_per_request`` in total."""
+def encoded_chars_bound(samples: Sequence[bytes | str], packed: bytes = b"") -> int:
+    """An upper bound on ``count_chars`` of the rows a request encodes, from its encoded size alone.
+
+    JSON rows: every string and key is quoted text of at least as many characters, so a row's characters are
+    at most its encoded length. msgpack rows (map keys are str or bytes, msgpack's default): a string takes at
+    least its UTF-8 bytes plus a header; a bytes key of n bytes prints as at most 4n + 3 characters and takes
+    n + 2, so the characters are at most four times the packed length.
+    """
+    return 4 * len(packed) if packed else sum(len(sample) for sample in samples)
+
+
+def check_chars(
+    rows: Sequence[Any], limits: Limits, row_of: Callable[[int], int] | None = None, *, at_most: int | None = None
+) -> None:
+    """Refuse a row over ``max_chars_per_sample`` or rows over ``max_chars_per_request`` in total.
+
+    ``at_most`` (``encoded_chars_bound``): a bound within both caps proves the rows pass without walking them
+    (the walk is ~1.5% of a batch's CPU).
+    """
+    if at_most is not None and at_most <= min(limits.max_chars_per_sample, limits.max_chars_per_request):
+        return
     total = 0
     for position, row in enumerate(rows):
         total += check_sample_chars(row, limits, position=position, row_of=row_of)

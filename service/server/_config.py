@@ -6,6 +6,7 @@ A YAML file::
     grpc_port: 50051
     http_port: 8000
     workers: 2
+    collate_threads: 1     # batches one worker collates at once (0, the default: its share of the CPUs)
     media_roots: [/data/media]
     data_roots: [/data/datasets]
     data_urls: [s3://my-bucket/datasets]   # object-store prefixes StreamDataset may read (none by default)
@@ -19,8 +20,8 @@ A YAML file::
       my-vlm: {source: /models/my-vlm, trust_remote_code: false}
 
 Environment variables (12-factor, for containers) override the file: ``FEEDLINE_HOST``, ``FEEDLINE_GRPC_PORT``,
-``FEEDLINE_HTTP_PORT``, ``FEEDLINE_WORKERS``, ``FEEDLINE_GRACE_PERIOD_S``, ``FEEDLINE_LOG_LEVEL``,
-``FEEDLINE_ALLOW_HUB``,
+``FEEDLINE_HTTP_PORT``, ``FEEDLINE_WORKERS``, ``FEEDLINE_COLLATE_THREADS``, ``FEEDLINE_GRACE_PERIOD_S``,
+``FEEDLINE_LOG_LEVEL``, ``FEEDLINE_ALLOW_HUB``,
 ``FEEDLINE_MEDIA_ROOTS`` / ``FEEDLINE_DATA_ROOTS`` (os.pathsep-separated), ``FEEDLINE_DATA_URLS``
 (space-separated), ``FEEDLINE_DATASET_CACHE_DIR``, and one per limit,
 ``FEEDLINE_<LIMIT NAME IN CAPITALS>`` (e.g. ``FEEDLINE_MAX_REQUEST_BYTES``). Security (service/server/_auth.py):
@@ -119,6 +120,8 @@ class ServeConfig:
     grpc_port: int = 50051
     http_port: int = 8000
     workers: int = 1
+    collate_threads: int = 0
+    """Batches one worker collates at once; 0 = its share of the CPUs (``collate_threads_for``)."""
     processors: tuple[ProcessorSpec, ...] = ()
     media_roots: tuple[Path, ...] = ()
     data_roots: tuple[Path, ...] = ()
@@ -142,6 +145,12 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be a port number, not {port!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be a positive integer, not {self.workers!r}")
+        if (
+            not isinstance(self.collate_threads, int)
+            or isinstance(self.collate_threads, bool)
+            or self.collate_threads < 0
+        ):
+            raise ConfigError(f"collate_threads must be 0 (auto) or a positive integer, not {self.collate_threads!r}")
         names = [p.name for p in self.processors]
         if len(set(names)) != len(names):
             raise ConfigError(f"processor names must be unique: {names}")
@@ -157,6 +166,7 @@ _SCALARS = {
     "grpc_port": int,
     "http_port": int,
     "workers": int,
+    "collate_threads": int,
     "grace_period_s": float,
     "keepalive_time_s": float,
     "max_connection_age_s": float,

@@ -32,7 +32,7 @@ from feedline.proto.v1 import feedline_pb2 as pb
 
 from ..tokenizers._encoders import own_encoder_caches
 from ._auth import AuthInterceptor, TlsFiles, TokenAuth
-from ._caps import Deadline
+from ._caps import Deadline, encoded_chars_bound
 from ._config import Limits
 from ._cpus import available_cpus
 from ._datasets import DatasetPlan, MixturePart
@@ -303,6 +303,7 @@ class _FeedlineServicer:
             row_of=row_of,
             deadline=deadline,
             ragged=request.ragged,
+            chars_at_most=encoded_chars_bound(request.samples, request.samples_msgpack),
         )
 
     def _frames(

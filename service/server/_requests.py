@@ -210,6 +210,7 @@ def run_collate(
     row_of: Callable[[int], int] | None = None,
     deadline: Deadline | None = None,
     ragged: bool = False,
+    chars_at_most: int | None = None,
 ) -> CollateResult:
     """Resolve the processor (checking a pinned fingerprint), validate options over its defaults, collate.
 
@@ -217,13 +218,14 @@ def run_collate(
     row's error names both (a request's ``first_row`` plus the position; a dataset plan's row indices).
     The work caps are checked before the work they bound (``_caps``); ``deadline`` is the request's time
     budget, by default ``max_request_seconds`` from now. ``ragged``: the client pads text rows itself
-    (``collate(ragged=True)``).
+    (``collate(ragged=True)``). ``chars_at_most``: a bound on the rows' characters from their encoded size
+    (``encoded_chars_bound``), which spares the character count when it is within the caps.
     """
     limits = state.limits
     deadline = deadline or Deadline(limits)
     deadline.check("before collating")
     _check_count(len(rows), limits)
-    check_chars(rows, limits, row_of)
+    check_chars(rows, limits, row_of, at_most=chars_at_most)
     resolved = state.registry.get(processor, fingerprint=fingerprint)
     opts = CollateOptions.from_mapping(options, base=resolved.defaults)
     try:

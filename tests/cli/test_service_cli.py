@@ -19,8 +19,16 @@ import pytest
 import feedline.proto as proto
 from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.proto.v1 import feedline_pb2_grpc
-from feedline.service._cli import build_parser, config_from_args
-from feedline.service.server import ConfigError, Limits, ProcessorSpec, load_config, status_for
+from feedline.service._cli import _collate_threads, build_parser, config_from_args
+from feedline.service.server import (
+    ConfigError,
+    Limits,
+    ProcessorSpec,
+    available_cpus,
+    collate_threads_for,
+    load_config,
+    status_for,
+)
 from tests.support.rows import ROWS
 from tests.support.servers import Served as _Served
 
@@ -64,6 +72,21 @@ def test_no_arguments_serve_the_builtin_qwen(monkeypatch: pytest.MonkeyPatch) ->
     config = config_from_args(build_parser().parse_args(["serve"]))
     assert config.processor_specs == (ProcessorSpec("qwen2.5", "qwen2.5"),)
     assert (config.grpc_port, config.http_port, config.workers) == (50051, 8000, 1)
+    assert config.collate_threads == 0 and _collate_threads(config) == collate_threads_for(1)
+
+
+def test_collate_threads_from_file_environment_and_flag(tmp_path: Path) -> None:
+    """0 (the default) is each worker's share of the CPUs; a number is taken as it is, whatever the workers."""
+    path = tmp_path / "feedline.yaml"
+    path.write_text("workers: 4\ncollate_threads: 3\n")
+    from_file = load_config(path, env={})
+    assert (from_file.collate_threads, _collate_threads(from_file)) == (3, 3)
+    from_env = load_config(path, env={"FEEDLINE_COLLATE_THREADS": "2"})
+    assert _collate_threads(from_env) == 2
+    flagged = config_from_args(build_parser().parse_args(["serve", "--collate-threads", "1", "--workers", "1"]))
+    assert (flagged.collate_threads, _collate_threads(flagged)) == (1, 1)
+    auto = load_config(path, env={"FEEDLINE_COLLATE_THREADS": "0"})
+    assert _collate_threads(auto) == collate_threads_for(4) == max(1, available_cpus() // 4)
 
 
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
@@ -87,6 +110,9 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     [
         ("grpc_prot: 1\n", {}),
         ("workers: 0\n", {}),
+        ("collate_threads: -1\n", {}),
+        ("collate_threads: true\n", {}),
+        ("", {"FEEDLINE_COLLATE_THREADS": "two"}),
         ("processors: {x: {path: /a}}\n", {}),
         ("limits: {max_request_bytes: -1}\n", {}),
         ("", {"FEEDLINE_GRPC_PORT": "fifty"}),
@@ -180,8 +206,10 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(one_worker: _Served) -> 
 
 
 def test_two_workers_share_both_ports_and_drain(tmp_path: Path) -> None:
-    served = _Served("--workers", "2", "--grace-period", "10")
+    served = _Served("--workers", "2", "--grace-period", "10", "--collate-threads", "3")
     try:
+        listening = [r for r in served.logs if r.get("msg") == "listening"]
+        assert [(r["workers"], r["collate_threads"]) for r in listening] == [(2, 3)]
         pids = set()
         for _ in range(40):
             with httpx.Client(base_url=f"http://127.0.0.1:{served.http_port}", timeout=10) as fresh:

@@ -13,12 +13,17 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from feedline.proto import decode_frames
+from feedline.client._requests import pack_rows
+from feedline.proto import RequestTooLarge, decode_frames
 from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2_grpc, frame_stream_calls
 from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import Processor, load_processor
 from feedline.service.server import Limits, ProcessorRegistry, ServingState
+from feedline.service.server._caps import check_chars, count_chars, encoded_chars_bound
+from feedline.service.server._requests import parse_rows
 from tests.support.media import processor as media_processor
 from tests.support.servers import Served
 
@@ -162,6 +167,47 @@ def test_work_caps_refuse_before_the_work(
     assert f"{cap}={LIMITS[cap]}" in error["message"] and f"FEEDLINE_{cap.upper()}" in error["message"]
     exc, error = _refused(stub.Collate, _request(rows))
     assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and cap in error["message"]
+    exc, error = _refused(stub.Collate, pb.CollateRequest(samples_msgpack=pack_rows(rows)))  # what clients send
+    assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and cap in error["message"]
+    assert error["sample"] == sample
+
+
+_KEYS = st.one_of(st.text(max_size=8), st.binary(max_size=8))
+_VALUES = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False), st.text(), st.binary()
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=20,
+)
+_ROWS = st.lists(st.dictionaries(_KEYS, _VALUES, max_size=4), min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=_ROWS)
+def test_the_encoded_size_bounds_the_characters_counted(rows: list[dict[Any, Any]]) -> None:
+    """The bound that lets a request skip the character count is never below the count, for msgpack rows
+    (bytes keys, non-ASCII text, nesting) and for JSON rows, decoded as the server decodes them."""
+    packed = pack_rows(rows)
+    decoded = parse_rows([], Limits(), packed)
+    assert sum(count_chars(row) for row in decoded) <= encoded_chars_bound([], packed)
+    json_rows = [{str(k): v for k, v in row.items()} for row in rows]
+    try:
+        samples = [json.dumps(row).encode() for row in json_rows]
+    except TypeError:  # bytes have no JSON form; the msgpack half above covered them
+        return
+    assert sum(count_chars(json.loads(raw)) for raw in samples) <= encoded_chars_bound(samples)
+
+
+def test_rows_the_bound_cannot_clear_are_counted() -> None:
+    """Past the caps, the bound proves nothing and the walk refuses the row, naming it."""
+    limits = Limits(max_chars_per_sample=1000, max_chars_per_request=5000)
+    rows = [{"prompt": "x" * 1001, "completion": "y"}]
+    packed = pack_rows(rows)
+    with pytest.raises(RequestTooLarge, match="max_chars_per_sample"):
+        check_chars(parse_rows([], limits, packed), limits, at_most=encoded_chars_bound([], packed))
+    small = [{"prompt": "x" * 100, "completion": "y"}]
+    check_chars(small, limits, at_most=encoded_chars_bound([], pack_rows(small)))
 
 
 @pytest.fixture(scope="module")
