@@ -4,7 +4,8 @@
 replica for each attempt (round-robin over the healthy ones), and applies one rule to every failure: bad input
 fails the call; a transport failure, a replica that stalls, or a replica that refuses the pinned processor
 fingerprint sends the work to another replica. Unary calls are hedged (``Connection.unary``); streams use
-``Connection.failed``/``Connection.stall_limit`` around their own resume logic (``_sources.dataset_blobs``).
+``Connection.failed``/``Connection.hedge_delay`` around their own resume logic (``_sources``: dataset and
+samples mode).
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 
 from feedline.proto import FeedlineError, FingerprintMismatch, ServiceUnavailable, error_from_dict
-from feedline.proto.v1 import CHANNEL_OPTIONS, COLLATE, ERROR_METADATA_KEY, LIST_PROCESSORS, STREAM_DATASET
+from feedline.proto.v1 import (
+    CHANNEL_OPTIONS,
+    COLLATE,
+    COLLATE_STREAM,
+    ERROR_METADATA_KEY,
+    LIST_PROCESSORS,
+    STREAM_DATASET,
+)
 from feedline.proto.v1 import feedline_pb2 as pb
 
 from ._http_port import http_port_error
@@ -358,6 +366,15 @@ class Connection:
         )
         self.stats["attempts"] += 1
         return method(request, timeout=None, metadata=tuple(self.metadata) or None)
+
+    def collate_stream(self, address: str, requests: Iterator[pb.CollateRequest]) -> Any:
+        """A CollateStream call on ``address`` fed by ``requests``, its frames as serialized bytes (no deadline:
+        it lasts a run; the caller cancels it when it stalls, see ``hedge_delay``)."""
+        method: Any = self.channel(address).stream_stream(
+            COLLATE_STREAM, request_serializer=pb.CollateRequest.SerializeToString, response_deserializer=None
+        )
+        self.stats["attempts"] += 1
+        return method(requests, timeout=None, metadata=tuple(self.metadata) or None)
 
     def unary(
         self,

@@ -1,8 +1,9 @@
 """RemoteLoader: replaces the DataLoader; batches stream from the service, resumable and exactly-once.
 
 Two sources, one iterator shape:
-- samples mode: rows from any iterable are sent in batches (unary calls, a bounded number in flight, each
-  retried on another replica under the same batch index);
+- samples mode: rows from any iterable are sent in batches over a CollateStream (a bounded number in flight;
+  a new call every ~30 s; a broken or stalled stream continues on another replica with its undelivered
+  batches sent again under the same indices);
 - dataset mode: the service reads a dataset every replica can see, and the client only sends a cursor;
   when a replica dies mid-stream the stream resumes on another from the next undelivered batch index.
 Batches are named by index and computed deterministically, so a retry can neither lose nor repeat one.

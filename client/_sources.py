@@ -1,4 +1,4 @@
-"""Where batch blobs come from: the service's dataset stream, or unary Collate calls on sample chunks.
+"""Where batch blobs come from: the service's dataset stream, or CollateStream calls fed with sample chunks.
 
 Both generators yield ``(batch_index, blob)`` in index order, fail over to another replica on transport
 errors without losing or repeating a batch, and copy each batch exactly once, into the buffer ``allocate``
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -19,12 +20,12 @@ import grpc
 import numpy as np
 
 from feedline.proto import ServiceUnavailable
-from feedline.proto._framing import FrameAssembler, join_frames
+from feedline.proto._framing import FrameAssembler
 from feedline.proto.v1 import RESUME_METADATA_KEY
 from feedline.proto.v1 import feedline_pb2 as pb
 
-from ._connection import Connection, HedgedCall
-from ._requests import check_fingerprint, collate_request
+from ._connection import Connection
+from ._requests import collate_request
 
 if TYPE_CHECKING:
     from ._collate import RemoteCollate
@@ -33,6 +34,9 @@ __all__ = ["Allocate", "dataset_blobs", "sample_blobs"]
 
 _LOGGER = logging.getLogger("feedline.client")
 
+STREAM_SPAN_S = 30.0
+"""How long samples mode keeps sending on one CollateStream before its next requests start a new call on a
+replica picked afresh (the server ends dataset streams after about as long, for the same reason)."""
 Allocate = Callable[[int], np.ndarray]
 Chunk = tuple[int, Sequence[Mapping[str, Any]]]
 
@@ -67,21 +71,7 @@ def dataset_blobs(
         except grpc.RpcError as err:
             if stop is not None and stop.is_set():
                 return
-            failures += 1
-            if not watch.stalled:
-                conn.failed(address, err, failures, f"stream at batch {next_index}")
-            elif failures >= conn.policy.attempts:
-                raise ServiceUnavailable(f"stream at batch {next_index}: every replica stalled") from None
-            else:
-                stalls += 1
-                conn.slow(address)
-                conn.stats["stalls"] += 1
-                _LOGGER.warning(
-                    "batch %d: no frame from %s in %.2f s; resuming the stream on another replica",
-                    next_index,
-                    address,
-                    watch.limit,
-                )
+            failures, stalls = _failed_stream(conn, address, err, watch, failures, stalls, str(next_index))
             address = conn.pick(avoid=(address,))
             continue
         if resume is None:  # the requested range is done
@@ -126,6 +116,26 @@ def _stream(
     finally:
         watch.close()
         call.cancel()  # a consumer that stops early must not leave the server streaming
+
+
+def _failed_stream(
+    conn: Connection, address: str, err: grpc.RpcError, watch: _StallWatch, failures: int, stalls: int, batch: str
+) -> tuple[int, int]:
+    """A stream's call ended in ``err`` waiting for ``batch``: the connection's retry rule for a failure, or a
+    stall counted and the replica marked slow; raises when no replica is left to try. The new counts."""
+    failures += 1
+    if not watch.stalled:
+        conn.failed(address, err, failures, f"stream at batch {batch}")
+    elif failures >= conn.policy.attempts:
+        raise ServiceUnavailable(f"stream at batch {batch}: every replica stalled") from None
+    else:
+        stalls += 1
+        conn.slow(address)
+        conn.stats["stalls"] += 1
+        _LOGGER.warning(
+            "batch %s: no frame from %s in %.2f s; resuming the stream on another replica", batch, address, watch.limit
+        )
+    return failures, stalls
 
 
 class _StallWatch:
@@ -178,29 +188,76 @@ def sample_blobs(
     allocate: Allocate | None = None,
     stop: threading.Event | None = None,
 ) -> Generator[tuple[int, np.ndarray], None, None]:
-    """One unary Collate per chunk, ``prefetch`` in flight, each hedged and failed over by the connection
-    under the same batch index, so the answer is the same bytes whoever computes it. ``stop`` ends the retries."""
-    pending: collections.deque[tuple[int, HedgedCall]] = collections.deque()
+    """One request per chunk over a CollateStream, ``prefetch`` of them in flight, batches in index order. A
+    broken stream, or one that waits longer than the connection's stall limit for a frame, continues on another
+    replica with its undelivered requests sent again: the same request gives the same bytes on any replica, so
+    no batch is lost or repeated. A call per ``STREAM_SPAN_S`` seconds, not one per batch (a unary call costs the
+    receiver and the server a call's setup and a thread hand-off for every batch), and not one per run, so that
+    replicas added to a Deployment get a share of a long run. ``stop`` ends the retries."""
     conn = remote._connection
-    try:
-        for index, rows in chunks:
-            request = collate_request(
-                remote.processor, remote.fingerprint, remote._options_msg, rows, index, remote.ragged
-            )
-            pending.append((index, conn.collate(request, stop)))
-            if len(pending) >= prefetch:
-                yield _collect(remote, pending.popleft(), allocate)
-        while pending:
-            yield _collect(remote, pending.popleft(), allocate)
-    finally:
-        for _, call in pending:  # a consumer that stops early leaves no call running
+    source = iter(chunks)
+    undelivered: collections.deque[pb.CollateRequest] = collections.deque()
+    exhausted, failures, stalls = False, 0, 0
+    address = conn.pick()
+    while undelivered or not exhausted:
+        outbox: queue.SimpleQueue[pb.CollateRequest | None] = queue.SimpleQueue()
+        for request in undelivered:  # a new call starts with what the last one did not deliver
+            outbox.put(request)
+        if exhausted:
+            outbox.put(None)
+        watch = _StallWatch(conn, address, stalls)
+        call = conn.collate_stream(address, iter(outbox.get, None))
+        watch.start(call)
+        frames = iter(call)
+        ends_at, ending = time.monotonic() + STREAM_SPAN_S, False
+        try:
+            assembler = FrameAssembler(allocate=allocate)
+            while undelivered or not (exhausted or ending):
+                while not (exhausted or ending) and len(undelivered) < prefetch:
+                    chunk = next(source, None)
+                    if chunk is None:
+                        exhausted = True
+                        outbox.put(None)  # the requests end: the server ends the call once it has answered them
+                        break
+                    index, rows = chunk
+                    request = collate_request(
+                        remote.processor, remote.fingerprint, remote._options_msg, rows, index, remote.ragged
+                    )
+                    undelivered.append(request)
+                    outbox.put(request)
+                if not undelivered:
+                    break
+                watch.waiting()
+                frame = next(frames, None)
+                watch.arrived()
+                if frame is None:
+                    raise ServiceUnavailable(
+                        f"the CollateStream on {address} ended before batch {undelivered[0].batch_index}"
+                    )
+                blob = assembler.add(frame)
+                if blob is None:
+                    continue
+                expected = undelivered.popleft().batch_index
+                if assembler.last_batch_id != expected:
+                    raise ServiceUnavailable(f"{address} answered batch {assembler.last_batch_id} for {expected}")
+                yield expected, blob
+                failures, stalls = 0, 0
+                assembler = FrameAssembler(allocate=allocate)
+                if not (exhausted or ending) and time.monotonic() > ends_at:
+                    ending = True  # the requests sent are answered here; the next ones go to a new call
+                    outbox.put(None)
+            watch.waiting()
+            if next(frames, None) is not None:  # every request is answered: the server ends the call
+                raise ServiceUnavailable(f"the CollateStream on {address} sent a frame after its last batch")
+            address = conn.pick()  # a run's next call may go to another replica, as a dataset's next chunk does
+        except grpc.RpcError as err:
+            if stop is not None and stop.is_set():
+                return
+            if undelivered:
+                batch = str(undelivered[0].batch_index)
+                failures, stalls = _failed_stream(conn, address, err, watch, failures, stalls, batch)
+            address = conn.pick(avoid=(address,))  # (a call that failed after its last answer lost nothing)
+        finally:
+            outbox.put(None)  # gRPC's thread reading the requests must not wait on this queue forever
+            watch.close()
             call.cancel()
-
-
-def _collect(
-    remote: RemoteCollate, pending: tuple[int, HedgedCall], allocate: Allocate | None
-) -> tuple[int, np.ndarray]:
-    index, call = pending
-    response = call.result()
-    check_fingerprint(response.fingerprint, remote.fingerprint)
-    return index, join_frames(response.frames, allocate=allocate)

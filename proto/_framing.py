@@ -180,6 +180,11 @@ class FrameAssembler:
         """Batch id of the batch being assembled, or None between batches."""
         return self._batch_id if self._buffer is not None else None
 
+    @property
+    def last_batch_id(self) -> int:
+        """Batch id of the batch last started: the one ``add`` just returned, once it has returned it."""
+        return self._batch_id
+
     def add(self, frame: Buffer) -> np.ndarray | None:
         """Take the next frame (bare, or as a serialized ``Frame`` message); return the complete blob (aligned,
         writable uint8 array) or None if more frames follow."""

@@ -54,7 +54,7 @@ def server(qwen_processor: Processor, tmp_path_factory: pytest.TempPathFactory, 
     return str(in_process(state).grpc_target)
 
 
-def _loader(server: str, mode: str, **kw: Any) -> RemoteLoader:
+def _loader(server: str | list[str], mode: str, **kw: Any) -> RemoteLoader:
     source: dict[str, Any] = {"dataset": "train.jsonl", "seed": 3} if mode == "dataset" else {"samples": _rows()}
     return RemoteLoader(server, "qwen2.5", **source, **kw)
 
@@ -287,25 +287,48 @@ def test_every_prefetch_depth_delivers_every_batch(server: str, mode: str, prefe
     loader.close()
 
 
+def test_samples_mode_moves_to_a_new_stream_each_span_losing_and_repeating_nothing(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a span of 0 s each CollateStream answers what it was sent and ends after its first batch, and the run
+    goes on with a new call: the same batches in the same order, one call per batch or two."""
+    from feedline.client import _sources
+
+    reference = [_bytes(b) for b in _loader(server, "samples", batch_size=2, offload=False)]
+    monkeypatch.setattr(_sources, "STREAM_SPAN_S", 0.0)
+    loader = _loader(server, "samples", batch_size=2, offload=False, prefetch=2)
+    assert [_bytes(b) for b in loader] == reference and len(reference) >= 10
+    assert loader.stats["attempts"] >= len(reference) // 2 + 2, loader.stats  # + the pin's ListProcessors
+    assert not {"stalls", "failovers"} & set(loader.stats), loader.stats
+
+
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["dataset", "samples"])
 @pytest.mark.parametrize("offload", [True, False])
-def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offload: bool) -> None:
-    """A real gRPC server that accepts the stream and never sends a frame: after retry.timeout of silence
-    the stream moves to the next replica and the epoch is complete and in order."""
+def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offload: bool, mode: str) -> None:
+    """A real gRPC server that accepts the stream (StreamDataset, or CollateStream reading every request) and
+    never sends a frame: after retry.timeout of silence the run moves to the next replica, its undelivered
+    requests sent again, and the epoch is complete and in order, the stall counted."""
     from concurrent import futures
 
     from feedline.client import RetryPolicy
-    from feedline.proto.v1 import STREAM_DATASET
+    from feedline.proto.v1 import COLLATE_STREAM, STREAM_DATASET
 
     def hang(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         while context.is_active():
             time.sleep(0.05)
         return iter(())
 
+    def hang_reading(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for _ in requests:  # takes every request it is sent, answers none
+            pass
+        return hang(b"", context)
+
     handler = grpc.method_handlers_generic_handler(
         "feedline.v1.Feedline",
         {
             STREAM_DATASET.rsplit("/", 1)[1]: grpc.unary_stream_rpc_method_handler(hang),
+            COLLATE_STREAM.rsplit("/", 1)[1]: grpc.stream_stream_rpc_method_handler(hang_reading),
         },
     )
     stalled = grpc.server(futures.ThreadPoolExecutor(4))
@@ -313,13 +336,11 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
     port = stalled.add_insecure_port("127.0.0.1:0")
     stalled.start()
     try:
-        reference = [_bytes(b) for b in _loader(server, "dataset", batch_size=4, offload=False)]
+        reference = [_bytes(b) for b in _loader(server, mode, batch_size=4, offload=False)]
         fingerprint = RemoteLoader(server, "qwen2.5", samples=[])._remote.pin()
-        loader = RemoteLoader(
+        loader = _loader(
             [f"127.0.0.1:{port}", server],
-            "qwen2.5",
-            dataset="train.jsonl",
-            seed=3,
+            mode,
             batch_size=4,
             offload=offload,
             fingerprint=fingerprint,
@@ -327,8 +348,9 @@ def test_a_replica_that_hangs_mid_stream_is_left_for_another(server: str, offloa
         )
         loader._remote._connection._next = 0  # the hanging replica first
         started = time.monotonic()
-        assert [_bytes(b) for b in loader] == reference
+        assert [_bytes(b) for b in loader] == reference and len(reference) > 4
         assert 1.5 < time.monotonic() - started < 30
+        assert loader.stats.get("stalls", 0) >= 1, loader.stats
         loader.close()
     finally:
         stalled.stop(0)

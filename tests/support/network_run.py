@@ -138,6 +138,8 @@ class Result:
     log_lines: dict[str, int]
     client_logs: list[str]
     target: str
+    samples_on: dict[int, str]
+    """The replica each rank's samples-mode stream was on when the fault began (one stream per run)."""
 
 
 class Net:
@@ -193,10 +195,10 @@ class Net:
             assert time.monotonic() < deadline, f"replicas not ready in {timeout} s"
             time.sleep(0.2)
 
-    def stream_replica(self, rank: int = 0) -> str:
-        """The replica in service that serves ``rank``'s dataset stream: the peer its trainer (and receiver)
+    def stream_replica(self, rank: int = 0, mode: str = "dataset") -> str:
+        """The replica in service that serves ``rank``'s stream in ``mode``: the peer its trainer (and receiver)
         processes have received the most bytes from, per ``ss`` in the rank's namespace."""
-        agent = self.agents[(rank, "dataset")]
+        agent = self.agents[(rank, mode)]
         by_ip = {self.replicas[label].address: label for label in self.in_service}
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -211,11 +213,12 @@ class Net:
                     received[peer.group(1)] = received.get(peer.group(1), 0) + int(got.group(1))
             if received:
                 peer = max(received, key=received.__getitem__)
-                self.found.append(f"{received} at batch {agent.progress} -> {by_ip[peer]}")
-                self.ahead = -(-received[peer] // self.batch_bytes)
+                self.found.append(f"rank {rank} {mode}: {received} at batch {agent.progress} -> {by_ip[peer]}")
+                if mode == "dataset":
+                    self.ahead = -(-received[peer] // self.batch_bytes)
                 return by_ip[peer]
             time.sleep(0.1)
-        raise AssertionError(f"no connection of rank {rank}'s dataset trainer (pids {pids}) in: {out}")
+        raise AssertionError(f"no connection of rank {rank}'s {mode} trainer (pids {pids}) in: {out}")
 
     def hold(self, seconds: float, batches: int = 12, longest: float = 20) -> None:
         """Keep a fault on for ``seconds`` and until rank 0's dataset trainer has taken ``batches`` more than it
@@ -244,7 +247,7 @@ class Net:
             "options": self.options,
             "ragged": False,  # padded int64 on the wire: the batches must be MB-sized for a fault to meet them
         }
-        target = ""
+        target, samples_on = "", {}
         marks = {label: len(r.serve.lines) for label, r in self.replicas.items() if r.serve is not None}
         agent_marks = {key: len(a.process.lines) for key, a in self.agents.items()}
         peaks = {"server": 0, "client": 0}
@@ -270,6 +273,7 @@ class Net:
                     time.sleep(0.02)
                 assert lead.events.empty(), f"rank 0's dataset epoch ended before the fault: {lead.events.get()}"
                 target = self.stream_replica()
+                samples_on = {rank: self.stream_replica(rank, "samples") for rank in (0, 1)}
                 inject(target)
             outcomes = {key: agent.result(timeout) for key, agent in self.agents.items()}
         finally:
@@ -283,7 +287,7 @@ class Net:
             for k, a in self.agents.items()
             for line in a.process.lines[agent_marks[k] :]
         ]
-        return Result(fault, outcomes, peaks["server"], peaks["client"], lines, logs, target)
+        return Result(fault, outcomes, peaks["server"], peaks["client"], lines, logs, target, samples_on)
 
     def close(self) -> None:
         self.fabric.close()
