@@ -291,15 +291,24 @@ def test_samples_mode_moves_to_a_new_stream_each_span_losing_and_repeating_nothi
     server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a span of 0 s each CollateStream answers what it was sent and ends after its first batch, and the run
-    goes on with a new call: the same batches in the same order, one call per batch or two."""
+    goes on with a new call: the same batches in the same order, one call per batch or two, each ended OK by the
+    server rather than cancelled."""
     from feedline.client import _sources
+
+    from prometheus_client import REGISTRY
+
+    def streams(code: str) -> float:  # the in-process server's own count of CollateStream calls ended with code
+        labels = {"transport": "grpc", "method": "CollateStream", "code": code}
+        return REGISTRY.get_sample_value("feedline_requests_total", labels) or 0.0
 
     reference = [_bytes(b) for b in _loader(server, "samples", batch_size=2, offload=False)]
     monkeypatch.setattr(_sources, "STREAM_SPAN_S", 0.0)
+    ok, cancelled = streams("OK"), streams("CANCELLED")
     loader = _loader(server, "samples", batch_size=2, offload=False, prefetch=2)
     assert [_bytes(b) for b in loader] == reference and len(reference) >= 10
     assert loader.stats["attempts"] >= len(reference) // 2 + 2, loader.stats  # + the pin's ListProcessors
     assert not {"stalls", "failovers"} & set(loader.stats), loader.stats
+    assert streams("OK") - ok >= len(reference) // 2 and streams("CANCELLED") == cancelled  # ended, not cancelled
 
 
 @pytest.mark.timeout(120)
