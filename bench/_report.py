@@ -386,7 +386,9 @@ def _scaling(f: Mapping[str, Any]) -> str:
     one_thread_rate = f["1 worker, 1 collate thread"]["rows_per_s"] / f["1 worker"]["rows_per_s"] if one_thread else 0
     return (
         f"Real `feedline serve` processes, {f['batch_rows']} chats per batch, {f['load_streams']} CollateStream "
-        f"streams from {f['load_processes']} load processes, {f['seconds']:.0f} s per configuration; 1 replica is "
+        f"streams from {f['load_processes']} load processes, {f['seconds']:.0f} s per configuration"
+        + (f" in {f['rounds']} windows taken in turns with the others" if f.get("rounds", 1) > 1 else "")
+        + "; 1 replica is "
         f"the 1-worker server. **This machine has {f['cpus']} cores**, shared by the servers and the load "
         'processes (and by anything else running): "cores used" is the servers\' CPU per second of load, the '
         'ceiling for 2 workers or 2 replicas is 2.0x only on otherwise idle cores. "1 worker on 1 CPU" is '

@@ -2,12 +2,13 @@
 
     python -m bench.bench_scaling [--quick] [--seconds 20]
 
-Four real `feedline serve` processes are started at once (the built-in Qwen2.5 tokenizer): A with one worker,
-B with one worker, C with ``--workers 2``, D with one worker pinned to one CPU. Each configuration is then
-driven in turn by two load processes keeping 16 CollateStream streams busy (4 batches in flight each) with
-batches of 16 real-text chats: 1 worker = A, 2 replicas = A and B (streams split between their ports),
-2 workers = C, 1 worker on 1 CPU = D. Printed: rows/s, tokens/s, the servers' CPU (cores actually used) and
-the ratios.
+Five real `feedline serve` processes are started at once (the built-in Qwen2.5 tokenizer): A with one worker,
+B with one worker, C with ``--workers 2``, D with one worker pinned to one CPU, E with one worker and
+``--collate-threads 1``. Each configuration is then driven by two load processes keeping 16 CollateStream
+streams busy (4 batches in flight each) with batches of 16 real-text chats: 1 worker = A, 2 replicas = A and B
+(streams split between their ports), 2 workers = C, 1 worker on 1 CPU = D, 1 worker with 1 collate thread = E.
+The configurations take turns in ``ROUNDS`` windows each (one with ``--quick``), so the machine's drift falls
+on all of them alike. Printed: rows/s, tokens/s, the servers' CPU (cores actually used) and the ratios.
 
 Two ratios answer two questions. "2 workers / 1 worker on 1 CPU" is the scaling of worker processes: a worker
 per CPU, does the second add a CPU's worth (ideal 2.0)? "2 workers / 1 worker" compares with a single worker
@@ -73,10 +74,13 @@ def _requests() -> list[bytes]:
     ]
 
 
-def _measure(servers: list[Server], seconds: float, requests_file: str) -> dict[str, float]:
-    """Rows and tokens the servers collated (their own counters) and the CPU they used, over one load window."""
-    ports = [s.grpc_port for s in servers]
-    drive(ports, min(2.0, seconds / 3), requests_file)  # warm every worker and connection
+ROUNDS = 4
+"""Each configuration's load window is cut into this many, the configurations taking turns round by round (in
+a rotated order), so a spell of load from outside or the machine's drift falls on every one alike."""
+
+
+def _window(servers: list[Server], seconds: float, requests_file: str) -> tuple[float, float, float]:
+    """CPU seconds, rows and tokens of ``servers`` (their own counters) over one load window of ``seconds``."""
 
     def totals() -> tuple[float, float, float]:
         return (
@@ -86,13 +90,32 @@ def _measure(servers: list[Server], seconds: float, requests_file: str) -> dict[
         )
 
     before = totals()
-    drive(ports, seconds, requests_file)
+    drive([s.grpc_port for s in servers], seconds, requests_file)
     cpu, rows, tokens = (b - a for a, b in zip(before, totals(), strict=False))
+    return cpu, rows, tokens
+
+
+def _measure(
+    configs: dict[str, list[Server]], seconds: float, requests_file: str, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Rows, tokens and CPU per configuration over ``seconds`` of load each, in ``rounds`` interleaved windows
+    (after a warm-up of every worker and connection); totals over the windows, so each is a time average."""
+    for servers in configs.values():
+        drive([s.grpc_port for s in servers], min(2.0, seconds / 3), requests_file)
+    names = list(configs)
+    sums = {name: [0.0, 0.0, 0.0] for name in names}
+    for k in steps(range(rounds), "scaling"):
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            window = _window(configs[name], seconds / rounds, requests_file)
+            sums[name] = [a + b for a, b in zip(sums[name], window, strict=True)]
     return {
-        "rows_per_s": rows / seconds,
-        "tokens_per_s": tokens / seconds,
-        "server_cores_used": cpu / seconds,  # the servers are idle outside the load window
-        "rows_per_server_cpu_s": rows / cpu if cpu else 0.0,
+        name: {
+            "rows_per_s": rows / seconds,
+            "tokens_per_s": tokens / seconds,
+            "server_cores_used": cpu / seconds,  # the servers are idle outside the load windows
+            "rows_per_server_cpu_s": rows / cpu if cpu else 0.0,
+        }
+        for name, (cpu, rows, tokens) in sums.items()
     }
 
 
@@ -121,8 +144,8 @@ def run(quick: bool, seconds: float | None = None) -> dict[str, Any]:
                 "1 worker on 1 CPU": [d],
                 "1 worker, 1 collate thread": [e],
             }
-            for name in steps(configs, "scaling"):
-                result[name] = _measure(configs[name], seconds, requests_file)
+            result["rounds"] = 1 if quick else ROUNDS
+            result.update(_measure(configs, seconds, requests_file, result["rounds"]))
     finally:
         os.unlink(requests_file)
     # Measured before and after the servers' runs (the better kept), so a spell of load during one does not

@@ -293,9 +293,9 @@ def test_samples_mode_moves_to_a_new_stream_each_span_losing_and_repeating_nothi
     """With a span of 0 s each CollateStream answers what it was sent and ends after its first batch, and the run
     goes on with a new call: the same batches in the same order, one call per batch or two, each ended OK by the
     server rather than cancelled."""
-    from feedline.client import _sources
-
     from prometheus_client import REGISTRY
+
+    from feedline.client import _sources
 
     def streams(code: str) -> float:  # the in-process server's own count of CollateStream calls ended with code
         labels = {"transport": "grpc", "method": "CollateStream", "code": code}
