@@ -152,6 +152,10 @@ class Connection:
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._refused: dict[str, str] = {}  # address -> the fingerprint mismatch it answered
+        self._joined: set[str] = set()  # replicas that appeared since the first resolution, not yet picked
+        self.generation = 0
+        """Incremented whenever the set of replica addresses changes (a long call may then end early, so that
+        its next call can go to a replica that appeared)."""
         self._latency = {"unary": _Latencies(), "stream": _Latencies()}
         self.stats: dict[str, int] = collections.Counter()
 
@@ -208,6 +212,8 @@ class Connection:
             after = {a for addrs in resolved.values() for a in addrs}
             if self._resolved_at and before != after:
                 self.stats["dns_changes"] += 1
+                self.generation += 1
+                self._joined = (self._joined | (after - before)) & after
                 _LOGGER.warning("replicas changed: +%s -%s", sorted(after - before), sorted(before - after))
             now = time.monotonic()
             for address in before - after:
@@ -247,8 +253,9 @@ class Connection:
         ]
 
     def pick(self, avoid: Sequence[str] = ()) -> str:
-        """The next replica for an attempt: round-robin over the healthy ones not in ``avoid``; one cooling down
-        only if none is healthy. Raises FingerprintMismatch when every replica refused the pinned processor."""
+        """The next replica for an attempt: one that appeared since the first resolution and has had no call yet,
+        else round-robin over the healthy ones not in ``avoid``; one cooling down only if none is healthy. Raises
+        FingerprintMismatch when every replica refused the pinned processor."""
         addresses = self.addresses()
         with self._lock:
             usable = [a for a in addresses if a not in self._refused]
@@ -260,6 +267,10 @@ class Connection:
             now = time.monotonic()
             fresh = [a for a in usable if a not in avoid] or usable
             healthy = [a for a in fresh if self._down_until.get(a, 0.0) <= now]
+            joined = [a for a in healthy if a in self._joined]
+            if joined:  # a replica that just appeared (scale-up) gets the next call
+                self._joined.discard(joined[0])
+                return joined[0]
             if healthy:
                 self._next += 1
                 return healthy[(self._next - 1) % len(healthy)]

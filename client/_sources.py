@@ -192,8 +192,9 @@ def sample_blobs(
     broken stream, or one that waits longer than the connection's stall limit for a frame, continues on another
     replica with its undelivered requests sent again: the same request gives the same bytes on any replica, so
     no batch is lost or repeated. A call per ``STREAM_SPAN_S`` seconds, not one per batch (a unary call costs the
-    receiver and the server a call's setup and a thread hand-off for every batch), and not one per run, so that
-    replicas added to a Deployment get a share of a long run. ``stop`` ends the retries."""
+    receiver and the server a call's setup and a thread hand-off for every batch), and not one per run: a call
+    also ends early when the replica set changes, so that replicas added to a Deployment get a share of a long
+    run at once (``Connection.pick`` gives a new replica the next call). ``stop`` ends the retries."""
     conn = remote._connection
     source = iter(chunks)
     undelivered: collections.deque[pb.CollateRequest] = collections.deque()
@@ -209,7 +210,7 @@ def sample_blobs(
         call = conn.collate_stream(address, iter(outbox.get, None))
         watch.start(call)
         frames = iter(call)
-        ends_at, ending = time.monotonic() + STREAM_SPAN_S, False
+        ends_at, ending, generation = time.monotonic() + STREAM_SPAN_S, False, conn.generation
         try:
             assembler = FrameAssembler(allocate=allocate)
             while undelivered or not (exhausted or ending):
@@ -243,7 +244,8 @@ def sample_blobs(
                 yield expected, blob
                 failures, stalls = 0, 0
                 assembler = FrameAssembler(allocate=allocate)
-                if not (exhausted or ending) and time.monotonic() > ends_at:
+                conn.addresses()  # re-resolves a DNS target when due
+                if not (exhausted or ending) and (time.monotonic() > ends_at or conn.generation != generation):
                     ending = True  # the requests sent are answered here; the next ones go to a new call
                     outbox.put(None)
             watch.waiting()

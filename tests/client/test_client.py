@@ -19,7 +19,7 @@ from feedline.proto import FingerprintMismatch, InvalidSample, ResumeStateError
 from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import Limits, ProcessorRegistry, ServingState
 from feedline.service.server._datasets import DatasetPlan, batch_rows, num_batches
-from tests.support.client import batch_blobs, dataset_loader
+from tests.support.client import FAST_RETRY, batch_blobs, dataset_loader
 from tests.support.reliability_harness import wait_for
 from tests.support.servers import Served
 
@@ -207,6 +207,47 @@ def test_sigkill_of_a_replica_mid_epoch_loses_and_repeats_nothing(data_root: Pat
             return [r for r in replicas[1].logs if r.get("msg") == "rpc" and r.get("method") == "StreamDataset"]
 
         assert wait_for(resumed, 10) and 0 < resumed()[-1]["batches"] < len(reference), "no resume mid-epoch"
+    finally:
+        for r in replicas:
+            r.close()
+
+
+def test_sigkill_of_a_replica_mid_run_in_samples_mode_loses_and_repeats_nothing() -> None:
+    """Samples mode's CollateStream on a real `feedline serve` that is SIGKILLed mid-run: the run goes on on the
+    other replica with the batches the dead one had not answered, and the trainer sees identical bytes."""
+    rows = [{"prompt": f"question {i}: " + "why " * (i % 7), "completion": f" answer {i}"} for i in range(48)]
+    replicas = [Served(), Served()]
+    try:
+        targets = [f"127.0.0.1:{r.grpc_port}" for r in replicas]
+        first = RemoteLoader(targets[0], "qwen2.5", samples=rows, batch_size=2, prefetch=2, retry=FAST_RETRY)
+        reference = batch_blobs(first)
+        killed = threading.Event()
+
+        def kill_first(i: int) -> None:
+            if i == 4 and not killed.is_set():
+                replicas[0].proc.send_signal(signal.SIGKILL)
+                replicas[0].proc.wait(10)
+                killed.set()
+
+        loader = RemoteLoader(
+            targets,
+            "qwen2.5",
+            samples=rows,
+            batch_size=2,
+            prefetch=2,
+            retry=FAST_RETRY,
+            fingerprint=first._remote.fingerprint,
+        )
+        loader._remote._connection._next = 0  # pinned already (no ListProcessors): the stream starts on the one to die
+        disturbed = batch_blobs(loader, kill_first)
+        assert killed.is_set() and replicas[0].proc.returncode == -signal.SIGKILL
+        assert disturbed == reference and len(reference) == 24
+        assert loader.stats.get("failovers", 0) >= 1, loader.stats
+
+        def resumed() -> list[dict[str, Any]]:  # the survivor logs its stream when it ends (read asynchronously)
+            return [r for r in replicas[1].logs if r.get("msg") == "rpc" and r.get("method") == "CollateStream"]
+
+        assert wait_for(resumed, 10) and 0 < resumed()[-1]["batches"] < len(reference), "no resume mid-run"
     finally:
         for r in replicas:
             r.close()

@@ -100,3 +100,22 @@ def test_a_dns_target_is_one_replica_per_address(good: str) -> None:
 def test_the_documented_bound_follows_the_settings() -> None:
     assert RetryPolicy().worst_extra_wait() == 4.0
     assert RetryPolicy(hedge_min=0.5).worst_extra_wait() == 2.0
+
+
+def test_a_replica_that_appears_gets_the_next_call_and_a_new_generation() -> None:
+    """Scale-up: a replica that appears in the name's answers gets the next call (a long stream ends early when
+    the generation moves, so its next call reaches it), then round-robin goes on over all; a removed one gets
+    nothing more."""
+    conn = Connection("dns:///replicas.invalid:50051", RetryPolicy())
+    target = conn.targets[0]
+    one, two, three = "10.0.0.1:50051", "10.0.0.2:50051", "10.0.0.3:50051"
+    conn._apply({target: [one, two]})
+    conn._resolved_at = time.monotonic()  # resolved just now: no lookup of the made-up name within resolve_every
+    assert {conn.pick() for _ in range(4)} == {one, two} and conn.generation == 0
+    conn._apply({target: [one, two, three]})
+    assert conn.generation == 1 and conn.stats["dns_changes"] == 1
+    conn._next = 0  # round-robin alone would give the first address now
+    assert conn.pick() == three
+    assert sorted(conn.pick() for _ in range(6)) == sorted([one, one, two, two, three, three])
+    conn._apply({target: [one, three]})
+    assert conn.generation == 2 and two not in {conn.pick() for _ in range(4)}
