@@ -199,7 +199,7 @@ def sample_blobs(
     source = iter(chunks)
     undelivered: collections.deque[pb.CollateRequest] = collections.deque()
     exhausted, failures, stalls = False, 0, 0
-    address = conn.pick()
+    generation, address = conn.generation, conn.pick()  # the set a call was picked from: read before the pick
     while undelivered or not exhausted:
         outbox: queue.SimpleQueue[pb.CollateRequest | None] = queue.SimpleQueue()
         for request in undelivered:  # a new call starts with what the last one did not deliver
@@ -210,7 +210,7 @@ def sample_blobs(
         call = conn.collate_stream(address, iter(outbox.get, None))
         watch.start(call)
         frames = iter(call)
-        ends_at, ending, generation = time.monotonic() + STREAM_SPAN_S, False, conn.generation
+        ends_at, ending = time.monotonic() + STREAM_SPAN_S, False
         try:
             assembler = FrameAssembler(allocate=allocate)
             while undelivered or not (exhausted or ending):
@@ -251,14 +251,14 @@ def sample_blobs(
             watch.waiting()
             if next(frames, None) is not None:  # every request is answered: the server ends the call
                 raise ServiceUnavailable(f"the CollateStream on {address} sent a frame after its last batch")
-            address = conn.pick()  # a run's next call may go to another replica, as a dataset's next chunk does
+            generation, address = conn.generation, conn.pick()  # the next call may go to another replica
         except grpc.RpcError as err:
             if stop is not None and stop.is_set():
                 return
-            if undelivered:
+            if undelivered:  # (a call that failed after its last answer lost nothing)
                 batch = str(undelivered[0].batch_index)
                 failures, stalls = _failed_stream(conn, address, err, watch, failures, stalls, batch)
-            address = conn.pick(avoid=(address,))  # (a call that failed after its last answer lost nothing)
+            generation, address = conn.generation, conn.pick(avoid=(address,))
         finally:
             outbox.put(None)  # gRPC's thread reading the requests must not wait on this queue forever
             watch.close()
