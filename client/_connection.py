@@ -347,7 +347,7 @@ class Connection:
             channel.close()
 
     # ------------------------------------------------------------------ calls
-    def collate(self, request: pb.CollateRequest, stop: threading.Event | None = None) -> HedgedCall:
+    def collate(self, request: pb.CollateRequest) -> HedgedCall:
         """A Collate call, hedged and failed over (``.result()`` is the CollateResponse)."""
         return self.unary(
             COLLATE,
@@ -355,7 +355,6 @@ class Connection:
             pb.CollateRequest.SerializeToString,
             pb.CollateResponse.FromString,
             f"batch {request.batch_index}",
-            stop,
         )
 
     def list_processors(self) -> pb.ListProcessorsResponse:
@@ -394,10 +393,9 @@ class Connection:
         serializer: Callable[[Any], bytes],
         deserializer: Callable[[bytes], Any],
         what: str,
-        stop: threading.Event | None = None,
     ) -> HedgedCall:
         """Start ``request`` on a replica; ``.result()`` hedges, fails over and returns the first answer."""
-        return HedgedCall(self, method, request, serializer, deserializer, what, stop)
+        return HedgedCall(self, method, request, serializer, deserializer, what)
 
 
 class HedgedCall:
@@ -414,9 +412,8 @@ class HedgedCall:
         serializer: Callable[[Any], bytes],
         deserializer: Callable[[bytes], Any],
         what: str,
-        stop: threading.Event | None,
     ) -> None:
-        self._conn, self._method, self._request, self._what, self._stop = conn, method, request, what, stop
+        self._conn, self._method, self._request, self._what = conn, method, request, what
         self._serializer, self._deserializer = serializer, deserializer
         self._wake = threading.Condition()
         self._live: list[tuple[str, float, Any]] = []  # (address, started, future)
@@ -453,8 +450,6 @@ class HedgedCall:
                     try:
                         response = future.result()
                     except grpc.RpcError as err:
-                        if self._stop is not None and self._stop.is_set():
-                            raise ServiceUnavailable(f"{self._what}: the run was stopped") from None
                         self._failures += 1
                         conn.failed(address, err, self._failures, self._what)
                         continue
@@ -483,8 +478,6 @@ class HedgedCall:
                 if left <= 0:
                     break
                 self._wake.wait(min(left, 0.5))
-                if self._stop is not None and self._stop.is_set():
-                    raise ServiceUnavailable(f"{self._what}: the run was stopped")
         if any(f.done() for _, _, f in self._live) or len(self._live) >= 2:
             if len(self._live) >= 2:  # both slow: wait for either, no third attempt until one fails
                 with self._wake:

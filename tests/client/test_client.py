@@ -181,13 +181,25 @@ def test_set_epoch_reshuffles_deterministically(server: str) -> None:
     assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(epoch0, epoch1, strict=False))
 
 
+_KILL_ROWS = [{"prompt": f"question {i}: " + "why " * (i % 7), "completion": f" answer {i}"} for i in range(48)]
+
+
 @pytest.mark.timeout(300)
-def test_sigkill_of_a_replica_mid_epoch_loses_and_repeats_nothing(data_root: Path) -> None:
-    """Two real `feedline serve` processes; one is SIGKILLed mid-epoch; the trainer sees identical bytes."""
+@pytest.mark.parametrize(("mode", "method"), [("dataset", "StreamDataset"), ("samples", "CollateStream")])
+def test_sigkill_of_a_replica_mid_epoch_loses_and_repeats_nothing(data_root: Path, mode: str, method: str) -> None:
+    """Two real `feedline serve` processes; the one a stream starts on (StreamDataset, or samples mode's
+    CollateStream) is SIGKILLed mid-epoch: the run goes on on the other from the first batch the dead one had not
+    delivered, and the trainer sees identical bytes."""
     replicas = [Served("--data-root", str(data_root)), Served("--data-root", str(data_root))]
+
+    def loader(target: str | list[str], **kw: Any) -> RemoteLoader:
+        if mode == "dataset":
+            return dataset_loader(target, batch_size=2, seed=9, prefetch=1, **kw)
+        return RemoteLoader(target, "qwen2.5", samples=_KILL_ROWS, batch_size=2, prefetch=2, retry=FAST_RETRY, **kw)
+
     try:
         targets = [f"127.0.0.1:{r.grpc_port}" for r in replicas]
-        first = dataset_loader(targets[0], batch_size=2, seed=9, prefetch=1)
+        first = loader(targets[0])
         reference = batch_blobs(first)
         killed = threading.Event()
 
@@ -197,57 +209,19 @@ def test_sigkill_of_a_replica_mid_epoch_loses_and_repeats_nothing(data_root: Pat
                 replicas[0].proc.wait(10)
                 killed.set()
 
-        loader = dataset_loader(targets, batch_size=2, seed=9, prefetch=1, fingerprint=first._remote.fingerprint)
-        loader._remote._connection._next = 0  # pinned already (no ListProcessors): the stream starts on the one to die
-        disturbed = batch_blobs(loader, kill_first)
+        disturbed_loader = loader(targets, fingerprint=first._remote.fingerprint)
+        disturbed_loader._remote._connection._next = (
+            0  # pinned already (no ListProcessors): it starts on the one to die
+        )
+        disturbed = batch_blobs(disturbed_loader, kill_first)
         assert killed.is_set() and replicas[0].proc.returncode == -signal.SIGKILL
-        assert disturbed == reference
+        assert disturbed == reference and len(reference) > 8
+        assert disturbed_loader.stats.get("failovers", 0) >= 1, disturbed_loader.stats
 
         def resumed() -> list[dict[str, Any]]:  # the survivor logs its stream when it ends (read asynchronously)
-            return [r for r in replicas[1].logs if r.get("msg") == "rpc" and r.get("method") == "StreamDataset"]
+            return [r for r in replicas[1].logs if r.get("msg") == "rpc" and r.get("method") == method]
 
         assert wait_for(resumed, 10) and 0 < resumed()[-1]["batches"] < len(reference), "no resume mid-epoch"
-    finally:
-        for r in replicas:
-            r.close()
-
-
-def test_sigkill_of_a_replica_mid_run_in_samples_mode_loses_and_repeats_nothing() -> None:
-    """Samples mode's CollateStream on a real `feedline serve` that is SIGKILLed mid-run: the run goes on on the
-    other replica with the batches the dead one had not answered, and the trainer sees identical bytes."""
-    rows = [{"prompt": f"question {i}: " + "why " * (i % 7), "completion": f" answer {i}"} for i in range(48)]
-    replicas = [Served(), Served()]
-    try:
-        targets = [f"127.0.0.1:{r.grpc_port}" for r in replicas]
-        first = RemoteLoader(targets[0], "qwen2.5", samples=rows, batch_size=2, prefetch=2, retry=FAST_RETRY)
-        reference = batch_blobs(first)
-        killed = threading.Event()
-
-        def kill_first(i: int) -> None:
-            if i == 4 and not killed.is_set():
-                replicas[0].proc.send_signal(signal.SIGKILL)
-                replicas[0].proc.wait(10)
-                killed.set()
-
-        loader = RemoteLoader(
-            targets,
-            "qwen2.5",
-            samples=rows,
-            batch_size=2,
-            prefetch=2,
-            retry=FAST_RETRY,
-            fingerprint=first._remote.fingerprint,
-        )
-        loader._remote._connection._next = 0  # pinned already (no ListProcessors): the stream starts on the one to die
-        disturbed = batch_blobs(loader, kill_first)
-        assert killed.is_set() and replicas[0].proc.returncode == -signal.SIGKILL
-        assert disturbed == reference and len(reference) == 24
-        assert loader.stats.get("failovers", 0) >= 1, loader.stats
-
-        def resumed() -> list[dict[str, Any]]:  # the survivor logs its stream when it ends (read asynchronously)
-            return [r for r in replicas[1].logs if r.get("msg") == "rpc" and r.get("method") == "CollateStream"]
-
-        assert wait_for(resumed, 10) and 0 < resumed()[-1]["batches"] < len(reference), "no resume mid-run"
     finally:
         for r in replicas:
             r.close()
