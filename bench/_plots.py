@@ -38,15 +38,16 @@ def _packing(f: Mapping[str, Any], ax: Any) -> None:
 
 
 def _scaling(f: Mapping[str, Any], ax: Any) -> None:
-    from bench.bench_scaling import CONFIGS
+    from bench.bench_scaling import CONFIGS, PINNED
 
     names = [n for n in CONFIGS if n in f]
     bars = ax.bar(
-        [n.replace(" on ", "\non ").replace(", ", "\n") for n in names],
+        [n.replace(" on ", "\non ").replace(", ", "\n").replace(" and ", "\nand ") for n in names],
         [f[n]["rows_per_s"] for n in names],
-        color=["#bbb", "#888", "#a84", "#4a7", "#47a"][: len(names)],
+        color=["#ddd", "#bbb", "#888", "#a84", "#4a7", "#47a"][: len(names)],
     )
-    ax.bar_label(bars, [f"{f[n]['rows_per_s'] / f['1 worker on 1 CPU']['rows_per_s']:.2f}x" for n in names])
+    ax.bar_label(bars, [f"{f[n]['rows_per_s'] / f[PINNED]['rows_per_s']:.2f}x" for n in names])
+    ax.tick_params(axis="x", labelsize=7)
     ax.set(ylabel="rows/s", title=f"Service throughput ({f['cpus']} cores shared with the load)")
 
 

@@ -174,8 +174,17 @@ def request_file(requests: Sequence[bytes]) -> str:
         return fh.name
 
 
-def drive(ports: Sequence[int], seconds: float, requests_file: str, *, processes: int = 2, streams: int = 8) -> int:
-    """Run ``processes`` load processes for ``seconds`` against ``ports``; the number of batches answered."""
+def drive(
+    ports: Sequence[int],
+    seconds: float,
+    requests_file: str,
+    *,
+    processes: int = 2,
+    streams: int = 8,
+    cpus: set[int] | None = None,
+) -> int:
+    """Run ``processes`` load processes for ``seconds`` against ``ports`` (pinned to ``cpus`` if given); the
+    number of batches answered."""
     port_list = ",".join(map(str, ports))
     loaders = [
         subprocess.Popen(
@@ -183,6 +192,7 @@ def drive(ports: Sequence[int], seconds: float, requests_file: str, *, processes
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         for _ in range(processes)
     ]
