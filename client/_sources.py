@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -97,25 +97,33 @@ def _stream(
         request.max_batches = template.start_batch_index + template.max_batches - start
     call = conn.stream_dataset(address, request)
     watch.start(call)
-    frames = iter(call)
     try:
-        assembler = FrameAssembler(allocate=allocate)
-        while True:
-            watch.waiting()
-            frame = next(frames, None)
-            watch.arrived()
-            if frame is None:
-                break
-            blob = assembler.add(frame)
-            if blob is not None:
-                yield blob
-                assembler = FrameAssembler(allocate=allocate)
-        assembler.check_complete()
+        for _, blob in _assembled(iter(call), watch, allocate):
+            yield blob
         resume = dict(call.trailing_metadata() or ()).get(RESUME_METADATA_KEY)
         return int(resume) if resume is not None else None
     finally:
         watch.close()
         call.cancel()  # a consumer that stops early must not leave the server streaming
+
+
+def _assembled(
+    frames: Iterator[bytes], watch: _StallWatch, allocate: Allocate | None
+) -> Generator[tuple[int, np.ndarray], None, None]:
+    """The batches a call's frames assemble into, each with the batch id its frames carry, in order; the stall
+    watch times the wait for every frame. Raises CodecError if the call ends inside a batch."""
+    assembler = FrameAssembler(allocate=allocate)
+    while True:
+        watch.waiting()
+        frame = next(frames, None)
+        watch.arrived()
+        if frame is None:
+            assembler.check_complete()
+            return
+        blob = assembler.add(frame)
+        if blob is not None:
+            yield assembler.last_batch_id, blob
+            assembler = FrameAssembler(allocate=allocate)
 
 
 def _failed_stream(
@@ -209,10 +217,9 @@ def sample_blobs(
         watch = _StallWatch(conn, address, stalls)
         call = conn.collate_stream(address, iter(outbox.get, None))
         watch.start(call)
-        frames = iter(call)
+        batches = _assembled(iter(call), watch, allocate)
         ends_at, ending = time.monotonic() + STREAM_SPAN_S, False
         try:
-            assembler = FrameAssembler(allocate=allocate)
             while undelivered or not (exhausted or ending):
                 while not (exhausted or ending) and len(undelivered) < prefetch:
                     chunk = next(source, None)
@@ -228,36 +235,28 @@ def sample_blobs(
                     outbox.put(request)
                 if not undelivered:
                     break
-                watch.waiting()
-                frame = next(frames, None)
-                watch.arrived()
-                if frame is None:
-                    raise ServiceUnavailable(
-                        f"the CollateStream on {address} ended before batch {undelivered[0].batch_index}"
-                    )
-                blob = assembler.add(frame)
-                if blob is None:
-                    continue
-                expected = undelivered.popleft().batch_index
-                if assembler.last_batch_id != expected:
-                    raise ServiceUnavailable(f"{address} answered batch {assembler.last_batch_id} for {expected}")
-                yield expected, blob
+                batch = next(batches, None)
+                expected = undelivered[0].batch_index
+                if batch is None:
+                    raise ServiceUnavailable(f"the CollateStream on {address} ended before batch {expected}")
+                if batch[0] != expected:
+                    raise ServiceUnavailable(f"{address} answered batch {batch[0]} for {expected}")
+                undelivered.popleft()
+                yield batch
                 failures, stalls = 0, 0
-                assembler = FrameAssembler(allocate=allocate)
                 conn.addresses()  # re-resolves a DNS target when due
                 if not (exhausted or ending) and (time.monotonic() > ends_at or conn.generation != generation):
                     ending = True  # the requests sent are answered here; the next ones go to a new call
                     outbox.put(None)
-            watch.waiting()
-            if next(frames, None) is not None:  # every request is answered: the server ends the call
-                raise ServiceUnavailable(f"the CollateStream on {address} sent a frame after its last batch")
+            if next(batches, None) is not None:  # every request is answered: the server ends the call
+                raise ServiceUnavailable(f"the CollateStream on {address} sent a batch after its last one")
             generation, address = conn.generation, conn.pick()  # the next call may go to another replica
         except grpc.RpcError as err:
             if stop is not None and stop.is_set():
                 return
             if undelivered:  # (a call that failed after its last answer lost nothing)
-                batch = str(undelivered[0].batch_index)
-                failures, stalls = _failed_stream(conn, address, err, watch, failures, stalls, batch)
+                waited_for = str(undelivered[0].batch_index)
+                failures, stalls = _failed_stream(conn, address, err, watch, failures, stalls, waited_for)
             generation, address = conn.generation, conn.pick(avoid=(address,))
         finally:
             outbox.put(None)  # gRPC's thread reading the requests must not wait on this queue forever
