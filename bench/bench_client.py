@@ -191,7 +191,7 @@ def run(quick: bool, batches: int | None = None, batch_size: int = 16) -> dict[s
     from feedline.client import RemoteCollate, RemoteLoader
 
     batches = batches or (16 if quick else 120)
-    repeats = 2 if quick else 3
+    repeats = 2 if quick else 5
     rows = chat_rows(batches * batch_size, seed=2)
     processor = qwen25()
     local, local_hf = LocalCollate(processor), LocalCollate(qwen25("hf"))
