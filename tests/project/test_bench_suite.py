@@ -101,3 +101,78 @@ def test_unknown_benchmark_names_are_refused(tmp_path: Path) -> None:
         main(["--only", "text,nonsense", "--out", str(tmp_path)])
     assert info.value.code == 2
     assert not list(tmp_path.iterdir())
+
+
+def _scaling_figures(efficiency: dict[str, float], cores: float) -> dict[str, Any]:
+    """Figures in bench_scaling's shape: every configuration at 1,000 rows/s but 2 workers at ``cores`` times
+    that, and rows per CPU-second ``efficiency[name]`` times the engine's."""
+    from bench.bench_scaling import CONFIGS, EFFICIENCY, PINNED, PINNED_WITH_LOAD
+
+    engine = 1000.0
+    rate = {name: 1000.0 for name in (*CONFIGS, "engine")} | {"2 workers": 1000.0 * cores}
+    figures: dict[str, Any] = {
+        name: {
+            "rows_per_s": rate[name],
+            "tokens_per_s": rate[name] * 1000,
+            "server_cores_used": 1.0,
+            "load_cores_used": 0.2,
+            "rows_per_server_cpu_s": engine * efficiency.get(name, 1.0),
+        }
+        for name in (*CONFIGS, "engine")
+    }
+    figures.update(
+        {
+            "batch_rows": 16,
+            "seconds": 20.0,
+            "rounds": 4,
+            "cpus": 2,
+            "load_streams": 16,
+            "load_processes": 2,
+            "engine rows per CPU s": engine,
+            "engine best pass rows per CPU s": engine * 1.25,
+            "ratio 2 workers / 1 worker": cores,
+            "ratio 2 replicas / 1 replica": 1.0,
+            f"ratio 2 workers / {PINNED}": cores,
+            f"ratio 2 workers / {PINNED_WITH_LOAD}": cores,
+            "worker target": 0.9,
+            "cores target": 1.8,
+        }
+    )
+    for name in EFFICIENCY:
+        figures[f"ratio {name} rows per CPU s / engine"] = efficiency[name]
+        figures[f"ratio {name} rows per CPU s / engine best pass"] = efficiency[name] / 1.25
+    return figures
+
+
+@pytest.mark.parametrize(
+    ("efficiency", "cores", "says"),
+    [
+        (
+            {"1 worker": 0.78, "1 worker on 1 CPU": 0.91, "1 worker, 1 collate thread": 0.88},
+            1.95,
+            ["met by 1 worker on 1 CPU (**not** by every configuration)", "target 1.8x: met"],
+        ),
+        (
+            {"1 worker": 0.78, "1 worker on 1 CPU": 0.897, "1 worker, 1 collate thread": 0.88},
+            1.7,
+            ["**not met** (nearest: 1 worker on 1 CPU, 0.897x)", "target 1.8x: **not met**"],
+        ),
+        (
+            {"1 worker": 0.95, "1 worker on 1 CPU": 0.96, "1 worker, 1 collate thread": 0.97},
+            1.85,
+            ["met by 1 worker, 1 worker on 1 CPU, 1 worker, 1 collate thread.", "target 1.8x: met"],
+        ),
+    ],
+)
+def test_scaling_report_states_each_target_against_the_side_by_side_engine(
+    tmp_path: Path, efficiency: dict[str, float], cores: float, says: list[str]
+) -> None:
+    (tmp_path / "scaling.json").write_text(json.dumps(_record("scaling", _scaling_figures(efficiency, cores))))
+    markdown = tmp_path / "BENCHMARKS.md"
+    write_markdown(tmp_path, markdown, {})
+    text = markdown.read_text()
+    assert "| unexpected" not in text and "| configuration | rows/s |" in text  # rendered, not shown generically
+    for phrase in says:
+        assert phrase in text
+    assert f"| service throughput: 2 workers / 1 worker and its load on 1 CPU | **{cores:.2f}x** |" in text
+    assert "| rows per CPU-second at saturation, 1 worker / in-process engine (its best pass) | **" in text
