@@ -4,8 +4,9 @@
 
 A load process opens ``STREAMS`` CollateStream calls spread over the given ports (one channel each, so
 SO_REUSEPORT spreads them over a server's workers), keeps 4 batches in flight per stream like a prefetching
-loader, sends pre-serialised requests and prints ``{"batches": N}``. It never decodes a batch, so it costs the
-cores little next to the servers it drives.
+loader, sends pre-serialised requests and prints ``{"batches": N, "started": T0, "ended": T1}`` (monotonic
+clock, from its first request to its end). It never decodes a batch, so it costs the cores little next to the
+servers it drives.
 """
 
 from __future__ import annotations
@@ -182,9 +183,10 @@ def drive(
     processes: int = 2,
     streams: int = 8,
     cpus: set[int] | None = None,
-) -> int:
+) -> tuple[int, float]:
     """Run ``processes`` load processes for ``seconds`` against ``ports`` (pinned to ``cpus`` if given); the
-    number of batches answered."""
+    number of batches answered and the seconds during which load ran (from the first load process's first
+    request to the last one's end, their imports excluded: the servers wait meanwhile)."""
     port_list = ",".join(map(str, ports))
     loaders = [
         subprocess.Popen(
@@ -196,7 +198,9 @@ def drive(
         )
         for _ in range(processes)
     ]
-    return sum(json.loads(p.communicate()[0])["batches"] for p in loaders)
+    reports = [json.loads(p.communicate()[0]) for p in loaders]
+    span = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
+    return sum(r["batches"] for r in reports), span
 
 
 def _load(ports: list[int], streams: int, seconds: float, requests_file: str) -> None:
@@ -207,6 +211,7 @@ def _load(ports: list[int], streams: int, seconds: float, requests_file: str) ->
 
     with open(requests_file, "rb") as fh:
         requests = [bytes.fromhex(line.decode()) for line in fh.read().split()]
+    started = time.monotonic()  # system-wide on Linux, so load processes' times compare
     stop_at = time.perf_counter() + seconds
     counts = [0] * streams
 
@@ -236,7 +241,7 @@ def _load(ports: list[int], streams: int, seconds: float, requests_file: str) ->
         t.start()
     for t in threads:
         t.join()
-    print(json.dumps({"batches": sum(counts)}))
+    print(json.dumps({"batches": sum(counts), "started": started, "ended": time.monotonic()}))
 
 
 if __name__ == "__main__":

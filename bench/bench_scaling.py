@@ -80,12 +80,17 @@ def _engine_best(collate_all: Callable[[], int], repeats: int) -> float:
     return best
 
 
-def _engine_window(collate_all: Callable[[], int], seconds: float) -> tuple[float, float, float]:
-    """CPU seconds, rows (and no tokens counted) of the engine collating for ``seconds``, as a server's window."""
-    rows, start_cpu, stop_at = 0, time.process_time(), time.perf_counter() + seconds
-    while time.perf_counter() < stop_at:
+Window = tuple[float, float, float, float, float]
+"""CPU seconds, rows, tokens, the load processes' CPU seconds and the seconds the work ran, of one window."""
+
+
+def _engine_window(collate_all: Callable[[], int], seconds: float) -> Window:
+    """The engine collating for ``seconds`` (whole passes over the batches), as a server's window: no tokens
+    counted, no load."""
+    rows, start_cpu, started = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - started < seconds:
         rows += collate_all()
-    return time.process_time() - start_cpu, rows, 0.0
+    return time.process_time() - start_cpu, rows, 0.0, 0.0, time.perf_counter() - started
 
 
 def _requests() -> list[bytes]:
@@ -114,13 +119,13 @@ class _Config:
     def __init__(self, servers: list[Server], load_cpus: set[int] | None = None) -> None:
         self.servers, self.load_cpus = servers, load_cpus
 
-    def window(self, seconds: float, requests_file: str) -> tuple[float, float, float, float]:
-        """The servers' CPU seconds, rows and tokens (their own counters), and the load processes' CPU seconds,
-        over one load window of ``seconds``."""
+    def window(self, seconds: float, requests_file: str) -> Window:
+        """One load window of ``seconds``: the servers' CPU, rows and tokens (their own counters), the load
+        processes' CPU, and how long the load ran."""
         before, load_before = self._totals(), _children_cpu_s()
-        drive([s.grpc_port for s in self.servers], seconds, requests_file, cpus=self.load_cpus)
+        _, span = drive([s.grpc_port for s in self.servers], seconds, requests_file, cpus=self.load_cpus)
         cpu, rows, tokens = (b - a for a, b in zip(before, self._totals(), strict=True))
-        return cpu, rows, tokens, _children_cpu_s() - load_before
+        return cpu, rows, tokens, _children_cpu_s() - load_before, span
 
     def _totals(self) -> tuple[float, float, float]:
         return (
@@ -140,29 +145,30 @@ def _measure(
     configs: dict[str, _Config], collate_all: Callable[[], int], seconds: float, requests_file: str, rounds: int
 ) -> dict[str, dict[str, float]]:
     """Rows, tokens and CPU per configuration (and the engine) over ``seconds`` each, in ``rounds`` interleaved
-    windows (after a warm-up of every worker and connection); totals over the windows, so each is a time
-    average."""
+    windows (after a warm-up of every worker and connection); totals over the windows per second that the work
+    ran, so each is a time average."""
     for config in configs.values():
         config.window(min(2.0, seconds / 3), requests_file)
     names = [*configs, "engine"]
-    sums = {name: [0.0, 0.0, 0.0, 0.0] for name in names}
+    sums = {name: [0.0] * 5 for name in names}
     for k in steps(range(rounds), "scaling"):
         for name in names[k % len(names) :] + names[: k % len(names)]:
             window = (
-                (*_engine_window(collate_all, seconds / rounds), 0.0)
+                _engine_window(collate_all, seconds / rounds)
                 if name == "engine"
                 else configs[name].window(seconds / rounds, requests_file)
             )
             sums[name] = [a + b for a, b in zip(sums[name], window, strict=True)]
     return {
         name: {
-            "rows_per_s": rows / seconds,
-            "tokens_per_s": tokens / seconds,
-            "server_cores_used": cpu / seconds,  # the servers are idle outside the load windows
-            "load_cores_used": load / seconds,
+            "rows_per_s": rows / span,
+            "tokens_per_s": tokens / span,
+            "server_cores_used": cpu / span,  # the servers are idle outside the load windows
+            "load_cores_used": load / span,  # with each load process's start, while the servers wait
             "rows_per_server_cpu_s": rows / cpu if cpu else 0.0,
+            "seconds": span,
         }
-        for name, (cpu, rows, tokens, load) in sums.items()
+        for name, (cpu, rows, tokens, load, span) in sums.items()
     }
 
 
