@@ -14,8 +14,8 @@ so the machine's drift falls on all of them alike, the engine included. Printed:
 servers' CPU and the load processes' CPU (cores actually used) and the ratios.
 
 Three ratios answer three questions. Rows per server CPU-second against the engine's, both summed over their
-interleaved windows: what does serving add to the engine's work at saturation? (The engine's best window
-alone, as earlier runs reported it, is printed too: an extreme of a noisy machine set against an average.)
+interleaved windows: what does serving add to the engine's work at saturation? (The engine's best single pass,
+as earlier runs reported it, is printed too: an extreme of a noisy machine set against an average.)
 "2 workers / 1 worker and its load on 1 CPU" is the scaling of worker processes with the load where this
 machine must put it, beside the servers: each server shares its CPUs with the load that drives it (ideal
 2.0). "2 workers / 1 worker on 1 CPU" leaves the pinned worker's load free to use the other CPU, so the two
@@ -123,7 +123,7 @@ class _Config:
         """One load window of ``seconds``: the servers' CPU, rows and tokens (their own counters), the load
         processes' CPU, and how long the load ran."""
         before, load_before = self._totals(), _children_cpu_s()
-        _, span = drive([s.grpc_port for s in self.servers], seconds, requests_file, cpus=self.load_cpus)
+        span = drive([s.grpc_port for s in self.servers], seconds, requests_file, cpus=self.load_cpus)
         cpu, rows, tokens = (b - a for a, b in zip(before, self._totals(), strict=True))
         return cpu, rows, tokens, _children_cpu_s() - load_before, span
 

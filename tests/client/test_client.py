@@ -210,9 +210,8 @@ def test_sigkill_of_a_replica_mid_epoch_loses_and_repeats_nothing(data_root: Pat
                 killed.set()
 
         disturbed_loader = loader(targets, fingerprint=first._remote.fingerprint)
-        disturbed_loader._remote._connection._next = (
-            0  # pinned already (no ListProcessors): it starts on the one to die
-        )
+        # Pinned already (no ListProcessors call), so the run's first stream starts on the replica to die.
+        disturbed_loader._remote._connection._next = 0
         disturbed = batch_blobs(disturbed_loader, kill_first)
         assert killed.is_set() and replicas[0].proc.returncode == -signal.SIGKILL
         assert disturbed == reference and len(reference) > 8
