@@ -3,7 +3,8 @@
 A RemoteLoader starts one receiver (a plain ``python -c`` child, so the trainer's main module is never
 re-imported and a CUDA context is never forked) and keeps it for its lifetime. For each ``iter()`` the trainer
 sends a *run*; the receiver produces that run's batches with the same generators the in-process path uses
-(``_sources``), assembles each straight into a shared-memory slot (``_slots``) and sends a small descriptor.
+(``_sources``), puts each in a shared-memory slot (``_slots``: assembled there, or padded there from a ragged
+wire form) and sends a small descriptor.
 The trainer's share per batch is one message in and a few array views; one message goes back per
 ``prefetch // 2`` batches. The receiver's side is ``_receiver_process``.
 

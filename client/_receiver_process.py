@@ -15,12 +15,15 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from feedline.proto import FeedlineError, ServiceUnavailable
-from feedline.proto._codec import decode_batch
+from feedline.proto._codec import DecodedBatch, decode_batch
+from feedline.proto._framing import aligned_buffer
 from feedline.proto._ragged import RAGGED_META, expand, expanded_nbytes
 from feedline.proto.v1 import feedline_pb2 as pb
 
-from ._slots import SlotPool, describe, send_slot
+from ._slots import Allocator, SlotPool, describe, send_slot
 from ._sources import dataset_blobs, sample_blobs
 
 __all__ = ["END", "serve"]
@@ -44,6 +47,19 @@ class _Out:
     def announce(self, slot: int, size: int, fd: int, live: Sequence[int]) -> None:
         with self._lock:
             send_slot(self._conn, slot, size, fd, live)
+
+
+class _Staging:
+    """The one private buffer a ragged run's batches arrive in, reused batch after batch (each is padded out of
+    it into a slot before the next is assembled), grown to the largest batch seen."""
+
+    def __init__(self) -> None:
+        self._buffer = aligned_buffer(0)
+
+    def __call__(self, nbytes: int) -> np.ndarray:
+        if len(self._buffer) < nbytes:
+            self._buffer = aligned_buffer(1 << (nbytes - 1).bit_length())
+        return self._buffer[:nbytes]
 
 
 class _Run:
@@ -88,7 +104,11 @@ class _Run:
             yield chunk[0], chunk[1]
 
     def _produce(self) -> None:
-        remote, allocate = self.spec["remote"], self._pool.allocator()
+        remote, slots = self.spec["remote"], self._pool.allocator()
+        # A ragged run's batches are padded on their way into a slot, so they arrive in a reused private buffer;
+        # a padded run's arrive straight in a slot, where the trainer will read them.
+        staging = _Staging() if remote.ragged else None
+        allocate = staging or slots
         if self.spec["mode"] == "dataset":
             request = pb.StreamDatasetRequest.FromString(self.spec["request"])
             request.start_batch_index = self.spec["start"]
@@ -101,17 +121,15 @@ class _Run:
                 if not self._wait_for_room():
                     return
                 decoded = decode_batch(blob)
-                if RAGGED_META in decoded.meta:  # padded here, straight into a slot of the padded size
-                    source = decode_batch(blob.copy())  # the slot it came in may be the one taken for it
-                    blob = allocate(expanded_nbytes(source))
-                    decoded = expand(source, into=blob)
+                if staging is not None or RAGGED_META in decoded.meta:
+                    blob, decoded = _into_slot(blob, decoded, slots, in_slot=staging is None)
                 meta = {k: decoded.meta[k] for k in _TRAINER_META if k in decoded.meta}
                 with self._room:
                     self._sent.append(blob.nbytes)
                 if remote._connection.stats != reported:  # failovers, hedges, stalls: the loader's counters
                     reported = dict(remote._connection.stats)
                     self._out.send(("stats", self.run, reported))
-                self._out.send(("batch", self.run, index, allocate.lend(), describe(decoded, blob), meta))
+                self._out.send(("batch", self.run, index, slots.lend(), describe(decoded, blob), meta))
             self._out.send(("stats", self.run, dict(remote._connection.stats)))
             self._out.send(("done", self.run))
         except FeedlineError as exc:
@@ -124,8 +142,24 @@ class _Run:
             close = getattr(blobs, "close", None)  # a generator: stop it and its calls now, not at collection
             if close is not None:
                 close()
-            allocate.close()
+            slots.close()
             remote._connection.close()
+
+
+def _into_slot(
+    blob: np.ndarray, decoded: DecodedBatch, slots: Allocator, *, in_slot: bool
+) -> tuple[np.ndarray, DecodedBatch]:
+    """The batch in a slot of its own, its ragged rows padded on the way. A ragged blob that arrived in a slot
+    (``in_slot``) is copied out first: the slot taken for the padded batch may be the one it came in."""
+    if in_slot:
+        blob = blob.copy()
+        decoded = decode_batch(blob)
+    if RAGGED_META in decoded.meta:
+        out = slots(expanded_nbytes(decoded))
+        return out, expand(decoded, into=out)
+    out = slots(blob.nbytes)
+    out[...] = blob
+    return out, decode_batch(out)
 
 
 def serve(ctrl_fd: int, data_fd: int) -> None:

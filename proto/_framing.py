@@ -36,6 +36,7 @@ __all__ = [
     "FRAME_FIELD",
     "FRAME_HEADER_BYTES",
     "FrameAssembler",
+    "aligned_buffer",
     "bytes_field_prefix",
     "decode_frames",
     "encode_frames",
@@ -171,7 +172,7 @@ class FrameAssembler:
         self, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, allocate: Callable[[int], np.ndarray] | None = None
     ) -> None:
         self.max_batch_bytes = max_batch_bytes
-        self._allocate = allocate or _aligned_buffer
+        self._allocate = allocate or aligned_buffer
         self._buffer: np.ndarray | None = None
         self._batch_id = self._count = self._total = self._received = self._next_seq = 0
 
@@ -240,7 +241,7 @@ class FrameAssembler:
             )
 
 
-def _aligned_buffer(nbytes: int) -> np.ndarray:
+def aligned_buffer(nbytes: int) -> np.ndarray:
     """A fresh writable uint8 buffer of ``nbytes`` starting at a multiple of ALIGNMENT."""
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     skip = (-raw.ctypes.data) % ALIGNMENT

@@ -24,11 +24,13 @@ import pytest
 import torch
 
 from feedline.client import RemoteLoader
+from feedline.client._receiver_process import _into_slot, _Staging
 from feedline.client._slots import SlotMaps, SlotPool, describe
 from feedline.proto import InvalidOptions, InvalidSample
 from feedline.proto._codec import decode_batch, encode_batch, float32_to_bfloat16
-from feedline.service import Processor
+from feedline.service import CollateOptions, Processor, collate
 from feedline.service.server import Limits, ProcessorRegistry, ServingState
+from feedline.service.server._requests import CollateResult
 from tests.support.reliability_harness import wait_for
 
 N_ROWS = 29
@@ -128,6 +130,49 @@ def test_the_pool_reuses_free_slots_and_grows_only_when_none_fits() -> None:
     assert other(10).ctypes.data != view.ctypes.data and len(maps._maps) == 5
     allocate.close()  # the run ended without lending it: free again
     assert pool.allocator()(10).ctypes.data == view.ctypes.data
+    for c in conns:
+        c.close()
+
+
+def test_ragged_batches_arrive_in_one_reused_buffer_and_are_padded_into_slots(qwen_processor: Processor) -> None:
+    """A ragged run's batches arrive in one private buffer, reused batch after batch, and are padded from it into
+    a slot; a padded blob there is copied into a slot as it is; a ragged blob that arrived in a slot is padded
+    correctly although the slot taken for the result may be the one it came in."""
+    pool, maps, *conns = _pool_and_maps()
+    options = CollateOptions()
+    engine, blobs = [], []
+    for start in (0, 6, 12):
+        rows = _rows()[start : start + 6]
+        engine.append(collate(qwen_processor, rows, options).tensors)
+        ragged = collate(qwen_processor, rows, options, ragged=True)
+        blobs.append(np.frombuffer(bytes(CollateResult(qwen_processor, options, ragged).encode(start)), np.uint8))
+    staging, slots = _Staging(), pool.allocator()
+    kept, first_buffer = [], None
+    for blob in blobs:
+        arrived = staging(len(blob))
+        arrived[:] = blob
+        first_buffer = first_buffer or arrived.ctypes.data
+        assert arrived.ctypes.data == first_buffer  # the same memory every batch: no fresh buffer per batch
+        out, decoded = _into_slot(arrived, decode_batch(arrived), slots, in_slot=False)
+        kept.append(maps.tensors(slots.lend(), describe(decoded, out)))
+        assert not np.shares_memory(out, arrived)
+    for batch, want in zip(kept, engine, strict=True):  # each still intact after the buffer was reused
+        assert set(batch) == set(want)
+        for key, value in want.items():
+            np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=key)
+    padded = encode_batch({"input_ids": np.arange(12, dtype=np.int64).reshape(3, 4)})
+    arrived = staging(len(padded))
+    arrived[:] = np.frombuffer(padded, np.uint8)
+    out, decoded = _into_slot(arrived, decode_batch(arrived), slots, in_slot=False)
+    assert not np.shares_memory(out, arrived)
+    np.testing.assert_array_equal(decoded.tensors["input_ids"], np.arange(12).reshape(3, 4))
+    slots.lend()
+    in_slot = slots(len(blobs[0]))  # a new slot: every other one is lent
+    in_slot[:] = blobs[0]
+    out, decoded = _into_slot(in_slot, decode_batch(in_slot), slots, in_slot=True)
+    assert out.ctypes.data == in_slot.ctypes.data  # the padded batch was written over the slot it came in
+    for key, value in engine[0].items():
+        np.testing.assert_array_equal(decoded.tensors[key], value, err_msg=key)
     for c in conns:
         c.close()
 
