@@ -108,7 +108,7 @@ class _Run:
         # A ragged run's batches are padded on their way into a slot, so they arrive in a reused private buffer;
         # a padded run's arrive straight in a slot, where the trainer will read them.
         staging = _Staging() if remote.ragged else None
-        allocate = staging or slots
+        allocate = slots if staging is None else staging
         if self.spec["mode"] == "dataset":
             request = pb.StreamDatasetRequest.FromString(self.spec["request"])
             request.start_batch_index = self.spec["start"]
