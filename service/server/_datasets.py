@@ -187,6 +187,19 @@ class RowSource:
                 out[pos] = row
         return out
 
+    def encoded_bytes(self, indices: Sequence[int] | np.ndarray) -> int | None:
+        """The bytes the rows at ``indices`` take as stored JSON text, a bound on their characters
+        (``Reader.encoded_bytes``); None if any of their files stores no text (Parquet, Arrow)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        files = np.searchsorted(self._starts, indices, side="right") - 1
+        total = 0
+        for f in np.unique(files).tolist():
+            size = self._readers[f].encoded_bytes(indices[files == f] - self._starts[f])
+            if size is None:
+                return None
+            total += size
+        return total
+
     def _from_blocks(self, readers: list[BlockReader], indices: np.ndarray) -> list[Any]:
         """Rows straight from their blocks, across files (blocks numbered over all files): one cache look-up per
         run of rows of one block, no grouping by file."""

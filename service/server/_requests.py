@@ -373,8 +373,10 @@ class DatasetStream:
             )
             return split_frames(empty, batch_id=batch_index, max_frame_bytes=request.frame_bytes, wrap=True)
         samples: list[Any] = [None] * len(rows)
+        stored: list[int | None] = []  # the rows' stored sizes, which spare run_collate their character walk
         for d in np.unique(part).tolist():
             sel = np.flatnonzero(part == d)
+            stored.append(self._sources[d].encoded_bytes(rows[sel]))
             try:
                 fetched = self._sources[d].rows(rows[sel])
             except FeedlineError as exc:  # the reader names the dataset row: add its position in the batch
@@ -392,6 +394,7 @@ class DatasetStream:
                 fingerprint=request.processor_fingerprint,
                 options=request.options,
                 ragged=request.ragged,
+                chars_at_most=None if None in stored else sum(s for s in stored if s is not None),
             )
         except FeedlineError as exc:  # name the dataset row, not the position in the batch
             if exc.sample is None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from feedline.proto import InvalidSample
 from feedline.service.server import _datasets as _dataset
+from feedline.service.server._caps import count_chars
 from feedline.service.server._datasets import RowSource, open_dataset
 from feedline.service.server.datasets._files import locate
 from feedline.service.server.datasets._lines import scan_lines
@@ -281,3 +282,38 @@ def test_jsonl_rows_decode_as_json_does(tmp_path: Path) -> None:
         with pytest.raises(InvalidSample, match="Extra data") as info:
             source.rows([row])
         assert info.value.sample == row
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=12)  # escapes, non-ASCII, astral characters, no surrogates
+_JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), _TEXT),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_TEXT, inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(st.dictionaries(_TEXT, _JSON_VALUES, max_size=4), min_size=2, max_size=12),
+    ascii_only=st.booleans(),
+    picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=6),
+)
+def test_stored_size_bounds_the_characters_a_dataset_row_counts(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[dict], ascii_only: bool, picks: list[int]
+) -> None:
+    """What spares a dataset batch the character walk: JSONL rows' stored bytes (any shard, escaped or raw
+    UTF-8) are never below their counted characters; Parquet stores no text, so it bounds nothing."""
+    root = tmp_path_factory.mktemp("bound")
+    half = len(rows) // 2
+    for name, part in (("a", rows[:half]), ("b", rows[half:])):
+        (root / "j").mkdir(exist_ok=True)
+        lines = "".join(json.dumps(r, ensure_ascii=ascii_only) + "\n" for r in part)
+        (root / "j" / f"{name}.jsonl").write_text(lines, encoding="utf-8")
+    source = open_dataset("j", [root])
+    indices = np.array([p % len(rows) for p in picks], dtype=np.int64)
+    stored = source.encoded_bytes(indices)
+    assert stored is not None and sum(count_chars(row) for row in source.rows(indices)) <= stored
+    expected = sum(len((json.dumps(rows[i], ensure_ascii=ascii_only) + "\n").encode()) for i in indices.tolist())
+    assert stored == expected
+    pq.write_table(pa.Table.from_pylist(_rows(4)), root / "t.parquet")
+    assert open_dataset("t.parquet", [root]).encoded_bytes(np.arange(4)) is None

@@ -12,16 +12,19 @@ from typing import Any
 
 import grpc
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feedline.client._requests import pack_rows
 from feedline.proto import RequestTooLarge, decode_frames
+from feedline.proto._framing import unwrap_frame
 from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2_grpc, frame_stream_calls
 from feedline.proto.v1 import feedline_pb2 as pb
 from feedline.service import Processor, load_processor
-from feedline.service.server import Limits, ProcessorRegistry, ServingState
+from feedline.service.server import Limits, ProcessorRegistry, ServingState, _caps
 from feedline.service.server._caps import check_chars, count_chars, encoded_chars_bound
 from feedline.service.server._requests import parse_rows
 from tests.support.media import processor as media_processor
@@ -35,6 +38,7 @@ LIMITS = {
     "max_tokens_per_sample": 400,
     "max_tokens_per_request": 1_000,
 }
+LONG_ROW = {"prompt": "\u00e9" * 20_001, "completion": "y"}  # 2 bytes a character: the stored size clears no cap
 TOOL_ROWS = [
     {"role": "user", "content": "Weather in Paris?"},
     {
@@ -54,6 +58,8 @@ def served(in_process: Any, qwen_processor: Processor, tmp_path_factory: pytest.
     """gRPC and HTTP servers over qwen2.5 (a template without tool ids), mistral-nemo (one with) and qwen2.5-vl."""
     data = tmp_path_factory.mktemp("data")
     (data / "train.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (data / "long.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [GOOD] * 3 + [LONG_ROW]))
+    pq.write_table(pa.Table.from_pylist([GOOD] * 4), data / "train.parquet")
     registry = ProcessorRegistry.of(
         qwen_processor, load_processor("mistral-nemo", "mistral-nemo"), media_processor("qwen2.5-vl")
     )
@@ -208,6 +214,36 @@ def test_rows_the_bound_cannot_clear_are_counted() -> None:
         check_chars(parse_rows([], limits, packed), limits, at_most=encoded_chars_bound([], packed))
     small = [{"prompt": "x" * 100, "completion": "y"}]
     check_chars(small, limits, at_most=encoded_chars_bound([], pack_rows(small)))
+
+
+def test_dataset_rows_are_counted_only_where_their_stored_size_does_not_clear_the_caps(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSONL batch within the caps by its bytes skips the walk; a Parquet batch (no stored text) is walked,
+    and a JSONL row over ``max_chars_per_sample`` is still refused, naming its dataset row and the cap."""
+    walked: list[int] = []
+
+    def counting(row: Any) -> int:
+        walked.append(1)
+        return count_chars(row)
+
+    monkeypatch.setattr(_caps, "count_chars", counting)
+    with grpc.insecure_channel(served.grpc_target, options=CHANNEL_OPTIONS) as channel:
+        _, stream_dataset = frame_stream_calls(channel)
+
+        def stream(path: str, batch_size: int, max_batches: int = 0) -> list[Any]:
+            request = pb.StreamDatasetRequest(
+                dataset=pb.DatasetRef(path=path), batch_size=batch_size, max_batches=max_batches
+            )
+            return [decode_frames([unwrap_frame(m)]) for m in stream_dataset(request, timeout=60)]
+
+        assert len(stream("long.jsonl", 3, max_batches=1)[0].tensors["input_ids"]) == 3 and not walked
+        assert len(stream("train.parquet", 4)[0].tensors["input_ids"]) == 4 and len(walked) == 4
+        with pytest.raises(grpc.RpcError) as info:
+            stream("long.jsonl", 2)
+    error = json.loads(dict(info.value.trailing_metadata() or ())["feedline-error"])
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "max_chars_per_sample" in error["message"]
+    assert error["row"] == 3 and error["sample"] == 1
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,15 @@
 - Arrow (HF ``save_to_disk``): the record batches' byte ranges from the message headers; a record batch is read
   whole with ``pread`` and kept in the bounded block cache (so the order shuffles within windows of them).
 
-Every reader has ``num_rows``, ``block_rows`` (rows per unit of reading), ``block_bytes`` and
-``rows(local_indices)``; the block readers (Parquet, Arrow) also ``load(block)``, uncached (the bench times
-it). A row that cannot be decoded raises InvalidSample naming the row within the file.
+Every reader has ``num_rows``, ``block_rows`` (rows per unit of reading), ``block_bytes``,
+``rows(local_indices)`` and ``encoded_bytes(local_indices)`` (the rows' size as stored where that bounds their
+characters, JSONL; else None); the block readers (Parquet, Arrow) also ``load(block)``, uncached (the bench
+times it). A row that cannot be decoded raises InvalidSample naming the row within the file.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -49,6 +51,11 @@ class Reader(Protocol):
     random_access: bool
 
     def rows(self, local: np.ndarray) -> list[Any]: ...
+
+    def encoded_bytes(self, local: np.ndarray) -> int | None:
+        """The bytes rows ``local`` take as JSON text (at least their characters: ``count_chars``), or None
+        where the format stores no such text (columns)."""
+        ...
 
 
 @runtime_checkable
@@ -172,6 +179,12 @@ class _JsonlReader:
             out.append(_decode(data[start - base : end - base], i))
         return out
 
+    def encoded_bytes(self, local: np.ndarray) -> int:
+        """Each row's line, its newline included: JSON text holds every character of its strings and keys in
+        at least one byte (an escape in more), so this bounds the row's characters."""
+        span = self._index.span
+        return sum(end - start for start, end in map(span, local.tolist()))
+
     def _block(self, block: int) -> tuple[int, bytes]:
         return self._cache.get((self._digest, "jsonl", block), self._load, block)  # type: ignore[no-any-return]
 
@@ -199,7 +212,24 @@ def _decode(data: bytes, row: int) -> Any:
         raise InvalidSample(f"dataset line is not JSON: {exc}", sample=row) from None
 
 
-class _ParquetReader:
+class _Blocks(abc.ABC):
+    """Rows of a columnar file stored in blocks (row groups, record batches) that ``block`` serves from the
+    cache, blocks starting at rows ``_starts``."""
+
+    _starts: np.ndarray
+
+    @abc.abstractmethod
+    def block(self, block: int) -> Callable[[int], Any]:
+        """Block ``block``'s row reader (row within the block -> row), from the block cache."""
+
+    def rows(self, local: np.ndarray) -> list[Any]:
+        return rows_from_blocks(self._starts, local, self.block)
+
+    def encoded_bytes(self, local: np.ndarray) -> None:
+        return None  # columns of values: no text to bound the characters
+
+
+class _ParquetReader(_Blocks):
     random_access = False
 
     def __init__(self, file: DataFile, cache: BlockCache) -> None:
@@ -214,9 +244,6 @@ class _ParquetReader:
         self.block_bytes = np.array([g.total_byte_size for g in groups], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self.block_rows)[:-1]]).astype(np.int64)
         self._lock = threading.Lock()
-
-    def rows(self, local: np.ndarray) -> list[Any]:
-        return rows_from_blocks(self._starts, local, self.block)
 
     def block(self, group: int) -> Callable[[int], Any]:
         """Row group ``group``'s row reader, from the block cache."""
@@ -233,7 +260,7 @@ class _ParquetReader:
         return row_reader(table.schema.names, arrays), sum(int(a.nbytes) for a in arrays)
 
 
-class _ArrowReader:
+class _ArrowReader(_Blocks):
     """A saved HF dataset's Arrow stream (or file), read a record batch at a time with ``pread``.
 
     Opening walks the message headers through a memory map (the bodies are not touched) and unmaps it: each
@@ -258,9 +285,6 @@ class _ArrowReader:
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self._fd = os.open(file.path, os.O_RDONLY)
         weakref.finalize(self, os.close, self._fd)
-
-    def rows(self, local: np.ndarray) -> list[Any]:
-        return rows_from_blocks(self._starts, local, self.block)
 
     def block(self, block: int) -> Callable[[int], Any]:
         """Record batch ``block``'s row reader, from the block cache."""
