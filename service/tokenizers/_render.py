@@ -50,6 +50,19 @@ NEMO_GENERATION_TAG = re.compile(r"\{%-?\s+generation\s+-?%\}")
 
 _METHODS = (types.MethodType, types.BuiltinMethodType)
 _MISSING = object()
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+_NAMESPACES: dict[type, bool] = {}
+
+
+def _is_namespace(cls: type) -> bool:
+    """Whether ``cls`` is a jinja ``Namespace`` that keeps its attributes as jinja's does (transformers'
+    ``TemplateNamespace`` only checks names on writes)."""
+    known = _NAMESPACES.get(cls)
+    if known is None:
+        known = _NAMESPACES[cls] = (
+            issubclass(cls, jinja2.utils.Namespace) and cls.__getattribute__ is jinja2.utils.Namespace.__getattribute__
+        )
+    return known
 
 
 class _RememberingSandbox(ImmutableSandboxedEnvironment):
@@ -66,11 +79,23 @@ class _RememberingSandbox(ImmutableSandboxedEnvironment):
     _verdicts: dict[tuple[type, str], bool]
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        """An attribute already judged safe for the object's class is read directly when it is not a method
-        (a method may be ``str.format``, which the sandbox wraps); everything else goes through jinja's own."""
+        """Jinja's answer by the shortest road. ``message.role`` on a plain dict: a name that is no attribute of
+        dict is the item (items are data: jinja checks nothing), found without raising AttributeError first.
+        An attribute already judged safe for the object's class is read directly when it is not a method (a
+        method may be ``str.format``, which the sandbox wraps); a namespace's (what Mistral-style templates
+        read on every statement) straight from its own dict. Everything else goes through jinja's own."""
         cls = type(obj)
-        if cls is obj.__class__ and self._verdicts.get((cls, attribute)):
-            value = getattr(obj, attribute, _MISSING)
+        if cls is dict and attribute not in _DICT_ATTRIBUTES:
+            value = obj.get(attribute, _MISSING)
+            if value is not _MISSING:
+                return value
+        elif self._verdicts.get((cls, attribute)):
+            if _is_namespace(cls):  # its __class__ cannot be faked: Namespace answers it from object
+                value = object.__getattribute__(obj, "_Namespace__attrs").get(attribute, _MISSING)
+            elif cls is obj.__class__:
+                value = getattr(obj, attribute, _MISSING)
+            else:
+                value = _MISSING
             if value is not _MISSING and not isinstance(value, _METHODS):
                 return value
         return super().getattr(obj, attribute)

@@ -15,7 +15,11 @@ from transformers.utils import chat_template_utils as hf
 
 from feedline.service.tokenizers._render import compile_template
 
-MESSAGES = [{"role": "user", "content": "hi {0}"}, {"role": "assistant", "content": "yo", "extra": [1, 2]}]
+MESSAGES = [
+    {"role": "user", "content": "hi {0}"},
+    {"role": "assistant", "content": "yo", "extra": [1, 2]},
+    {"role": "tool", "content": "t", "items": "I", "get": "G", "pop": "P", "copy": "C", "none": None},
+]
 
 TEMPLATES = [
     "{% for m in messages %}{{ m.role }}:{{ m.content }}|{{ m.missing }}|{{ loop.last }}{% endfor %}" * 2,
@@ -30,6 +34,15 @@ TEMPLATES = [
     "{{ messages[0].content.__class__.__mro__ }}",
     "{{ raise_exception('refused: ' ~ messages[0].role) }}",
     "{% set ns = namespace() %}{% set ns._x = 1 %}",
+    # keys named like dict methods are the methods (mutating ones refused), other keys the items, twice over
+    "{% for m in messages %}{{ m.get('role') }}{{ m.items is defined }}{{ m.copy is callable }}{{ m.pop }}"
+    "{{ m.none is none }}{{ m.none is defined }}{{ m.nope is defined }}{{ m.role }}{% endfor %}" * 2,
+    "{{ messages[2].items() | list }}{{ messages[2].get('items') }}",
+    # namespaces: values read many times, a missing one, a method stored in one (str.format stays sandboxed)
+    "{% set ns = namespace(a=1, f='{0}'.format, s='x'.upper) %}{% for m in messages %}{% set ns.a = ns.a + 1 %}"
+    "{{ ns.a }}{{ ns.f(m.role) }}{{ ns.s() }}{{ ns.nope is defined }}{% endfor %}{{ ns.a }}",
+    "{% set ns = namespace(a=1) %}{{ ns.a }}{{ ns.__class__ }}{{ ns._Namespace__attrs }}{{ ns.a }}",
+    "{% set ns = namespace(f='{0.__class__}'.format) %}{{ ns.f(1) }}{{ ns.f(2) }}",
 ]
 
 
