@@ -311,7 +311,8 @@ def _client(f: Mapping[str, Any]) -> str:
             "processes side by side costs on this shared machine, a floor the service paths share too. "
             "Where the rest goes (py-spy profiles of "
             "the server and the receiver): bench/CLIENT_NOTES.md, 'Total CPU per row: the profile of what "
-            "remains'.\n\n"
+            "remains', and the latest budget of a batch, process by process and thread by thread, in its "
+            "ninth-session section.\n\n"
         )
     )
     return (
