@@ -348,7 +348,7 @@ def _serve_worker(config: ServeConfig, state: Any, grpc_server: Any, http_sock: 
 
         def on_signal() -> None:
             if not stopped:
-                _LOGGER.info("draining", extra={"grace_period_s": grace})
+                _LOGGER.info("draining", extra={"grace_period_s": grace, "grpc_calls": state.calls.active})
                 stopped.append(drain_server(grpc_server, state, grace))
                 uv.should_exit = True
 

@@ -230,7 +230,7 @@ class _FeedlineServicer:
 
     def Collate(self, request: pb.CollateRequest, context: grpc.ServicerContext) -> bytes:
         """The serialized CollateResponse, built with the batch's arrays copied once (``collate_response``)."""
-        with _rpc(context, "Collate") as call:
+        with _rpc(self.state, context, "Collate") as call:
             request = _decoded(request)
             call["batch_index"] = request.batch_index
             deadline = Deadline(self.state.limits, context.time_remaining())  # time queued for the pool counts
@@ -239,7 +239,7 @@ class _FeedlineServicer:
             return collate_response(result, request.batch_index, self._frame_bytes(request.max_frame_bytes))
 
     def CollateStream(self, requests: Iterator[pb.CollateRequest], context: grpc.ServicerContext) -> Iterator[bytes]:
-        with _rpc(context, "CollateStream") as call:
+        with _rpc(self.state, context, "CollateStream") as call:
             stop = threading.Event()
             context.add_callback(stop.set)
             pending: queue.Queue[Any] = queue.Queue()
@@ -265,7 +265,7 @@ class _FeedlineServicer:
                 _cancel_pending(pending)
 
     def StreamDataset(self, request: pb.StreamDatasetRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        with _rpc(context, "StreamDataset") as call, self._dataset_slot():
+        with _rpc(self.state, context, "StreamDataset") as call, self._dataset_slot():
             request = _decoded(request)
             stream = DatasetStream(
                 self.state,
@@ -283,7 +283,7 @@ class _FeedlineServicer:
     def ListProcessors(
         self, request: pb.ListProcessorsRequest, context: grpc.ServicerContext
     ) -> pb.ListProcessorsResponse:
-        with _rpc(context, "ListProcessors"):
+        with _rpc(self.state, context, "ListProcessors"):
             _decoded(request)
             return pb.ListProcessorsResponse(processors=[_processor_info(i) for i in self.state.registry.infos()])
 
@@ -442,8 +442,12 @@ def _processor_info(info: Any) -> pb.ProcessorInfo:
 
 
 @contextmanager
-def _rpc(context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]:
-    """Request id, metrics and one log line per call; FeedlineErrors become status codes with JSON details."""
+def _rpc(state: ServingState, context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]:
+    """Request id, metrics and one log line per call, counted in ``state.calls`` until gRPC ends it; a call
+    that starts while the process drains is refused. FeedlineErrors become status codes with JSON details."""
+    state.calls.begin()
+    if not context.add_callback(state.calls.end):  # the call already ended
+        state.calls.end()
     metadata = dict(context.invocation_metadata() or ())
     given = metadata.get("x-request-id")
     token = request_id.set(new_request_id(given.decode("latin-1") if isinstance(given, bytes) else given))
@@ -451,6 +455,8 @@ def _rpc(context: grpc.ServicerContext, method: str) -> Iterator[dict[str, Any]]
     call: dict[str, Any] = {}
     with track_request("grpc", method) as outcome:
         try:
+            if state.draining.is_set():
+                raise ServiceUnavailable("this replica is draining (it was told to stop): send the call to another")
             yield call
         except FeedlineError as exc:
             _, code = status_for(exc)
@@ -489,7 +495,25 @@ def _log(method: str, code: str, start: float, call: dict[str, Any], **extra: An
     )
 
 
-def drain_server(server: grpc.Server, state: ServingState, grace_s: float) -> threading.Event:
-    """Stop accepting calls, let in-flight ones finish within ``grace_s``; the event is set once stopped."""
+def drain_server(server: grpc.Server, state: ServingState, grace_s: float, settle_s: float = 0.5) -> threading.Event:
+    """Refuse new calls, let those in flight finish within ``grace_s``, then stop; the event is set once stopped.
+
+    Once ``server.stop`` has begun, gRPC core closes a connection as soon as its last call ends, and the client
+    could lose an answer the server had finished: UNAVAILABLE "Connection reset by peer" in 4 of 30 drains of a
+    ``feedline serve`` process with a Collate in flight, 5 of 30 in process. So the server stops only once no
+    call is in flight (that alone gave 0 of 30 in process), and ``settle_s`` later, for answers the kernel still
+    holds for a slow link; or when ``grace_s`` runs out. Calls that begin meanwhile get UNAVAILABLE (``_rpc``),
+    and clients go to another replica.
+    """
     state.drain()
-    return server.stop(grace_s)
+    deadline = time.monotonic() + grace_s
+    stopped = threading.Event()
+
+    def stop() -> None:
+        if state.calls.wait_idle(deadline):
+            time.sleep(max(0.0, min(settle_s, deadline - time.monotonic())))
+        server.stop(max(0.0, deadline - time.monotonic())).wait()
+        stopped.set()
+
+    threading.Thread(target=stop, name="grpc-drain", daemon=True).start()
+    return stopped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,38 @@ class ProcessorRegistry:
         return [p.info() for p in self._loaded.values()]
 
 
+class Calls:
+    """The gRPC calls this process has begun and not yet ended, counted from the handler's start to the call's
+    end in gRPC core (its answer written), so a drain can tell when the last answer has left."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def begin(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def end(self) -> None:
+        with self._idle:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.notify_all()
+
+    @property
+    def active(self) -> int:
+        """How many calls are in flight now."""
+        return self._count
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until no call is in flight or ``deadline`` (``time.monotonic``) passes; whether it is idle."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, max(0.0, deadline - time.monotonic()))
+
+
 class ServingState:
-    """What both servers of one process share: registry, limits, data roots, media policy, draining flag."""
+    """What both servers of one process share: registry, limits, data roots, media policy, draining flag, and
+    the gRPC calls in flight."""
 
     def __init__(
         self,
@@ -138,6 +169,7 @@ class ServingState:
         self.data_access = DataAccess(self.data_roots, tuple(data_urls), dataset_cache_dir)
         self.media = MediaPolicy(roots=tuple(Path(p) for p in media_roots))
         self.draining = threading.Event()
+        self.calls = Calls()
         self._on_drain: list[Callable[[], None]] = []
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import threading
 import time
@@ -15,10 +16,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import feedline.proto as proto
+from feedline.proto import unwrap_frame
+from feedline.proto.v1 import CHANNEL_OPTIONS, feedline_pb2_grpc, frame_stream_calls
 from feedline.proto.v1 import feedline_pb2 as pb
-from feedline.proto.v1 import feedline_pb2_grpc
 from feedline.service._cli import _collate_threads, build_parser, config_from_args
 from feedline.service.server import (
     ConfigError,
@@ -203,6 +206,44 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(one_worker: _Served) -> 
         httpx.get(f"http://127.0.0.1:{one_worker.http_port}/healthz", timeout=2)
     rpc_logs = [r for r in one_worker.logs if r.get("msg") == "rpc"]
     assert rpc_logs and rpc_logs[0]["code"] == "OK" and rpc_logs[0]["request_id"]
+
+
+def _grpc_batch() -> pb.CollateRequest:
+    return pb.CollateRequest(samples=[json.dumps(r).encode() for r in ROWS * 300])  # 1,200 rows
+
+
+def test_a_drain_refuses_new_calls_and_serves_the_streams_in_flight() -> None:
+    """While a stream is in flight the draining server keeps it: its next batch is served, a new call gets
+    UNAVAILABLE naming the drain (clients go to another replica), health says NOT_SERVING; once the stream
+    ends the process stops at once, long before its grace period."""
+    served = _Served("--grace-period", "60")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}", options=CHANNEL_OPTIONS) as channel:
+            requests: queue.Queue[pb.CollateRequest | None] = queue.Queue()
+            stream, _ = frame_stream_calls(channel)
+            answers = stream(iter(requests.get, None), timeout=60)
+            requests.put(pb.CollateRequest(samples=[json.dumps(ROWS[0]).encode()], batch_index=0))
+            assert proto.decode_frames([unwrap_frame(next(answers))]).meta["batch_index"] == 0
+            served.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while not any(r.get("msg") == "draining" for r in served.logs) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with pytest.raises(grpc.RpcError) as refused:
+                feedline_pb2_grpc.FeedlineStub(channel).Collate(_grpc_batch(), timeout=30)
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            error = json.loads(dict(refused.value.trailing_metadata() or ())["feedline-error"])
+            assert error["kind"] == "service_unavailable" and "draining" in error["message"]
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            requests.put(pb.CollateRequest(samples=[json.dumps(ROWS[1]).encode()], batch_index=1))
+            batch = proto.decode_frames([unwrap_frame(next(answers))])
+            assert batch.meta["batch_index"] == 1 and len(batch.tensors["input_ids"]) == 1
+            ended = time.monotonic()
+            requests.put(None)
+            assert list(answers) == []
+        assert served.proc.wait(30) == 0 and time.monotonic() - ended < 15
+    finally:
+        served.close()
 
 
 def test_two_workers_share_both_ports_and_drain(tmp_path: Path) -> None:
