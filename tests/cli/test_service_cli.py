@@ -179,6 +179,10 @@ def _big_batch() -> dict[str, Any]:
     return {"samples": ROWS * 400, "options": {}}  # ~1,600 rows: long enough to still be running at SIGTERM
 
 
+def _grpc_batch() -> pb.CollateRequest:
+    return pb.CollateRequest(samples=[json.dumps(r).encode() for r in ROWS * 300])  # 1,200 rows
+
+
 def test_sigterm_finishes_in_flight_work_and_exits_zero(one_worker: _Served) -> None:
     results: dict[str, Any] = {}
 
@@ -187,8 +191,7 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(one_worker: _Served) -> 
 
     def grpc_stream() -> None:
         with grpc.insecure_channel(f"127.0.0.1:{one_worker.grpc_port}") as channel:
-            request = pb.CollateRequest(samples=[json.dumps(r).encode() for r in ROWS * 300])
-            results["grpc"] = feedline_pb2_grpc.FeedlineStub(channel).Collate(request, timeout=60)
+            results["grpc"] = feedline_pb2_grpc.FeedlineStub(channel).Collate(_grpc_batch(), timeout=60)
 
     threads = [threading.Thread(target=slow_http), threading.Thread(target=grpc_stream)]
     for t in threads:
@@ -206,10 +209,6 @@ def test_sigterm_finishes_in_flight_work_and_exits_zero(one_worker: _Served) -> 
         httpx.get(f"http://127.0.0.1:{one_worker.http_port}/healthz", timeout=2)
     rpc_logs = [r for r in one_worker.logs if r.get("msg") == "rpc"]
     assert rpc_logs and rpc_logs[0]["code"] == "OK" and rpc_logs[0]["request_id"]
-
-
-def _grpc_batch() -> pb.CollateRequest:
-    return pb.CollateRequest(samples=[json.dumps(r).encode() for r in ROWS * 300])  # 1,200 rows
 
 
 def test_a_drain_refuses_new_calls_and_serves_the_streams_in_flight() -> None:
